@@ -1,0 +1,56 @@
+# Two commands on a fresh machine (Python 3.10+ and make, nothing else):
+#   make demo   create .venv if missing, install epochkit, run the digits example
+#   make test   the same with the test extras, then ruff, mypy and pytest
+# Both are idempotent: an install is redone only when pyproject.toml or TORCH changes.
+
+PYTHON ?= python3
+VENV   ?= .venv
+# A CPU build of this torch installs quickly; an unpinned torch pulls several GB of CUDA packages.
+# Override it, e.g. `make test TORCH="torch==2.5.1"`.
+TORCH  ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+BIN := $(VENV)/bin
+# One stamp per (extras, torch spec): changing TORCH reinstalls, re-running does not.
+TORCH_TAG := $(shell printf '%s' '$(TORCH)' | cksum | cut -d' ' -f1)
+DEMO_STAMP := $(VENV)/.installed-demo-$(TORCH_TAG)
+TEST_STAMP := $(VENV)/.installed-test-$(TORCH_TAG)
+
+.PHONY: demo test lint typecheck pytest bench clean
+
+demo: $(DEMO_STAMP)
+	$(BIN)/python examples/digits.py
+
+test: $(TEST_STAMP)
+	$(MAKE) --no-print-directory lint typecheck pytest
+
+lint: $(TEST_STAMP)
+	$(BIN)/ruff check src tests examples benchmarks
+	$(BIN)/ruff format --check src tests examples benchmarks
+
+typecheck: $(TEST_STAMP)
+	$(BIN)/mypy
+
+# pytest exits 5 when it collected no test: make treats any non-zero exit as a failure.
+pytest: $(TEST_STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(TEST_STAMP)
+	@for f in benchmarks/*.py; do [ -e "$$f" ] || continue; echo "== $$f"; $(BIN)/python "$$f" || exit 1; done
+
+$(BIN)/python:
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "epochkit needs Python 3.10+, found " + sys.version'
+	$(PYTHON) -m venv $(VENV)
+
+$(DEMO_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(TEST_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[test,dev]"
+	touch $@
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis lightning_logs

@@ -1,0 +1,9 @@
+"""epochkit: Lightning callbacks for the epoch loop.
+
+Shuffle audit, early stopping, learning-rate warmup and cross-validation that plug into any
+LightningModule on one CPU, one GPU or many (DDP).
+"""
+
+__version__ = "0.1.0.dev0"
+
+__all__ = ["__version__"]

@@ -1,0 +1,68 @@
+"""Read a TensorBoard log directory back with TensorBoard's own ``EventAccumulator``."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.util import tensor_util
+
+# SummaryWriter.add_text(tag, ...) stores the summary under this suffix.
+_TEXT_SUFFIX = "/text_summary"
+
+
+@dataclass
+class TensorBoardRun:
+    """Everything in a log directory: ``scalars[tag]`` and ``text[tag]`` as ``(step, value)`` lists by step."""
+
+    scalars: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    text: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+
+    def scalar_values(self, tag: str) -> list[float]:
+        """The values of one scalar tag in step order; a missing tag lists the tags that exist."""
+        if tag not in self.scalars:
+            raise KeyError(f"no scalar tag {tag!r}; the run has {sorted(self.scalars)}")
+        return [value for _, value in self.scalars[tag]]
+
+    def text_values(self, tag: str) -> list[str]:
+        """The texts logged under one tag in step order; a missing tag lists the tags that exist."""
+        if tag not in self.text:
+            raise KeyError(f"no text tag {tag!r}; the run has {sorted(self.text)}")
+        return [value for _, value in self.text[tag]]
+
+
+def read_tensorboard(log_dir: str | Path) -> TensorBoardRun:
+    """Load every event file under ``log_dir`` (recursively), keeping all events (``size_guidance`` 0).
+
+    Raises:
+        FileNotFoundError: If there is no event file under ``log_dir``.
+    """
+    event_dirs = sorted({p.parent for p in Path(log_dir).rglob("events.out.tfevents.*")})
+    if not event_dirs:
+        raise FileNotFoundError(f"no TensorBoard event file under {log_dir}")
+    scalars: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    text: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    for event_dir in event_dirs:
+        acc = EventAccumulator(str(event_dir), size_guidance={"scalars": 0, "tensors": 0})
+        acc.Reload()
+        tags = acc.Tags()
+        for tag in tags["scalars"]:
+            scalars[tag].extend((e.step, float(e.value)) for e in acc.Scalars(tag))
+        for tag in tags["tensors"]:
+            if acc.SummaryMetadata(tag).plugin_data.plugin_name != "text":
+                continue
+            name = tag.removesuffix(_TEXT_SUFFIX)
+            for event in acc.Tensors(tag):
+                values = tensor_util.make_ndarray(event.tensor_proto).reshape(-1)
+                text[name].append((event.step, "\n".join(v.decode("utf-8") for v in values)))
+    # Stable sort by step: several event files may each hold part of a tag.
+    return TensorBoardRun(
+        scalars={k: sorted(v, key=_step) for k, v in scalars.items()},
+        text={k: sorted(v, key=_step) for k, v in text.items()},
+    )
+
+
+def _step(event: tuple[int, object]) -> int:
+    return event[0]

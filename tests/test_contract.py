@@ -1,0 +1,121 @@
+"""One contract for every callback epochkit exports (skorch's rule): it pickles, its ``state_dict`` round-trips
+through a real checkpoint, and it builds from a LightningCLI YAML ``trainer.callbacks`` entry for a real fit.
+
+A callback lands in ``epochkit.__all__`` only with a :class:`Case` here; Lightning's own ``EarlyStopping`` is the
+control that proves the harness works on its own.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
+from lightning.pytorch.cli import LightningCLI
+
+import epochkit
+
+
+@dataclass(frozen=True)
+class Case:
+    """A callback class and the constructor arguments the contract builds it with."""
+
+    cls: type[Callback]
+    init_args: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return f"{self.cls.__module__}.{self.cls.__qualname__}"
+
+
+CASES: list[Case] = [
+    Case(LightningEarlyStopping, {"monitor": "val_loss", "patience": 2, "mode": "min"}),
+]
+
+
+def _exported_callbacks() -> list[type[Callback]]:
+    objects = (getattr(epochkit, name) for name in epochkit.__all__)
+    return [obj for obj in objects if inspect.isclass(obj) and issubclass(obj, Callback)]
+
+
+def _assert_same_state(a: Any, b: Any, path: str = "state") -> None:
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), f"{path}: keys {a.keys()} != {b.keys()}"
+        for key in a:
+            _assert_same_state(a[key], b[key], f"{path}[{key!r}]")
+    elif isinstance(a, list | tuple):
+        assert type(a) is type(b) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_same_state(x, y, f"{path}[{i}]")
+    else:
+        assert a == b or (a != a and b != b), f"{path}: {a!r} != {b!r}"  # a != a: both NaN
+
+
+def test_every_exported_callback_has_a_contract_case() -> None:
+    covered = {case.cls for case in CASES}
+    missing = [cls.__name__ for cls in _exported_callbacks() if cls not in covered]
+    assert not missing, f"exported callbacks without a contract Case: {missing}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_callback_pickles(case: Case) -> None:
+    callback = case.cls(**case.init_args)
+    clone = pickle.loads(pickle.dumps(callback))
+    assert type(clone) is case.cls
+    assert clone.state_key == callback.state_key
+    _assert_same_state(clone.state_dict(), callback.state_dict())
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_callback_builds_from_lightning_cli_yaml_and_round_trips_its_state(case: Case, tmp_path: Path) -> None:
+    config = {
+        "seed_everything": 0,
+        "trainer": {
+            "max_epochs": 1,
+            "limit_train_batches": 4,
+            "limit_val_batches": 2,
+            "accelerator": "cpu",
+            "logger": False,
+            "enable_checkpointing": False,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "default_root_dir": str(tmp_path),
+            "callbacks": [{"class_path": case.id, "init_args": case.init_args}],
+        },
+        "model": {"class_path": "epochkit.demo.DigitsClassifier"},
+        "data": {"class_path": "epochkit.demo.DigitsDataModule", "init_args": {"batch_size": 32}},
+    }
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+
+    cli = LightningCLI(args=["fit", "--config", str(config_path)], save_config_kwargs={"overwrite": True})
+
+    assert cli.trainer.state.finished, cli.trainer.state
+    built = [cb for cb in cli.trainer.callbacks if type(cb) is case.cls]
+    assert len(built) == 1, f"{case.id} not among the Trainer's callbacks: {cli.trainer.callbacks}"
+    callback = built[0]
+    for name, value in case.init_args.items():
+        assert getattr(callback, name) == value, f"{case.id}.{name} is {getattr(callback, name)!r}, not {value!r}"
+
+    # The state after a real fit survives a real checkpoint file and loads into a fresh instance.
+    ckpt_path = tmp_path / "contract.ckpt"
+    cli.trainer.save_checkpoint(ckpt_path)
+    checkpoint = torch.load(ckpt_path, weights_only=False)
+    assert callback.state_key in checkpoint["callbacks"], sorted(checkpoint["callbacks"])
+    fresh = case.cls(**case.init_args)
+    assert fresh.state_key == callback.state_key
+    buffer = io.BytesIO()
+    torch.save(checkpoint["callbacks"][callback.state_key], buffer)
+    buffer.seek(0)
+    fresh.load_state_dict(torch.load(buffer, weights_only=False))
+    _assert_same_state(fresh.state_dict(), callback.state_dict())

@@ -12,6 +12,7 @@ import os
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from epochkit import LRWarmup
 from epochkit.demo import DigitsClassifier, DigitsDataModule
 
 
@@ -34,6 +35,8 @@ def main(argv: list[str] | None = None) -> float:
         enable_progress_bar=False,
         enable_model_summary=False,
         deterministic=True,
+        # Warm Adam up over its first epoch, on top of whatever schedule the module configures.
+        callbacks=[LRWarmup(epochs=1)],
     )
     model = DigitsClassifier()
     trainer.fit(model, datamodule=DigitsDataModule(seed=args.seed))

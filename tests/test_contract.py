@@ -22,6 +22,7 @@ from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
 from lightning.pytorch.cli import LightningCLI
 
 import epochkit
+from epochkit import LRWarmup
 
 
 @dataclass(frozen=True)
@@ -32,12 +33,19 @@ class Case:
     init_args: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def id(self) -> str:
+    def class_path(self) -> str:
         return f"{self.cls.__module__}.{self.cls.__qualname__}"
+
+    @property
+    def id(self) -> str:
+        return f"{self.class_path}{self.init_args}"
 
 
 CASES: list[Case] = [
     Case(LightningEarlyStopping, {"monitor": "val_loss", "patience": 2, "mode": "min"}),
+    Case(LRWarmup, {"steps": 3, "shape": "cosine", "start_factor": 0.1}),
+    Case(LRWarmup, {"steps": "untuned"}),
+    Case(LRWarmup, {"fraction": 0.5, "log_lr": False}),
 ]
 
 
@@ -90,7 +98,7 @@ def test_callback_builds_from_lightning_cli_yaml_and_round_trips_its_state(case:
             "enable_progress_bar": False,
             "enable_model_summary": False,
             "default_root_dir": str(tmp_path),
-            "callbacks": [{"class_path": case.id, "init_args": case.init_args}],
+            "callbacks": [{"class_path": case.class_path, "init_args": case.init_args}],
         },
         "model": {"class_path": "epochkit.demo.DigitsClassifier"},
         "data": {"class_path": "epochkit.demo.DigitsDataModule", "init_args": {"batch_size": 32}},

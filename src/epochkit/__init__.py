@@ -1,9 +1,12 @@
 """epochkit: Lightning callbacks for the epoch loop.
 
-Shuffle audit, early stopping, learning-rate warmup and cross-validation that plug into any
-LightningModule on one CPU, one GPU or many (DDP).
+Shuffle audit, early stopping, learning-rate warmup and cross-validation that plug into any LightningModule on one
+CPU, one GPU or many (DDP).
 """
+
+from epochkit import schedules
+from epochkit.warmup import LRWarmup
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["__version__"]
+__all__ = ["LRWarmup", "__version__", "schedules"]

@@ -1,0 +1,293 @@
+"""``LRWarmup``: warmup on top of whatever ``configure_optimizers`` returns, counted in applied optimizer steps."""
+
+from __future__ import annotations
+
+import logging
+import math
+from functools import cached_property, partial
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch.utils.hooks import RemovableHandle
+
+from epochkit._logging import log_scalars
+from epochkit.warmup.schedules import WarmupShape, check_warmup, warmup_factor
+
+log = logging.getLogger("epochkit.warmup")
+
+UNTUNED = "untuned"
+
+
+class LRWarmup(Callback):
+    r"""Warm the learning rate up over the first optimizer steps, on top of the user's own schedule.
+
+    For the optimizer's ``k``-th *applied* step (``k = 0, 1, ...``) each param group uses
+
+    .. math:: \text{lr}_\text{used}(k) = \text{lr}_\text{schedule}(k)\cdot w(k),\qquad
+              w(k) = f_0 + (1 - f_0)\, r\!\left(\min\!\left(1, \tfrac{k + 1}{W}\right)\right)
+
+    where ``lr_schedule(k)`` is what ``param_group["lr"]`` holds at that step without this callback, ``f0`` is
+    ``start_factor``, ``W`` the warmup length and ``r`` the ramp (``linear``: ``r(x) = x``; ``cosine``:
+    ``r(x) = (1 - cos(pi x)) / 2``). So the first step is never at LR 0, ``w(W - 1) = 1`` exactly, and from step
+    ``W`` on the callback does nothing at all.
+
+    The scaling lives only around ``optimizer.step()`` (a step pre-hook multiplies, a post-hook restores), so the
+    user's scheduler, whatever it is (per-step, per-epoch, chainable ones that read ``param_group["lr"]``,
+    ``OneCycleLR``, ``ReduceLROnPlateau``, none), evolves exactly as without the callback. Steps are counted when
+    the optimizer really steps: gradient accumulation counts once per optimizer step, and a step that was skipped
+    (AMP's ``GradScaler`` found inf/NaN, or a module's ``optimizer_step`` that does not call ``optimizer.step``)
+    does not advance the warmup. Each optimizer (manual optimization included) has its own count; every param group
+    is warmed up from its own LR.
+
+    Give exactly one of ``steps``, ``epochs`` or ``fraction``.
+
+    Args:
+        steps: Warmup length in optimizer steps, or ``"untuned"`` for Ma & Yarats (2019)'s rule of thumb
+            ``W = ceil(2 / (1 - beta2))`` read from each param group's Adam-family ``betas``.
+        epochs: Warmup length in epochs (may be fractional), converted with the optimizer steps per epoch
+            (``ceil(batches / accumulate_grad_batches)``; one step per batch under manual optimization).
+        fraction: Warmup length as a fraction in (0, 1] of the run's optimizer steps
+            (``trainer.estimated_stepping_batches``).
+        shape: ``"linear"`` or ``"cosine"`` (half-cosine ramp).
+        start_factor: ``f0`` in [0, 1): where the ramp starts from.
+        log_lr: Log ``warmup/lr`` (the LR actually used) and ``warmup/factor`` at the steps Lightning logs at
+            (``Trainer(log_every_n_steps=...)``), while warmup lasts.
+
+    Example:
+        >>> warmup = LRWarmup(steps=100, shape="cosine")
+        >>> warmup.state_key
+        "LRWarmup{'steps': 100, 'epochs': None, 'fraction': None, 'shape': 'cosine', 'start_factor': 0.0}"
+    """
+
+    def __init__(
+        self,
+        steps: int | Literal["untuned"] | None = None,
+        epochs: float | None = None,
+        fraction: float | None = None,
+        shape: WarmupShape = "linear",
+        start_factor: float = 0.0,
+        log_lr: bool = True,
+    ) -> None:
+        given = [
+            name for name, value in (("steps", steps), ("epochs", epochs), ("fraction", fraction)) if value is not None
+        ]
+        if len(given) != 1:
+            raise ValueError(
+                "Give exactly one of `steps`, `epochs` or `fraction` to LRWarmup, "
+                f"got {', '.join(f'`{n}`' for n in given) or 'none'}."
+            )
+        if (
+            steps is not None
+            and steps != UNTUNED
+            and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1)
+        ):
+            raise ValueError(f"`steps` must be an int >= 1 or 'untuned', got {steps!r}.")
+        if epochs is not None and (isinstance(epochs, bool) or not math.isfinite(epochs) or epochs <= 0):
+            raise ValueError(f"`epochs` must be a finite number > 0, got {epochs!r}.")
+        if fraction is not None and not 0.0 < fraction <= 1.0:
+            raise ValueError(f"`fraction` must lie in (0, 1], got {fraction!r}.")
+        check_warmup(1, shape, start_factor)
+        self.steps = steps
+        self.epochs = epochs
+        self.fraction = fraction
+        self.shape = shape
+        self.start_factor = start_factor
+        self.log_lr = log_lr
+
+    @cached_property
+    def state_key(self) -> str:
+        # Lightning asks for it on every hook call (profiler action names): build the string once.
+        return self._generate_state_key(
+            steps=self.steps,
+            epochs=self.epochs,
+            fraction=self.fraction,
+            shape=self.shape,
+            start_factor=self.start_factor,
+        )
+
+    # ------------------------------------------------------------------------------------------- lifecycle
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # Made here, not in __init__: state of one fit (constructor = parameters).
+        self.steps_applied_: list[int] = []
+        self.warmup_steps_: list[list[int]] = []
+        self._restored_steps: list[int] | None = None
+        self._handles: dict[int, list[RemovableHandle]] = {}
+        self._tables: dict[int, list[float]] = {}
+        self._saved: dict[int, list[Any]] = {}
+        self._used: dict[int, tuple[float, list[Any]]] = {}
+        self._finished: list[int] = []
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        optimizers = trainer.optimizers
+        if not optimizers:
+            log.warning("LRWarmup: the module configured no optimizer; there is nothing to warm up.")
+            return
+        length = self._resolve_length(trainer)
+        self.warmup_steps_ = [
+            [self._group_length(length, opt, i, j) for j in range(len(opt.param_groups))]
+            for i, opt in enumerate(optimizers)
+        ]
+        restored = self._restored_steps
+        if restored is not None and len(restored) != len(optimizers):
+            raise ValueError(
+                f"LRWarmup was restored with step counts for {len(restored)} optimizer(s), but the module "
+                f"configured {len(optimizers)}."
+            )
+        self.steps_applied_ = list(restored) if restored is not None else [0] * len(optimizers)
+        for i, optimizer in enumerate(optimizers):
+            if self.steps_applied_[i] < max(self.warmup_steps_[i]):
+                self._handles[i] = [
+                    optimizer.register_step_pre_hook(partial(self._before_step, i)),
+                    optimizer.register_step_post_hook(partial(self._after_step, i)),
+                ]
+        log.info("LRWarmup: warmup steps per optimizer and param group: %s", self.warmup_steps_)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        # Past its warmup an optimizer loses the hooks (not inside them: torch iterates the hook dict then).
+        while self._finished:
+            for handle in self._handles.pop(self._finished.pop(), []):
+                handle.remove()
+        if not self._used:
+            return
+        used, self._used = self._used, {}
+        if not (self.log_lr and trainer.loggers and trainer._logger_connector.should_update_logs):
+            return
+        metrics: dict[str, float] = {}
+        for i, (factor, lrs) in used.items():
+            prefix = "warmup" if i == 0 else f"warmup/opt{i}"
+            metrics[f"{prefix}/factor"] = factor
+            for j, lr in enumerate(lrs):
+                metrics[f"{prefix}/lr" if j == 0 else f"{prefix}/lr/pg{j}"] = float(lr)
+        log_scalars(trainer, metrics)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._release(trainer)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._release(trainer)
+
+    def _release(self, trainer: pl.Trainer) -> None:
+        """Remove the hooks, and undo a scaling whose step raised before the post-hook could restore it."""
+        for i, saved in getattr(self, "_saved", {}).items():
+            self._restore(trainer.optimizers[i], saved)
+        self._saved = {}
+        for handles in getattr(self, "_handles", {}).values():
+            for handle in handles:
+                handle.remove()
+        self._handles = {}
+
+    # ------------------------------------------------------------------------------------------- the hooks
+    def _before_step(self, i: int, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        k = self.steps_applied_[i]
+        lengths = self.warmup_steps_[i]
+        if k >= max(lengths) and len(lengths) >= len(optimizer.param_groups):
+            return  # warmup over (a second step in the same batch, under manual optimization): no effect at all
+        saved: list[Any] = []
+        used: list[Any] = []
+        factor = 1.0
+        for j, group in enumerate(optimizer.param_groups):
+            if j >= len(lengths):  # a group added during training (e.g. unfreezing): warm it up too
+                lengths.append(self._group_length(lengths[-1] if self.steps != UNTUNED else UNTUNED, optimizer, i, j))
+            w = self._factor(k, lengths[j])
+            lr = group["lr"]
+            if isinstance(lr, torch.Tensor):
+                # Tensor LRs (capturable/fused optimizers) are scaled in place, on device, with no host sync.
+                saved.append(lr.clone())
+                lr.mul_(w)
+                used.append(lr.detach().clone())
+            else:
+                saved.append(lr)
+                group["lr"] = lr * w
+                used.append(lr * w)
+            if j == 0:
+                factor = w
+        self._saved[i] = saved
+        self._used[i] = (factor, used)
+
+    def _after_step(self, i: int, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        saved = self._saved.pop(i, None)
+        if saved is not None:
+            self._restore(optimizer, saved)
+        self.steps_applied_[i] += 1
+        if self.steps_applied_[i] >= max(self.warmup_steps_[i]):
+            self._finished.append(i)
+
+    @staticmethod
+    def _restore(optimizer: torch.optim.Optimizer, saved: list[Any]) -> None:
+        for group, lr in zip(optimizer.param_groups, saved, strict=False):
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].copy_(lr)
+            else:
+                group["lr"] = lr
+
+    def _factor(self, k: int, length: int) -> float:
+        if k >= length:
+            return 1.0
+        table = self._tables.get(length)
+        if table is None:
+            # One vectorised evaluation per warmup length; the per-step hook is then a list lookup.
+            table = np.asarray(warmup_factor(np.arange(length), length, self.shape, self.start_factor)).tolist()
+            self._tables[length] = table
+        return table[k]
+
+    # -------------------------------------------------------------------------------------- warmup length
+    def _resolve_length(self, trainer: pl.Trainer) -> int | str:
+        if self.steps is not None:
+            return self.steps
+        total = trainer.estimated_stepping_batches
+        if self.fraction is not None:
+            if not math.isfinite(total):
+                raise ValueError(
+                    f"LRWarmup(fraction={self.fraction}) needs the run's length, but "
+                    "trainer.estimated_stepping_batches is inf: set Trainer(max_steps=...) or max_epochs with a "
+                    "sized train loader, or give `steps=` instead."
+                )
+            return max(1, round(self.fraction * total))
+        assert self.epochs is not None
+        batches = trainer.num_training_batches
+        if not math.isfinite(batches):
+            raise ValueError(
+                f"LRWarmup(epochs={self.epochs}) needs the number of batches per epoch, but the train loader has no "
+                "length (an IterableDataset?): give `steps=` instead."
+            )
+        per_epoch = (
+            batches
+            if not trainer.lightning_module.automatic_optimization
+            else math.ceil(batches / trainer.accumulate_grad_batches)
+        )
+        return max(1, round(self.epochs * per_epoch))
+
+    @staticmethod
+    def _group_length(length: int | str, optimizer: torch.optim.Optimizer, i: int, j: int) -> int:
+        if length != UNTUNED:
+            assert isinstance(length, int)
+            return length
+        betas = optimizer.param_groups[j].get("betas")
+        if betas is None or len(betas) < 2:
+            raise ValueError(
+                f"LRWarmup(steps='untuned') reads beta2 from Adam-family optimizers, but param group {j} of "
+                f"optimizer {i} ({type(optimizer).__name__}) has no `betas`: give `steps=` instead."
+            )
+        beta2 = float(betas[1])
+        if not 0.0 <= beta2 < 1.0:
+            raise ValueError(f"LRWarmup(steps='untuned') needs beta2 in [0, 1), got {beta2} in param group {j}.")
+        # Ma & Yarats (2019): linear warmup over 2 / (1 - beta2) steps.
+        return math.ceil(2.0 / (1.0 - beta2) - 1e-9)
+
+    # ---------------------------------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "steps_applied": list(getattr(self, "steps_applied_", [])),
+            "warmup_steps": [list(x) for x in getattr(self, "warmup_steps_", [])],
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        steps = state_dict.get("steps_applied", [])
+        self._restored_steps = list(steps) if steps else None
+        self.steps_applied_ = list(steps)
+        self.warmup_steps_ = [list(x) for x in state_dict.get("warmup_steps", [])]

@@ -24,7 +24,7 @@ import functools
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, TypeAlias, cast, overload
+from typing import Any, Literal, TypeAlias, cast, overload
 
 import lightning.pytorch as pl
 import numpy as np
@@ -306,9 +306,14 @@ def warmup_stable_decay_factor(
 
 
 # ------------------------------------------------------------------------------------------------- factories
-def _lambda_lr(optimizer: torch.optim.Optimizer, factor: Callable[..., Factor], last_epoch: int) -> LambdaLR:
+def _scheduler(
+    optimizer: torch.optim.Optimizer, factor: Callable[..., Factor], last_epoch: int, **settings: Any
+) -> LambdaLR:
+    """Validate ``settings`` by evaluating the factor once, then bind them into a ``LambdaLR``."""
+    factor(0, **settings)
+    bound = functools.partial(factor, **settings)
     # LambdaLR calls the factor with an int step, for which every factor function returns a float.
-    return LambdaLR(optimizer, lr_lambda=cast(Callable[[int], float], factor), last_epoch=last_epoch)
+    return LambdaLR(optimizer, lr_lambda=cast(Callable[[int], float], bound), last_epoch=last_epoch)
 
 
 def warmup_constant(
@@ -326,11 +331,9 @@ def warmup_constant(
         >>> opt.param_groups[0]["lr"]
         0.05
     """
-    check_warmup(warmup_steps, shape, start_factor)
-    factor = functools.partial(
-        warmup_constant_factor, warmup_steps=warmup_steps, shape=shape, start_factor=start_factor
+    return _scheduler(
+        optimizer, warmup_constant_factor, last_epoch, warmup_steps=warmup_steps, shape=shape, start_factor=start_factor
     )
-    return _lambda_lr(optimizer, factor, last_epoch)
 
 
 def warmup_linear(
@@ -343,16 +346,16 @@ def warmup_linear(
     last_epoch: int = -1,
 ) -> LambdaLR:
     """A ``LambdaLR`` with :func:`warmup_linear_factor` (warmup, linear decay to ``floor`` x the peak)."""
-    warmup_linear_factor(0, warmup_steps, total_steps, floor, shape, start_factor)  # validates
-    factor = functools.partial(
+    return _scheduler(
+        optimizer,
         warmup_linear_factor,
+        last_epoch,
         warmup_steps=warmup_steps,
         total_steps=total_steps,
         floor=floor,
         shape=shape,
         start_factor=start_factor,
     )
-    return _lambda_lr(optimizer, factor, last_epoch)
 
 
 def warmup_cosine(
@@ -366,9 +369,10 @@ def warmup_cosine(
     last_epoch: int = -1,
 ) -> LambdaLR:
     """A ``LambdaLR`` with :func:`warmup_cosine_factor` (warmup, ``cycles`` cosine decays to ``floor``)."""
-    warmup_cosine_factor(0, warmup_steps, total_steps, cycles, floor, shape, start_factor)  # validates
-    factor = functools.partial(
+    return _scheduler(
+        optimizer,
         warmup_cosine_factor,
+        last_epoch,
         warmup_steps=warmup_steps,
         total_steps=total_steps,
         cycles=cycles,
@@ -376,7 +380,6 @@ def warmup_cosine(
         shape=shape,
         start_factor=start_factor,
     )
-    return _lambda_lr(optimizer, factor, last_epoch)
 
 
 def warmup_polynomial(
@@ -390,9 +393,10 @@ def warmup_polynomial(
     last_epoch: int = -1,
 ) -> LambdaLR:
     """A ``LambdaLR`` with :func:`warmup_polynomial_factor` (warmup, polynomial decay to ``floor``)."""
-    warmup_polynomial_factor(0, warmup_steps, total_steps, power, floor, shape, start_factor)  # validates
-    factor = functools.partial(
+    return _scheduler(
+        optimizer,
         warmup_polynomial_factor,
+        last_epoch,
         warmup_steps=warmup_steps,
         total_steps=total_steps,
         power=power,
@@ -400,7 +404,6 @@ def warmup_polynomial(
         shape=shape,
         start_factor=start_factor,
     )
-    return _lambda_lr(optimizer, factor, last_epoch)
 
 
 def warmup_inverse_sqrt(
@@ -412,15 +415,15 @@ def warmup_inverse_sqrt(
     last_epoch: int = -1,
 ) -> LambdaLR:
     """A ``LambdaLR`` with :func:`warmup_inverse_sqrt_factor` (warmup, then ``1 / sqrt`` decay)."""
-    warmup_inverse_sqrt_factor(0, warmup_steps, timescale, shape, start_factor)  # validates
-    factor = functools.partial(
+    return _scheduler(
+        optimizer,
         warmup_inverse_sqrt_factor,
+        last_epoch,
         warmup_steps=warmup_steps,
         timescale=timescale,
         shape=shape,
         start_factor=start_factor,
     )
-    return _lambda_lr(optimizer, factor, last_epoch)
 
 
 def warmup_stable_decay(
@@ -435,9 +438,10 @@ def warmup_stable_decay(
     last_epoch: int = -1,
 ) -> LambdaLR:
     """A ``LambdaLR`` with :func:`warmup_stable_decay_factor` (warmup, hold, decay over the last steps)."""
-    warmup_stable_decay_factor(0, warmup_steps, decay_steps, total_steps, floor, decay_shape, shape, start_factor)
-    factor = functools.partial(
+    return _scheduler(
+        optimizer,
         warmup_stable_decay_factor,
+        last_epoch,
         warmup_steps=warmup_steps,
         decay_steps=decay_steps,
         total_steps=total_steps,
@@ -446,7 +450,6 @@ def warmup_stable_decay(
         shape=shape,
         start_factor=start_factor,
     )
-    return _lambda_lr(optimizer, factor, last_epoch)
 
 
 # ------------------------------------------------------------------------------------------------- utilities

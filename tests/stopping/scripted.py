@@ -61,6 +61,7 @@ class Trace(Callback):
     def __init__(self) -> None:
         self.rows: list[dict[str, Any]] = []
         self.weights: dict[int, dict[str, torch.Tensor]] = {}
+        self._running = False
 
     def _record(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
         es = trainer.early_stopping_callback
@@ -79,8 +80,9 @@ class Trace(Callback):
         )
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.current_epoch > 0:
+        if self._running:  # not on the first epoch of this fit (which may be a resumed one)
             self._record(trainer, pl_module, trainer.current_epoch - 1)
+        self._running = True
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:

@@ -15,7 +15,9 @@ finite32 = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, width=32)
 
 
 @given(current=finite32, best=finite32, min_delta=st.floats(0, 10, width=32), mode=st.sampled_from(["min", "max"]))
-def test_absolute_improvement_is_lightnings_float32_comparison(current: float, best: float, min_delta: float, mode: str) -> None:
+def test_absolute_improvement_is_lightnings_float32_comparison(
+    current: float, best: float, min_delta: float, mode: str
+) -> None:
     # Lightning: min_delta is stored negated in "min" mode and compared as monitor_op(current - min_delta, best).
     signed = min_delta if mode == "max" else -min_delta
     op = torch.gt if mode == "max" else torch.lt

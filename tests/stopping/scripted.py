@@ -34,6 +34,12 @@ class ScriptedModule(RegressionModule):
         self.train_script = train
         self.val_name = val_name
         self.train_name = train_name
+        # A buffer that differs across DDP ranks (each sees its own shard), as BatchNorm statistics do.
+        self.register_buffer("seen_sum", torch.zeros(()))
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        self.seen_sum += batch[0].detach().sum()
+        return super().training_step(batch, batch_idx)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch

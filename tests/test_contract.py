@@ -38,6 +38,15 @@ class Case:
 
 CASES: list[Case] = [
     Case(LightningEarlyStopping, {"monitor": "val_loss", "patience": 2, "mode": "min"}),
+    Case(
+        epochkit.EarlyStopping,
+        {"monitor": "val_loss", "restore_best_weights": True, "baseline": 5.0, "patience": 1}
+        | {"min_delta_mode": "rel", "smoothing": "ema", "smoothing_window": 3, "start_from_epoch": 0},
+    ),
+    Case(
+        epochkit.EarlyStopping,
+        {"monitor": "val_loss", "criterion": "PQ", "alpha": 2.0, "strip_length": 1, "train_monitor": "train_loss"},
+    ),
 ]
 
 

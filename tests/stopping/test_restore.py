@@ -30,7 +30,7 @@ def test_host_copy_is_loaded_at_fit_end(
     seq: list[float], patience: int, best_epoch: int, stops: bool, tmp_path: Path
 ) -> None:
     es = epochkit.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
-    trainer, trace, model = fit(es, seq, tmp_path)
+    _, trace, model = fit(es, seq, tmp_path)
     last = max(trace.weights)
     assert (last < len(seq) - 1) is stops
     assert not _same(trace.weights[last], trace.weights[best_epoch])  # the weights did move after the best

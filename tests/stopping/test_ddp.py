@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import pytest
 import torch
 from lightning.pytorch.strategies import DDPStrategy
 
@@ -81,3 +82,19 @@ def test_metric_missing_on_one_rank_with_strict_false_does_not_hang(tmp_path: Pa
     s0, s1 = (r.callback_states[epochkit.EarlyStopping(monitor="val_loss").state_key] for r in (r0, r1))
     assert (s0["wait_count"], s0["stopped_epoch"]) == (s1["wait_count"], s1["stopped_epoch"]) == (2, 3)
     assert torch.equal(s0["best_score"], s1["best_score"])
+
+
+def test_metric_missing_on_one_rank_with_strict_true_raises_on_every_rank(tmp_path: Path) -> None:
+    val: dict[int, list[float | None]] = {0: [1.0, 0.9], 1: [None, None]}
+    with pytest.raises(Exception, match="not available"):
+        _fit(tmp_path, val, patience=2)
+    # Rank 0, which has the metric, raised the same error itself instead of waiting in a collective for rank 1 (a
+    # hang under `ddp`; ddp_spawn would kill it, and a killed rank writes no report). Rank 1's report may be cut
+    # short when the launcher tears the processes down after the first failure; the main process rewrites rank 0's
+    # report with the worker's traceback.
+    reports = [tmp_path / "rank_reports" / f"rank{r}.pt" for r in (0, 1)]
+    assert reports[0].exists()
+    for path in (p for p in reports if p.exists()):
+        error = torch.load(path, weights_only=False)["error"]
+        assert "Early stopping conditioned on metric `val_loss` which is not available" in error
+        assert "missing on rank(s) [1] only" in error

@@ -94,6 +94,17 @@ def test_smoothing(smoothing: str | None, stopped_epoch: int, best_epoch: int, b
     assert float(ours.best_score) == pytest.approx(best)
 
 
+def test_smoothing_applies_to_thresholds_but_check_finite_sees_the_raw_value(tmp_path: Path) -> None:
+    # Raw 0.2 (epoch 1) is below the threshold; the means of 2 (1.0, 0.6, 0.55, 0.5) never are.
+    ours = _es(stopping_threshold=0.3, smoothing="mean", smoothing_window=2, patience=10)
+    fit(ours, [1.0, 0.2, 0.9, 0.1], tmp_path / "a")
+    assert ours.stopping_reason is EarlyStoppingReason.NOT_STOPPED
+    assert float(ours.best_score) == pytest.approx(0.5)
+    ours = _es(smoothing="median", smoothing_window=3)
+    fit(ours, [1.0, 0.9, float("inf"), 0.8], tmp_path / "b")  # the median of 3 would hide the inf
+    assert (ours.stopped_epoch, ours.stopping_reason) == (2, EarlyStoppingReason.NON_FINITE_METRIC)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "stopped_epoch", "reason"),
     [

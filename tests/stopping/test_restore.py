@@ -7,11 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
 import epochkit
 from epochkit.stopping import HostWeights
+from tests.helpers import read_tensorboard
 from tests.stopping.scripted import fit
 
 
@@ -49,11 +51,19 @@ def test_checkpoint_mode_reloads_the_model_checkpoints_best_file(tmp_path: Path)
     es = epochkit.EarlyStopping(monitor="val_loss", patience=3, restore_best_weights="checkpoint")
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val_loss", mode="min", save_top_k=1)
     _, trace, model = fit(
-        es, [1.0, 0.8, 0.5, 0.6, 0.7, 0.65, 0.9], tmp_path, extra_callbacks=[ckpt], enable_checkpointing=True
+        es,
+        [1.0, 0.8, 0.5, 0.6, 0.7, 0.65, 0.9],
+        tmp_path,
+        extra_callbacks=[ckpt],
+        enable_checkpointing=True,
+        logger=TensorBoardLogger(tmp_path, name="tb"),
     )
     assert Path(ckpt.best_model_path).name.startswith("epoch=2")
     assert _same(model.state_dict(), trace.weights[2])
     assert es.restored_epoch == 2
+    run = read_tensorboard(tmp_path / "tb")
+    assert run.scalar_values("early_stopping/val_loss/restored_epoch") == [2.0]
+    assert run.text_values("early_stopping/val_loss/reason")[-1].endswith("Restored the weights of epoch 2.")
     assert not es.state_dict().get("best_weights")  # no copy held in memory or in checkpoints
 
 

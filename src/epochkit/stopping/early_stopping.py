@@ -316,7 +316,7 @@ class EarlyStopping(LightningEarlyStopping):
             self._restore_from_checkpoint(trainer)
         reason = self.stopping_reason
         if reason.value == 0:
-            text = f"**NOT_STOPPED**: training ended at epoch {trainer.current_epoch} without an early stop."
+            text = f"**NOT_STOPPED**: training ended after {trainer.current_epoch} epochs without an early stop."
         else:
             text = f"**{reason.name}** at epoch {self.stopped_epoch}: {self.stopping_reason_message}"
         if self.best_epoch >= 0:

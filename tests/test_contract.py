@@ -46,6 +46,15 @@ CASES: list[Case] = [
     Case(LRWarmup, {"steps": 3, "shape": "cosine", "start_factor": 0.1}),
     Case(LRWarmup, {"steps": "untuned"}),
     Case(LRWarmup, {"fraction": 0.5, "log_lr": False}),
+    Case(
+        epochkit.EarlyStopping,
+        {"monitor": "val_loss", "restore_best_weights": True, "baseline": 5.0, "patience": 1}
+        | {"min_delta_mode": "rel", "smoothing": "ema", "smoothing_window": 3, "start_from_epoch": 0},
+    ),
+    Case(
+        epochkit.EarlyStopping,
+        {"monitor": "val_loss", "criterion": "PQ", "alpha": 2.0, "strip_length": 1, "train_monitor": "train_loss"},
+    ),
 ]
 
 

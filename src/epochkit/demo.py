@@ -86,7 +86,10 @@ class DigitsDataModule(pl.LightningDataModule):
         train_idx_t, val_idx_t = torch.as_tensor(train_idx), torch.as_tensor(val_idx)
         # Standardise with the training split's statistics only, so nothing leaks from validation.
         mean = x[train_idx_t].mean(dim=0)
-        std = x[train_idx_t].std(dim=0).clamp_min(1e-6)
+        # A pixel constant on the training split keeps its scale (std 1, not 1e-6): set in a validation image it
+        # would otherwise land 1e6 standard deviations out and make val_loss meaningless (early stopping on it).
+        std = x[train_idx_t].std(dim=0)
+        std = torch.where(std > 1e-6, std, torch.ones_like(std))
         x = (x - mean) / std
         self.train_set = TensorDataset(x[train_idx_t], y[train_idx_t])
         self.val_set = TensorDataset(x[val_idx_t], y[val_idx_t])

@@ -1,0 +1,68 @@
+"""Bad arguments fail at construction with a message naming the argument, the value and what is allowed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+import epochkit
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"patience": -1}, r"`patience=-1` is invalid; it must be an int >= 0"),
+        ({"patience": 2.5}, r"`patience=2.5` is invalid"),
+        ({"min_delta": -0.1}, r"`min_delta=-0.1` is invalid; it must be a finite number >= 0"),
+        ({"min_delta_mode": "pct"}, r"`min_delta_mode='pct'` is invalid; allowed: \['abs', 'rel'\]"),
+        (
+            {"restore_best_weights": "best"},
+            r"`restore_best_weights='best'` is invalid; allowed: True, False, 'checkpoint'",
+        ),
+        ({"start_from_epoch": -2}, r"`start_from_epoch=-2` is invalid; it must be an int >= 0"),
+        ({"baseline": float("nan")}, r"`baseline=nan` is invalid; it must be a finite number or None"),
+        ({"smoothing": "gauss"}, r"`smoothing='gauss'` is invalid; allowed: \['ema', 'mean', 'median'\] or None"),
+        ({"smoothing": "ema", "smoothing_window": 0}, r"`smoothing_window=0` is invalid; it must be an int >= 1"),
+        ({"criterion": "GL_5"}, r"`criterion='GL_5'` is invalid; allowed: \['patience', 'GL', 'PQ', 'UP'\]"),
+        ({"criterion": "GL"}, r"`alpha=None` is invalid; criterion='GL' needs a number > 0"),
+        ({"criterion": "GL", "alpha": 0.0}, r"`alpha=0.0` is invalid; criterion='GL' needs a number > 0"),
+        ({"criterion": "GL", "alpha": -1}, r"`alpha=-1` is invalid"),
+        ({"criterion": "GL", "alpha": 5, "mode": "max"}, r"`mode='max'` is invalid; criterion='GL' is defined on an"),
+        ({"criterion": "PQ", "alpha": 1.0}, r"`train_monitor=None` is invalid; criterion='PQ' needs the name of a"),
+        ({"criterion": "UP"}, r"`successive_strips=None` is invalid; criterion='UP' needs an int >= 1"),
+        ({"criterion": "UP", "successive_strips": 2, "strip_length": 0}, r"`strip_length=0` is invalid"),
+        ({"alpha": 5.0}, r"`alpha=5.0` is invalid; it only applies to criterion='GL' or 'PQ'"),
+        (
+            {"train_monitor": "train_loss"},
+            r"`train_monitor='train_loss'` is invalid; it only applies to criterion='PQ'",
+        ),
+    ],
+)
+def test_bad_arguments_fail_at_construction(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        epochkit.EarlyStopping(monitor="val_loss", **kwargs)
+
+
+def test_unknown_mode_fails_as_in_lightning() -> None:
+    with pytest.raises(MisconfigurationException, match="`mode` can be min, max, got avg"):
+        epochkit.EarlyStopping(monitor="val_loss", mode="avg")
+
+
+def test_the_constructor_stores_its_arguments_under_their_names() -> None:
+    kwargs: dict[str, Any] = {
+        "restore_best_weights": "checkpoint",
+        "start_from_epoch": 2,
+        "baseline": 0.3,
+        "min_delta_mode": "rel",
+        "smoothing": "median",
+        "smoothing_window": 4,
+        "criterion": "PQ",
+        "alpha": 0.5,
+        "strip_length": 4,
+        "train_monitor": "train_loss_epoch",
+    }
+    es = epochkit.EarlyStopping(monitor="val_loss", patience=7, **kwargs)
+    assert {name: getattr(es, name) for name in kwargs} == kwargs
+    assert es.patience == 7 and es.successive_strips is None

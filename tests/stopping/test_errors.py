@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 import epochkit
+from tests.stopping.scripted import fit
 
 
 @pytest.mark.parametrize(
@@ -66,3 +68,16 @@ def test_the_constructor_stores_its_arguments_under_their_names() -> None:
     es = epochkit.EarlyStopping(monitor="val_loss", patience=7, **kwargs)
     assert {name: getattr(es, name) for name in kwargs} == kwargs
     assert es.patience == 7 and es.successive_strips is None
+
+
+@pytest.mark.parametrize(
+    "setting", [{"check_on_train_epoch_end": False}, {"trainer": {"check_val_every_n_epoch": 2}}], ids=str
+)
+def test_pq_checked_at_validation_end_fails_at_setup(setting: dict[str, Any], tmp_path: Path) -> None:
+    """At validation end this epoch's training loss does not exist yet: PQ would read a stale one."""
+    kwargs = {k: v for k, v in setting.items() if k != "trainer"}
+    es = epochkit.EarlyStopping(
+        monitor="val_loss", criterion="PQ", alpha=1.0, strip_length=2, train_monitor="train_loss", **kwargs
+    )
+    with pytest.raises(MisconfigurationException, match=r"criterion='PQ'\) needs this epoch's training loss"):
+        fit(es, [1.0, 0.9, 0.8, 0.7], tmp_path, **setting.get("trainer", {}))

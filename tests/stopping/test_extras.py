@@ -57,11 +57,16 @@ def test_a_stop_before_min_epochs_still_fires_at_min_epochs_without_recovery(tmp
 
 
 def test_baseline_not_beaten_within_patience(tmp_path: Path) -> None:
-    # Improving every check but never below 0.5: Keras' rule stops after `patience` checks.
+    # Keras' rule: improving on the best never stops, even above the baseline ...
     ours = _es(patience=3, baseline=0.5)
-    fit(ours, [1.0, 0.9, 0.8, 0.7, 0.6, 0.55], tmp_path / "a")
-    assert (ours.stopped_epoch, ours.stopping_reason) == (2, StoppingReason.BASELINE_NOT_REACHED)
-    assert "did not beat the baseline 0.5 in the last 3 records" in ours.stopping_reason_message
+    fit(ours, [1.0, 0.9, 0.8, 0.7, 0.6, 0.55], tmp_path / "improving")
+    assert ours.stopping_reason is EarlyStoppingReason.NOT_STOPPED
+    # ... but the count of checks without beating the baseline runs on, and the first check that does not improve
+    # after `patience` of them stops.
+    ours = _es(patience=3, baseline=0.5)
+    fit(ours, [1.0, 0.9, 0.8, 0.85, 0.7], tmp_path / "a")
+    assert (ours.stopped_epoch, ours.stopping_reason) == (3, StoppingReason.BASELINE_NOT_REACHED)
+    assert "did not beat the baseline 0.5 in the last 4 records" in ours.stopping_reason_message
     # Beaten at epoch 2: from then on plain patience.
     ours = _es(patience=3, baseline=0.5)
     fit(ours, [1.0, 0.9, 0.4, 0.45, 0.46, 0.47, 0.3], tmp_path / "b")

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import epochkit
+from epochkit.stopping import StoppingReason
 from tests.stopping.scripted import fit
 from tests.stopping.test_extras import E_TR, E_VA
 
@@ -59,3 +60,24 @@ def test_resumed_run_equals_uninterrupted(
         # The best epoch (1) came before the interruption: its weights travelled in the checkpoint.
         assert resumed.restored_epoch == whole.restored_epoch == 1
         assert all(torch.equal(v, whole_model.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "seq", "reason"),
+    [
+        ({"criterion": "GL", "alpha": 5.0}, [1.0, 1.2, 1.3, 1.4], StoppingReason.GENERALIZATION_LOSS),
+        ({"baseline": 0.5, "patience": 1}, [1.0, 1.1, 1.2, 1.3], StoppingReason.BASELINE_NOT_REACHED),
+    ],
+)
+def test_a_checkpoint_written_after_an_epochkit_stop_reason_loads(
+    kwargs: dict[str, Any], seq: list[float], reason: StoppingReason, tmp_path: Path
+) -> None:
+    """Lightning's loader knows only its own reasons; an epochkit reason in the checkpoint must still load."""
+    ours = epochkit.EarlyStopping(monitor="val_loss", **kwargs)
+    fit(ours, seq, tmp_path)
+    assert ours.stopping_reason == reason
+    state = ours.state_dict()
+    fresh = epochkit.EarlyStopping(monitor="val_loss", **kwargs)
+    fresh.load_state_dict(state)
+    assert fresh.stopping_reason == reason and fresh.stopping_reason.name == reason.name
+    assert fresh.state_dict()["stopping_reason"] == state["stopping_reason"] == reason.value

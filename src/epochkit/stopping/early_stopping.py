@@ -96,7 +96,8 @@ class EarlyStopping(LightningEarlyStopping):
         start_from_epoch: Checks in epochs before this one are ignored: they neither count toward patience, nor set
             the best value, nor stop.
         baseline: Keras' baseline: stop (``BASELINE_NOT_REACHED``) if the metric has not beaten it (by ``min_delta``)
-            within ``patience`` checks; the patience count restarts only on improvements that also beat it.
+            within ``patience`` checks; the patience count restarts only on improvements that also beat it, and, as
+            in Keras, a check that improves on the best never stops.
         min_delta_mode: ``"abs"``: an improvement must beat the best by ``min_delta``; ``"rel"``: by
             ``min_delta * |best|`` (right for negative bests; any strict improvement of a best of 0 counts).
         smoothing: Compare a smoothed value instead of the raw one: ``"ema"`` (exponential moving average with span
@@ -286,7 +287,9 @@ class EarlyStopping(LightningEarlyStopping):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
+        # Lightning's loader only knows its own reasons and would reject epochkit's (values 5-8): hand it a neutral
+        # value, then set the real member.
+        super().load_state_dict({**state_dict, "stopping_reason": 0})
         self.stopping_reason = _reason_member(int(state_dict.get("stopping_reason", 0)))  # type: ignore[assignment]
         self.best_epoch = int(state_dict.get("best_epoch", -1))
         self._history = [float(v) for v in state_dict.get("history", [])]
@@ -308,6 +311,16 @@ class EarlyStopping(LightningEarlyStopping):
         super().setup(trainer, pl_module, stage)
         if self.restore_best_weights == "checkpoint" and stage == "fit":
             self._matching_checkpoint(trainer)
+        if self.criterion == "PQ" and stage == "fit" and not self._check_on_train_epoch_end:
+            # At validation end Lightning has not yet computed this epoch's training metrics: P_k would read a
+            # missing or one-epoch-old training loss.
+            raise MisconfigurationException(
+                "EarlyStopping(criterion='PQ') needs this epoch's training loss, which exists only when the check"
+                " runs at the end of the training epoch, but here it runs at validation end"
+                f" (Trainer val_check_interval="
+                f"{trainer.val_check_interval!r}, check_val_every_n_epoch={trainer.check_val_every_n_epoch!r})."
+                " Validate once per epoch and leave check_on_train_epoch_end unset (or True)."
+            )
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.restore_best_weights is True:
@@ -395,6 +408,8 @@ class EarlyStopping(LightningEarlyStopping):
         cannot hang the others; with ``strict=True`` all ranks raise together.
         """
         value = logs.get(name)
+        if value is not None:
+            value = value.squeeze()  # as Lightning does: a shape-[1] metric is a scalar
         if trainer.world_size <= 1:
             if value is None:
                 self._missing_metric(name, logs, missing_on=None)
@@ -475,8 +490,8 @@ class EarlyStopping(LightningEarlyStopping):
         else:
             beat_baseline = False
         self.wait_count = criteria.next_wait_count(self.wait_count, improved, beat_baseline)
-        counting = not (improved and beat_baseline)
-        if counting and self.wait_count >= self.patience:
+        # Keras: a check that improves on the best never stops, even while the baseline is not beaten yet.
+        if not improved and self.wait_count >= self.patience:
             if self.baseline is not None and not self._baseline_beaten:
                 should_stop = True
                 self.stopping_reason = StoppingReason.BASELINE_NOT_REACHED  # type: ignore[assignment]
@@ -608,6 +623,16 @@ class EarlyStopping(LightningEarlyStopping):
         self.restored_epoch = int(checkpoint.get("epoch", -1))
         if trainer.is_global_zero:
             log.info("EarlyStopping: restored the weights of epoch %d from %s", self.restored_epoch, path)
+        if self.best_epoch >= 0 and self.restored_epoch != self.best_epoch:
+            # ModelCheckpoint ranks the raw metric; start_from_epoch, min_delta, smoothing or a baseline can make
+            # EarlyStopping's best a different epoch.
+            rank_zero_warn(
+                f"EarlyStopping(restore_best_weights='checkpoint') restored epoch {self.restored_epoch}, the"
+                f" ModelCheckpoint's best by raw `{self.monitor}`, but EarlyStopping's best epoch is {self.best_epoch}"
+                " (its start_from_epoch, min_delta, smoothing or baseline rank differently). Use"
+                " restore_best_weights=True to restore exactly EarlyStopping's best.",
+                category=RuntimeWarning,
+            )
 
     # ------------------------------------------------------------------ logging
 

@@ -41,6 +41,8 @@ class EffectiveLR(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         k = next(i for i, opt in enumerate(trainer.optimizers) if opt is optimizer)
+        if all(p.grad is None for g in optimizer.param_groups for p in g["params"]):
+            return  # a skipped batch (training_step returned None): nothing will be applied
         self._before[k] = [
             (p.detach().clone(), p.grad.detach().clone()) for g in optimizer.param_groups for p in g["params"]
         ]
@@ -168,7 +170,7 @@ def test_every_param_group_warms_up_from_its_own_lr_and_cosine_shape(tmp_path: P
         assert lr_w == pytest.approx(BASE_LR * w, rel=1e-9)
         assert lr_b == pytest.approx(BASE_LR / 10 * w, rel=1e-9)
     # Counting stops with the warmup: the hooks are gone afterwards.
-    assert warmup.state_dict() == {"steps_applied": [5], "warmup_steps": [[5, 5]]}
+    assert warmup.state_dict() == {"steps_applied": [5], "warmup_steps": [[5, 5]], "group_starts": [[0, 0]]}
     assert len(probe.used[0]) == 8
 
 
@@ -359,7 +361,7 @@ def test_ddp_ranks_warm_up_identically(tmp_path: Path) -> None:
     )
     warm0, warm1 = (r.callback_states[LRWarmup(steps=5).state_key] for r in reports)
     # 64 samples / 2 ranks / batch 8 = 4 steps an epoch on each rank.
-    assert warm0 == warm1 == {"steps_applied": [5], "warmup_steps": [[5]]}
+    assert warm0 == warm1 == {"steps_applied": [5], "warmup_steps": [[5]], "group_starts": [[0]]}
     used0, used1 = (r.callback_states["EffectiveLR"]["used"][0] for r in reports)
     scheduled = reports[0].callback_states["EffectiveLR"]["scheduled"][0]
     assert [u[0] for u in used0] == pytest.approx([u[0] for u in used1], rel=1e-12)
@@ -415,3 +417,83 @@ def test_factor_table_matches_the_pure_function() -> None:
     warmup.setup(None, None, "fit")  # type: ignore[arg-type]
     table = [warmup._factor(k, 7) for k in range(9)]
     assert table == list(np.asarray(warmup_factor(np.arange(9), 7, "cosine", 0.1)))
+
+
+# ------------------------------------------------------------------------------------ found in review
+class StepsItsSchedulerInTrainingStep(SchedModule):
+    """Steps an ExponentialLR(0.5) inside training_step, before the optimizer step: the LR it sets must be used."""
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.SGD(self.parameters(), lr=BASE_LR)
+        self.sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.5)
+        return opt
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self.sched.step()
+        return super().training_step(batch, batch_idx)
+
+
+def test_an_lr_set_inside_training_step_is_kept_and_warmed_up(tmp_path: Path) -> None:
+    runs = {}
+    for name, extra in (("plain", []), ("warm", [LRWarmup(steps=6)])):
+        probe = EffectiveLR()
+        _trainer(tmp_path / name, [*extra, probe], max_epochs=1).fit(StepsItsSchedulerInTrainingStep(), _data())
+        runs[name] = probe
+    plain, warm = runs["plain"], runs["warm"]
+    assert warm.scheduled[0] == pytest.approx(plain.scheduled[0], rel=1e-12) == [BASE_LR * 0.5**k for k in range(4)]
+    # Step k runs with the LR training_step just set (halved again), times the warmup factor.
+    assert [u[0] for u in warm.used[0]] == pytest.approx(
+        [BASE_LR * 0.5 ** (k + 1) * _w(k, 6) for k in range(4)], rel=1e-9
+    )
+
+
+class ReturnsNone(SchedModule):
+    """Lightning's "skip this batch": training_step returns None on batches 1 and 2."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        loss = super().training_step(batch, batch_idx)
+        return None if batch_idx in (1, 2) else loss
+
+
+def test_a_batch_whose_training_step_returns_none_does_not_count(tmp_path: Path) -> None:
+    probe, warmup = EffectiveLR(), LRWarmup(steps=6)
+    _trainer(tmp_path, [warmup, probe], max_epochs=2).fit(ReturnsNone(), datamodule=_data())
+    assert warmup.steps_applied_ == [4]  # 8 batches, 4 of them skipped
+    assert [u[0] for u in probe.used[0]] == pytest.approx([BASE_LR * _w(k, 6) for k in range(4)], rel=1e-9)
+
+
+def test_validate_after_fit_keeps_the_warmup_state(tmp_path: Path) -> None:
+    warmup, model = LRWarmup(steps=100), SchedModule()
+    trainer = _trainer(tmp_path, [warmup], max_epochs=1)
+    trainer.fit(model, datamodule=_data())
+    after_fit = warmup.state_dict()
+    trainer.validate(model, datamodule=_data(), verbose=False)
+    assert warmup.state_dict() == after_fit == {"steps_applied": [4], "warmup_steps": [[100]], "group_starts": [[0]]}
+
+
+class UnfreezesMidWarmup(SchedModule):
+    """Adds a second layer's parameters as a new param group at optimizer step 2 (an unfreeze)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.extra = torch.nn.Linear(8, 2)
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.layer.parameters(), lr=BASE_LR)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        opt = self.trainer.optimizers[0]
+        if self.trainer.global_step == 2 and len(opt.param_groups) == 1:
+            opt.add_param_group({"params": list(self.extra.parameters()), "lr": 0.05})
+        x, y = batch
+        return torch.nn.functional.mse_loss(self.layer(x) + self.extra(x), y)
+
+
+def test_a_param_group_added_during_warmup_gets_its_own_ramp(tmp_path: Path) -> None:
+    probe, warmup = EffectiveLR(), LRWarmup(steps=4)
+    _trainer(tmp_path, [warmup, probe], max_epochs=2).fit(UnfreezesMidWarmup(), datamodule=_data())
+    used = probe.used[0]
+    assert [u[0] for u in used] == pytest.approx([BASE_LR * _w(k, 4) for k in range(8)], rel=1e-9)
+    # The new group starts its own 4-step ramp at step 2; the warmup lasts until it is done.
+    assert [u[1] for u in used[2:]] == pytest.approx([0.05 * _w(k, 4) for k in range(6)], rel=1e-9)
+    assert warmup.group_starts_ == [[0, 2]] and warmup.steps_applied_ == [6]

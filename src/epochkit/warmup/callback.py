@@ -34,13 +34,16 @@ class LRWarmup(Callback):
     ``r(x) = (1 - cos(pi x)) / 2``). So the first step is never at LR 0, ``w(W - 1) = 1`` exactly, and from step
     ``W`` on the callback does nothing at all.
 
-    The scaling lives only around ``optimizer.step()`` (a step pre-hook multiplies, a post-hook restores), so the
-    user's scheduler, whatever it is (per-step, per-epoch, chainable ones that read ``param_group["lr"]``,
-    ``OneCycleLR``, ``ReduceLROnPlateau``, none), evolves exactly as without the callback. Steps are counted when
-    the optimizer really steps: gradient accumulation counts once per optimizer step, and a step that was skipped
-    (AMP's ``GradScaler`` found inf/NaN, or a module's ``optimizer_step`` that does not call ``optimizer.step``)
+    The scaling lives only around the update inside ``optimizer.step()``: with a closure (automatic optimization)
+    it is applied after the closure (``training_step``, backward, ``on_before_optimizer_step``) has returned, and a
+    post-hook restores the LR. So the user's scheduler, whatever it is (per-step, per-epoch, chainable ones that
+    read ``param_group["lr"]``, ``OneCycleLR``, ``ReduceLROnPlateau``, one stepped inside ``training_step``, none),
+    evolves exactly as without the callback. Steps are counted when the optimizer really applies an update:
+    gradient accumulation counts once per optimizer step, and a skipped step (AMP's ``GradScaler`` found inf/NaN, a
+    module's ``optimizer_step`` that does not call ``optimizer.step``, a ``training_step`` that returned ``None``)
     does not advance the warmup. Each optimizer (manual optimization included) has its own count; every param group
-    is warmed up from its own LR.
+    is warmed up from its own LR, and a group added during warmup (an unfreeze) gets a full ramp of its own from
+    the step it appears. A group added after the optimizer's warmup has ended is not warmed up.
 
     Give exactly one of ``steps``, ``epochs`` or ``fraction``.
 
@@ -110,35 +113,47 @@ class LRWarmup(Callback):
 
     # ------------------------------------------------------------------------------------------- lifecycle
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return  # validate/test/predict: keep what the last fit (or a checkpoint) left
         # Made here, not in __init__: state of one fit (constructor = parameters).
         self.steps_applied_: list[int] = []
         self.warmup_steps_: list[list[int]] = []
-        self._restored_steps: list[int] | None = None
+        self.group_starts_: list[list[int]] = []
+        self._restored: dict[str, Any] | None = None
+        self._ends: list[int] = []
         self._handles: dict[int, list[RemovableHandle]] = {}
         self._tables: dict[int, list[float]] = {}
-        self._saved: dict[int, list[Any]] = {}
+        self._saved: dict[int, list[tuple[Any, Any]]] = {}
         self._used: dict[int, tuple[float, list[Any]]] = {}
         self._finished: list[int] = []
+        self._length: int | str = 0
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         optimizers = trainer.optimizers
         if not optimizers:
             log.warning("LRWarmup: the module configured no optimizer; there is nothing to warm up.")
             return
-        length = self._resolve_length(trainer)
+        self._length = self._resolve_length(trainer)
         self.warmup_steps_ = [
-            [self._group_length(length, opt, i, j) for j in range(len(opt.param_groups))]
+            [self._group_length(self._length, opt, i, j) for j in range(len(opt.param_groups))]
             for i, opt in enumerate(optimizers)
         ]
-        restored = self._restored_steps
-        if restored is not None and len(restored) != len(optimizers):
+        restored = self._restored or {}
+        steps = restored.get("steps_applied") or [0] * len(optimizers)
+        if len(steps) != len(optimizers):
             raise ValueError(
-                f"LRWarmup was restored with step counts for {len(restored)} optimizer(s), but the module "
+                f"LRWarmup was restored with step counts for {len(steps)} optimizer(s), but the module "
                 f"configured {len(optimizers)}."
             )
-        self.steps_applied_ = list(restored) if restored is not None else [0] * len(optimizers)
+        self.steps_applied_ = list(steps)
+        starts = restored.get("group_starts") or []
+        self.group_starts_ = [
+            list(starts[i]) if i < len(starts) and len(starts[i]) == len(opt.param_groups) else [0] * len(lengths)
+            for i, (opt, lengths) in enumerate(zip(optimizers, self.warmup_steps_, strict=True))
+        ]
+        self._ends = [self._end(i) for i in range(len(optimizers))]
         for i, optimizer in enumerate(optimizers):
-            if self.steps_applied_[i] < max(self.warmup_steps_[i]):
+            if self.steps_applied_[i] < self._ends[i]:
                 self._handles[i] = [
                     optimizer.register_step_pre_hook(partial(self._before_step, i)),
                     optimizer.register_step_post_hook(partial(self._after_step, i)),
@@ -182,28 +197,50 @@ class LRWarmup(Callback):
         self._handles = {}
 
     # ------------------------------------------------------------------------------------------- the hooks
-    def _before_step(self, i: int, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    def _before_step(self, i: int, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Any:
+        """Scale the LRs for this step; with a closure, only once it has returned (see ``_scaled_closure``)."""
+        # torch hands step pre-hooks the step's own arguments, the optimizer first: (optimizer, closure?, ...).
+        closure = kwargs.get("closure") if "closure" in kwargs else (args[1] if len(args) > 1 else None)
+        if closure is None:  # no user code runs inside this step (GradScaler.step, a bare optimizer.step())
+            self._scale(i, optimizer)
+            return None
+        wrapped = partial(self._scaled_closure, i, optimizer, closure)
+        if "closure" in kwargs:
+            return args, {**kwargs, "closure": wrapped}
+        return (args[0], wrapped, *args[2:]), kwargs
+
+    def _scaled_closure(self, i: int, optimizer: torch.optim.Optimizer, closure: Any) -> Any:
+        # The closure is the user's training_step, backward and on_before_optimizer_step: it must see (and may
+        # change) the schedule's own LR. Scale after it, once (LBFGS evaluates it again). When it left no gradient
+        # (a training_step that returned None: Lightning zeroes grads to None and skips backward) _scale does
+        # nothing and the step does not count.
+        loss = closure()
+        if i not in self._saved:
+            self._scale(i, optimizer)
+        return loss
+
+    def _scale(self, i: int, optimizer: torch.optim.Optimizer) -> None:
+        if not any(p.grad is not None for group in optimizer.param_groups for p in group["params"]):
+            return  # nothing to apply: the step is a no-op and does not count (a Python check, no device sync)
         k = self.steps_applied_[i]
-        lengths = self.warmup_steps_[i]
-        if k >= max(lengths) and len(lengths) >= len(optimizer.param_groups):
-            return  # warmup over (a second step in the same batch, under manual optimization): no effect at all
-        saved: list[Any] = []
+        lengths, starts = self.warmup_steps_[i], self.group_starts_[i]
+        if len(lengths) < len(optimizer.param_groups):
+            self._add_groups(i, optimizer)
+        saved: list[tuple[Any, Any]] = []
         used: list[Any] = []
         factor = 1.0
         for j, group in enumerate(optimizer.param_groups):
-            if j >= len(lengths):  # a group added during training (e.g. unfreezing): warm it up too
-                lengths.append(self._group_length(lengths[-1] if self.steps != UNTUNED else UNTUNED, optimizer, i, j))
-            w = self._factor(k, lengths[j])
+            w = self._factor(k - starts[j], lengths[j])
             lr = group["lr"]
             if isinstance(lr, torch.Tensor):
                 # Tensor LRs (capturable/fused optimizers) are scaled in place, on device, with no host sync.
-                saved.append(lr.clone())
+                saved.append((lr.clone(), None))
                 lr.mul_(w)
                 used.append(lr.detach().clone())
             else:
-                saved.append(lr)
-                group["lr"] = lr * w
-                used.append(lr * w)
+                group["lr"] = written = lr * w
+                saved.append((lr, written))
+                used.append(written)
             if j == 0:
                 factor = w
         self._saved[i] = saved
@@ -211,19 +248,32 @@ class LRWarmup(Callback):
 
     def _after_step(self, i: int, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         saved = self._saved.pop(i, None)
-        if saved is not None:
-            self._restore(optimizer, saved)
+        if saved is None:
+            return  # nothing was scaled: a skipped batch, not an applied warmup step
+        self._restore(optimizer, saved)
         self.steps_applied_[i] += 1
-        if self.steps_applied_[i] >= max(self.warmup_steps_[i]):
+        if self.steps_applied_[i] >= self._ends[i]:
             self._finished.append(i)
 
     @staticmethod
-    def _restore(optimizer: torch.optim.Optimizer, saved: list[Any]) -> None:
-        for group, lr in zip(optimizer.param_groups, saved, strict=False):
+    def _restore(optimizer: torch.optim.Optimizer, saved: list[tuple[Any, Any]]) -> None:
+        for group, (lr, written) in zip(optimizer.param_groups, saved, strict=False):
             if isinstance(group["lr"], torch.Tensor):
                 group["lr"].copy_(lr)
-            else:
+            elif group["lr"] == written:  # something else set a new LR during the step: keep it
                 group["lr"] = lr
+
+    def _add_groups(self, i: int, optimizer: torch.optim.Optimizer) -> None:
+        """Param groups added during warmup (e.g. unfreezing) get a warmup of their own from this step on."""
+        lengths, starts = self.warmup_steps_[i], self.group_starts_[i]
+        for j in range(len(lengths), len(optimizer.param_groups)):
+            lengths.append(self._group_length(self._length, optimizer, i, j))
+            starts.append(self.steps_applied_[i])
+        self._ends[i] = self._end(i)
+
+    def _end(self, i: int) -> int:
+        """The optimizer's step count at which every one of its param groups has finished warming up."""
+        return max(start + length for start, length in zip(self.group_starts_[i], self.warmup_steps_[i], strict=True))
 
     def _factor(self, k: int, length: int) -> float:
         if k >= length:
@@ -284,10 +334,12 @@ class LRWarmup(Callback):
         return {
             "steps_applied": list(getattr(self, "steps_applied_", [])),
             "warmup_steps": [list(x) for x in getattr(self, "warmup_steps_", [])],
+            "group_starts": [list(x) for x in getattr(self, "group_starts_", [])],
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        steps = state_dict.get("steps_applied", [])
-        self._restored_steps = list(steps) if steps else None
-        self.steps_applied_ = list(steps)
+        # Applied at on_fit_start, once the optimizers exist; also readable right away.
+        self._restored = dict(state_dict)
+        self.steps_applied_ = list(state_dict.get("steps_applied", []))
         self.warmup_steps_ = [list(x) for x in state_dict.get("warmup_steps", [])]
+        self.group_starts_ = [list(x) for x in state_dict.get("group_starts", [])]

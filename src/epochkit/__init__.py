@@ -4,6 +4,8 @@ Shuffle audit, early stopping, learning-rate warmup and cross-validation that pl
 LightningModule on one CPU, one GPU or many (DDP).
 """
 
+from epochkit.audit import ShuffleAudit
+
 __version__ = "0.1.0.dev0"
 
-__all__ = ["__version__"]
+__all__ = ["ShuffleAudit", "__version__"]

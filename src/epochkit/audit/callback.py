@@ -216,6 +216,7 @@ class ShuffleAudit(Callback):
             "verdicts": [v.to_dict() for v in getattr(self, "verdicts_", [])],
             "previous": None if previous is None else {k: torch.from_numpy(v.copy()) for k, v in previous.items()},
             "previous_epoch": getattr(self, "previous_epoch_", None),
+            "fit_start": fit_start.to_dict() if (fit_start := getattr(self, "fit_start_", None)) else None,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -223,6 +224,8 @@ class ShuffleAudit(Callback):
         previous = state_dict.get("previous")
         self.previous_ = None if previous is None else {k: v.numpy() for k, v in previous.items()}
         self.previous_epoch_ = state_dict.get("previous_epoch")
+        fit_start = state_dict.get("fit_start")
+        self.fit_start_ = EpochVerdict.from_dict(fit_start) if fit_start else None
         self._loaded_ = True
 
     # ----------------------------------------------------------------------------------------- internals

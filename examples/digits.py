@@ -12,6 +12,7 @@ import os
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from epochkit import ShuffleAudit
 from epochkit.demo import DigitsClassifier, DigitsDataModule
 
 
@@ -34,6 +35,7 @@ def main(argv: list[str] | None = None) -> float:
         enable_progress_bar=False,
         enable_model_summary=False,
         deterministic=True,
+        callbacks=[ShuffleAudit(labels=1)],  # what each epoch really presented (batch[1] holds the labels)
     )
     model = DigitsClassifier()
     trainer.fit(model, datamodule=DigitsDataModule(seed=args.seed))

@@ -38,6 +38,7 @@ class Case:
 
 CASES: list[Case] = [
     Case(LightningEarlyStopping, {"monitor": "val_loss", "patience": 2, "mode": "min"}),
+    Case(epochkit.ShuffleAudit, {"on_issue": "raise", "labels": 1, "max_samples": 100000, "ignore": ["sorted_labels"]}),
 ]
 
 

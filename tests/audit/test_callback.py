@@ -84,7 +84,7 @@ def test_warn_mode_warns_and_log_mode_logs(caplog: pytest.LogCaptureFixture) -> 
 
 def test_raise_mode_stops_at_the_end_of_the_epoch_where_the_issue_is_found() -> None:
     audit = ShuffleAudit(on_issue="raise")
-    with pytest.raises(ShuffleAuditError, match="order identical to epoch 0: Spearman 1.000") as info:
+    with pytest.raises(ShuffleAuditError, match=r"order identical to epoch 0: Spearman 1\.000") as info:
         fit([audit], AuditDataModule(sampler=_data.fixed_permutation), max_epochs=5)
     assert [f.code for f in info.value.findings] == ["order_unchanged"]
     assert [v.epoch for v in audit.verdicts_] == [0, 1]

@@ -265,7 +265,7 @@ class ShuffleAudit(Callback):
         config = self._configs_[trainer.global_rank] if self._configs_ else {}
         labels: np.ndarray | None = None
         if self._recorder_ is not None:
-            ids, sizes = _indices(self._recorder_, self._batches_, bool(config.get("batched", True)))
+            ids, sizes = self._recorder_.take(self._batches_)
             source = "sampler indices"
         elif self._id_chunks_:
             ids_t = torch.cat([c.to(self._id_chunks_[0].device) for c in self._id_chunks_])
@@ -531,12 +531,6 @@ class ShuffleAudit(Callback):
                 "summary": summary(verdicts),
             },
         )
-
-
-def _indices(recorder: RecordingSampler, batches: int, batched: bool) -> tuple[np.ndarray, np.ndarray]:
-    from epochkit.audit.recording import indices_to_ids
-
-    return indices_to_ids(recorder.take(batches), batched)
 
 
 def _merge(payloads: list[dict[str, Any]]) -> dict[str, np.ndarray]:

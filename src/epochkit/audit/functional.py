@@ -106,7 +106,9 @@ def count_distinct(ids: np.ndarray) -> int:
     if ids.size == 0:
         return 0
     if _dense(ids):
-        return int(np.count_nonzero(np.bincount(ids)))
+        present = np.zeros(int(ids.max()) + 1, bool)
+        present[ids] = True
+        return int(np.count_nonzero(present))
     return int(np.unique(ids).size)
 
 
@@ -374,8 +376,10 @@ def label_stats(labels: np.ndarray, batches: np.ndarray, draws: int = 256) -> La
     nan = float("nan")
     if n < 2:
         return LabelStats(0, 0, nan, nan, nan, nan, 0)
-    _, codes = np.unique(labels, return_inverse=True)
-    codes = codes.reshape(-1).astype(np.int64)
+    if labels.dtype.kind in "iu" and int(labels.min()) >= 0 and int(labels.max()) < 1 << 16:
+        codes = labels.astype(np.int64, copy=False)  # class indices already: no sort needed
+    else:
+        codes = np.unique(labels, return_inverse=True)[1].reshape(-1).astype(np.int64)
     k = int(codes.max()) + 1
     class_counts = np.bincount(codes, minlength=k).astype(np.float64)
     changes = int(np.count_nonzero(codes[1:] != codes[:-1]))

@@ -385,14 +385,13 @@ def label_stats(labels: np.ndarray, batches: np.ndarray, draws: int = 256) -> La
     changes = int(np.count_nonzero(codes[1:] != codes[:-1]))
     expected_rate = 1.0 - float(np.sum(class_counts * (class_counts - 1.0))) / (n * (n - 1.0))
 
-    batch_ids, batch_sizes = np.unique(batches, return_counts=True)
-    size = int(np.bincount(batch_sizes).argmax())
-    full = batch_ids[batch_sizes == size]
+    per_batch = np.bincount(batches)
+    size = int(np.bincount(per_batch[per_batch > 0]).argmax())
+    full = np.flatnonzero(per_batch == size)
     entropy = expected = sd = nan
     if size >= 2 and full.size:
-        in_full = np.isin(batches, full)
-        _, slot = np.unique(batches[in_full], return_inverse=True)
-        table = np.bincount(slot.reshape(-1) * k + codes[in_full], minlength=full.size * k).reshape(full.size, k)
+        table = np.bincount(batches.astype(np.int64) * k + codes, minlength=per_batch.size * k)
+        table = table.reshape(per_batch.size, k)[full]
         entropy = float(_entropy_bits(table).mean())
         # The entropy of a batch drawn without replacement from these labels: multivariate hypergeometric counts.
         rng = np.random.default_rng(0)
@@ -443,9 +442,14 @@ def keep_mask(ids: np.ndarray, fraction: float) -> np.ndarray:
     ids = np.asarray(ids)
     if fraction >= 1.0:
         return np.ones(ids.shape, bool)
+    out = np.empty(ids.shape, bool)
+    limit = np.uint64(min(fraction, 1.0) * 2.0**53)
+    step = 1 << 20  # chunks keep the uint64 temporaries small
     with np.errstate(over="ignore"):
-        z = ids.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53 < fraction
+        for start in range(0, ids.size, step):
+            z = ids[start : start + step].astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+            z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            z ^= z >> np.uint64(31)
+            out[start : start + step] = (z >> np.uint64(11)) < limit
+    return out

@@ -394,21 +394,25 @@ class ShuffleAudit(Callback):
             seen = sum(p["seen"] for p in payloads)
             distinct_local = sum(p["distinct"] for p in payloads)
             metrics["duplicates"] = float(seen - distinct_local)
-            all_ids = [p["ids"] for p in payloads]
-            shared, distinct = F.rank_overlap(all_ids) if world > 1 else (0, F.count_distinct(all_ids[0]))
+            cov_fraction = fraction
+            if world > 1:
+                shared, distinct = F.rank_overlap([p["ids"] for p in payloads])
+            else:  # one rank: the exact count over the full stream, whatever the subsample
+                shared, distinct, cov_fraction = 0, payloads[0]["distinct"], 1.0
             if universe is not None:
                 expected = min(universe, seen)
-                kept_expected = fraction * expected
+                kept_expected = cov_fraction * expected
                 metrics["coverage"] = min(1.0, distinct / kept_expected) if kept_expected else 1.0
-                # Exact when fraction == 1; otherwise the subset's count is binomial around fraction * expected.
-                slack = F.Z * np.sqrt(expected * fraction * (1 - fraction)) + padding * fraction
-                if distinct < kept_expected - slack - (padding if fraction == 1.0 else 0):
+                # Exact when nothing is subsampled (padding aside); otherwise the subset's count is binomial
+                # around cov_fraction * expected.
+                slack = F.Z * np.sqrt(expected * cov_fraction * (1 - cov_fraction)) + padding * cov_fraction
+                if distinct < kept_expected - slack:
                     self._finding(
                         found,
                         "incomplete_coverage",
                         epoch,
-                        f"coverage {metrics['coverage']:.3f}: about {round((kept_expected - distinct) / fraction)} "
-                        f"of {expected} samples never seen this epoch",
+                        f"coverage {metrics['coverage']:.3f}: about {round((kept_expected - distinct) / cov_fraction)}"
+                        f" of {expected} samples never seen this epoch",
                     )
             if world > 1:
                 metrics["rank_overlap"] = shared / distinct if distinct else 0.0

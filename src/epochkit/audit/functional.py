@@ -376,8 +376,8 @@ def label_stats(labels: np.ndarray, batches: np.ndarray, draws: int = 256) -> La
     nan = float("nan")
     if n < 2:
         return LabelStats(0, 0, nan, nan, nan, nan, 0)
-    if labels.dtype.kind in "iu" and int(labels.min()) >= 0 and int(labels.max()) < 1 << 16:
-        codes = labels.astype(np.int64, copy=False)  # class indices already: no sort needed
+    if labels.dtype.kind in "iu" and int(labels.min()) >= 0 and int(labels.max()) < 1 << 15:
+        codes = labels  # class indices already: no sort, no copy
     else:
         codes = np.unique(labels, return_inverse=True)[1].reshape(-1).astype(np.int64)
     k = int(codes.max()) + 1
@@ -390,7 +390,8 @@ def label_stats(labels: np.ndarray, batches: np.ndarray, draws: int = 256) -> La
     full = np.flatnonzero(per_batch == size)
     entropy = expected = sd = nan
     if size >= 2 and full.size:
-        table = np.bincount(batches.astype(np.int64) * k + codes, minlength=per_batch.size * k)
+        key_type = np.int32 if per_batch.size * k < 2**31 else np.int64
+        table = np.bincount(batches.astype(key_type) * k + codes, minlength=per_batch.size * k)
         table = table.reshape(per_batch.size, k)[full]
         entropy = float(_entropy_bits(table).mean())
         # The entropy of a batch drawn without replacement from these labels: multivariate hypergeometric counts.

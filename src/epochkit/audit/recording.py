@@ -62,7 +62,10 @@ class IndexSink:
 
     def _pack(self) -> None:
         if self.pending:
-            self.chunks.append(indices_to_ids(self.pending, self.batched))
+            ids, sizes = indices_to_ids(self.pending, self.batched)
+            if ids.size and ids.min() >= 0 and ids.max() < 2**31:
+                ids = ids.astype(np.int32)  # dataset indices: half the memory
+            self.chunks.append((ids, sizes))
             self.pending = []
 
     def take(self, batches: int) -> tuple[np.ndarray, np.ndarray]:
@@ -70,8 +73,10 @@ class IndexSink:
         self._pack()
         if not self.chunks:
             return np.empty(0, np.int64), np.empty(0, np.int64)
-        sizes = np.concatenate([c[1] for c in self.chunks])[:batches]
-        ids = self.chunks[0][0] if len(self.chunks) == 1 else np.concatenate([c[0] for c in self.chunks])
+        if len(self.chunks) > 1:  # one array from here on, so the chunks are freed rather than copied
+            self.chunks = [(np.concatenate([c[0] for c in self.chunks]), np.concatenate([c[1] for c in self.chunks]))]
+        ids, sizes = self.chunks[0]
+        sizes = sizes[:batches]
         return ids[: int(sizes.sum())], sizes
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
 import tracemalloc
 import warnings
@@ -62,6 +63,7 @@ def _digits_fit(audit: bool, epochs: int) -> _StepTimer:
         enable_model_summary=False,
         limit_val_batches=0,
         callbacks=callbacks,
+        default_root_dir=tempfile.gettempdir(),
     )
     trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule())
     return timer

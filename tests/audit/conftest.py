@@ -4,9 +4,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fits without a logger write their report to the working directory, as Lightning writes checkpoints."""
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture(autouse=True)

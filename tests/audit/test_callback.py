@@ -120,6 +120,10 @@ def test_max_samples_bounds_the_record_and_still_finds_the_bug() -> None:
     buggy = ShuffleAudit(on_issue="log", max_samples=300)
     fit([buggy], AuditDataModule(n=2000, batch_size=50, sampler=_data.fixed_permutation), max_epochs=2)
     assert [f.code for f in buggy.verdicts_[1].findings] == ["order_unchanged"]
+    # Label runs are measured on every k-th whole batch: sorted data is still caught.
+    sorted_data = ShuffleAudit(on_issue="log", max_samples=300, ignore=["shuffle_off"])
+    fit([sorted_data], AuditDataModule(n=2000, batch_size=50, shuffle=False, sort_by_label=True), max_epochs=1)
+    assert {f.code for f in sorted_data.verdicts_[0].findings} == {"sorted_labels", "class_blocked_batches"}
 
 
 def test_sample_ids_from_the_batch_identify_an_iterable_stream() -> None:

@@ -272,7 +272,6 @@ class ShuffleAudit(Callback):
     def _local_payload(self, trainer: pl.Trainer) -> dict[str, Any]:
         """This rank's epoch: local coverage and label statistics, and the (subsampled) record to gather."""
         config = self._configs_[trainer.global_rank] if self._configs_ else {}
-        labels: np.ndarray | None = None
         if self._recorder_ is not None:
             ids, sizes = self._recorder_.take(self._batches_)
             source = "sampler indices"
@@ -283,17 +282,28 @@ class ShuffleAudit(Callback):
             source = "sample_ids" if self.sample_ids is not None else "content fingerprints"
         else:
             ids, sizes, source = np.empty(0, np.int64), np.empty(0, np.int64), "none"
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        cov = F.coverage_stats(ids, config.get("universe"))
+        # Label runs: on every stride-th whole batch when the epoch is larger than max_samples (exact per batch).
+        stride = 1
+        if self.max_samples is not None and ids.size > self.max_samples:
+            stride = -(-ids.size // self.max_samples)
+        picked = np.arange(0, sizes.size, stride)
+        picked_sizes = sizes[picked]
+        positions = np.repeat(offsets[picked] - np.cumsum(np.concatenate([[0], picked_sizes[:-1]])), picked_sizes)
+        positions += np.arange(positions.size)
+        labels: np.ndarray | None = None
         if self._label_chunks_:
             labels = torch.cat([c.to(self._label_chunks_[0].device) for c in self._label_chunks_]).cpu().numpy()
             labels = _small_ints(labels)
+            labels = labels[positions] if labels.size == ids.size else None
         elif self._labels_array_ is not None and ids.size and int(ids.max()) < self._labels_array_.shape[0]:
-            labels = self._labels_array_[ids]
-        batches = np.repeat(np.arange(sizes.size, dtype=np.int32), sizes)
-        cov = F.coverage_stats(ids, config.get("universe"))
+            labels = self._labels_array_[ids[positions]]
         label = None
-        if labels is not None and labels.size == ids.size and labels.dtype.kind in "iub":
-            label = F.label_stats(labels, batches)  # float labels (regression targets) have no runs to speak of
-        del labels
+        if labels is not None and labels.dtype.kind in "iub":  # float labels (regression targets): no runs
+            picked_batches = np.repeat(picked.astype(np.int32), picked_sizes)
+            label = F.label_stats(labels, picked_batches, within_batches=stride > 1)
+        del labels, positions
         fraction = 1.0
         if self.max_samples is not None and ids.size * trainer.world_size > self.max_samples:
             fraction = self.max_samples / (ids.size * trainer.world_size)
@@ -313,7 +323,7 @@ class ShuffleAudit(Callback):
             "ids": ids[kept],
             "successors": successors,
             "positions": kept,
-            "batches": batches[kept],
+            "batches": (np.searchsorted(offsets, kept, side="right") - 1).astype(np.int32),
         }
 
     def _finding(

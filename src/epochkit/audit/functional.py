@@ -359,10 +359,12 @@ def _entropy_bits(counts: np.ndarray) -> np.ndarray:
     return -(p * logs).sum(axis=-1)
 
 
-def label_stats(labels: np.ndarray, batches: np.ndarray, draws: int = 256) -> LabelStats:
+def label_stats(labels: np.ndarray, batches: np.ndarray, draws: int = 256, within_batches: bool = False) -> LabelStats:
     """Label-change rate and per-batch label entropy of a stream, with their expectations under a fresh shuffle.
 
     Only batches of the most common size are compared (a last, smaller batch has a different expectation).
+    ``within_batches=True`` counts label changes only between neighbours in the same batch, for a stream made of
+    whole batches picked from a longer epoch (under a shuffle they have the same expectation).
 
     Example:
         >>> labels = np.repeat(np.arange(4), 16)  # sorted by label
@@ -371,7 +373,7 @@ def label_stats(labels: np.ndarray, batches: np.ndarray, draws: int = 256) -> La
         (0.048, 0.762, 0.0)
     """
     labels = np.asarray(labels)
-    batches = np.asarray(batches, np.int64)
+    batches = np.asarray(batches)
     n = int(labels.size)
     nan = float("nan")
     if n < 2:
@@ -382,7 +384,13 @@ def label_stats(labels: np.ndarray, batches: np.ndarray, draws: int = 256) -> La
         codes = np.unique(labels, return_inverse=True)[1].reshape(-1).astype(np.int64)
     k = int(codes.max()) + 1
     class_counts = np.bincount(codes, minlength=k).astype(np.float64)
-    changes = int(np.count_nonzero(codes[1:] != codes[:-1]))
+    differ = codes[1:] != codes[:-1]
+    pairs = n - 1
+    if within_batches:
+        same = batches[1:] == batches[:-1]
+        differ &= same
+        pairs = int(np.count_nonzero(same))
+    changes = int(np.count_nonzero(differ))
     expected_rate = 1.0 - float(np.sum(class_counts * (class_counts - 1.0))) / (n * (n - 1.0))
 
     per_batch = np.bincount(batches)
@@ -399,7 +407,7 @@ def label_stats(labels: np.ndarray, batches: np.ndarray, draws: int = 256) -> La
         sample = rng.multivariate_hypergeometric(class_counts.astype(np.int64), size, size=draws)
         random_entropy = _entropy_bits(sample)
         expected, sd = float(random_entropy.mean()), float(random_entropy.std(ddof=1))
-    return LabelStats(changes, n - 1, expected_rate, entropy, expected, sd, int(full.size))
+    return LabelStats(changes, pairs, expected_rate, entropy, expected, sd, int(full.size))
 
 
 def change_rate_flagged(changes: int, pairs: int, expected_rate: float) -> bool:

@@ -90,3 +90,10 @@ def test_the_same_statistics_flag_the_bugs_they_are_for() -> None:
     s = F.label_stats(labels, batches)
     assert F.change_rate_flagged(s.changes, s.pairs, s.expected_change_rate)
     assert F.entropy_flagged(s.batch_entropy, s.expected_batch_entropy, s.entropy_sd, s.batches)
+
+
+def test_overfit_batches_replays_batches_on_purpose_and_is_not_flagged() -> None:
+    audit = ShuffleAudit(on_issue="raise")
+    fit([audit], AuditDataModule(), overfit_batches=2)
+    assert all(not v.findings for v in audit.verdicts_)
+    assert audit.verdicts_[-1].metrics["spearman"] == 1.0  # measured, just not an issue

@@ -22,6 +22,7 @@ from epochkit.audit.recording import RecordingSampler, attach, describe_loader, 
 log = logging.getLogger("epochkit.audit")
 
 OnIssue = Literal["warn", "raise", "log"]
+_ORDER_CODES = frozenset({"shuffle_off", "order_unchanged", "batches_unchanged", "successors_preserved"})
 REPORT_FILE = "shuffle_audit.json"
 
 
@@ -84,6 +85,7 @@ class ShuffleAudit(Callback):
     _id_chunks_: list[torch.Tensor]
     _label_chunks_: list[torch.Tensor]
     _patched_: tuple[Any, Any] | None
+    _intended_: frozenset[str]
     _loaded_: bool
 
     def __init__(
@@ -168,6 +170,8 @@ class ShuffleAudit(Callback):
         configs = _distributed.gather_objects(trainer, config)  # collective: every rank enters it
         self._configs_ = configs
         self._labels_array_ = self._resolve_labels_array(loader)
+        # overfit_batches replays the same sequential batches on purpose: no order finding then.
+        self._intended_ = _ORDER_CODES if getattr(trainer, "overfit_batches", 0) > 0 else frozenset()
         # Decided from gathered data, identically on every rank: no broadcast needed.
         verdict = self._judge_fit_start(configs, trainer.world_size)
         self.fit_start_ = verdict
@@ -246,6 +250,7 @@ class ShuffleAudit(Callback):
         self._batches_ = 0
         self._id_chunks_ = []
         self._label_chunks_ = []
+        self._intended_ = frozenset()
 
     def _resolve_labels_array(self, loader: DataLoader | None) -> np.ndarray | None:
         """Labels indexed by dataset index, when the audit has sampler indices to index them with."""
@@ -329,7 +334,7 @@ class ShuffleAudit(Callback):
     def _finding(
         self, findings: list[Finding], code: str, epoch: int | None, evidence: str, severity: str = "issue"
     ) -> None:
-        if code not in self.ignore:
+        if code not in self.ignore and code not in self._intended_:
             findings.append(Finding(code, epoch, evidence, severity))
 
     def _judge_fit_start(self, configs: list[dict[str, Any]], world_size: int) -> EpochVerdict:

@@ -18,6 +18,7 @@ from epochkit import _distributed, _logging
 from epochkit.audit import functional as F
 from epochkit.audit.findings import CATALOG, EpochVerdict, Finding, markdown_report, summary
 from epochkit.audit.recording import RecordingSampler, attach, describe_loader, detach, extract, fingerprint
+from epochkit.audit.verdicts import judge_epoch, judge_fit_start
 
 log = logging.getLogger("epochkit.audit")
 
@@ -173,7 +174,7 @@ class ShuffleAudit(Callback):
         # overfit_batches replays the same sequential batches on purpose: no order finding then.
         self._intended_ = _ORDER_CODES if getattr(trainer, "overfit_batches", 0) > 0 else frozenset()
         # Decided from gathered data, identically on every rank: no broadcast needed.
-        verdict = self._judge_fit_start(configs, trainer.world_size)
+        verdict = judge_fit_start(configs, trainer.world_size, skip=self._skip())
         self.fit_start_ = verdict
         self._report(trainer, verdict, tag_step=0)
 
@@ -204,7 +205,12 @@ class ShuffleAudit(Callback):
         gathered = _distributed.gather_objects(trainer, payload)  # collective
         verdict_data: dict[str, Any] = {}
         if trainer.is_global_zero:
-            verdict_data = self._judge_epoch(trainer.current_epoch, gathered).to_dict()
+            verdict_epoch, record = judge_epoch(
+                trainer.current_epoch, gathered, self._configs_, self.previous_, self.previous_epoch_, self._skip()
+            )
+            if record is not None:  # what the next epoch is compared with
+                self.previous_, self.previous_epoch_ = record, trainer.current_epoch
+            verdict_data = verdict_epoch.to_dict()
         verdict = EpochVerdict.from_dict(_distributed.broadcast(trainer, verdict_data))  # collective
         self.verdicts_.append(verdict)
         self._report(trainer, verdict)
@@ -331,207 +337,8 @@ class ShuffleAudit(Callback):
             "batches": (np.searchsorted(offsets, kept, side="right") - 1).astype(np.int32),
         }
 
-    def _finding(
-        self, findings: list[Finding], code: str, epoch: int | None, evidence: str, severity: str = "issue"
-    ) -> None:
-        if code not in self.ignore and code not in self._intended_:
-            findings.append(Finding(code, epoch, evidence, severity))
-
-    def _judge_fit_start(self, configs: list[dict[str, Any]], world_size: int) -> EpochVerdict:
-        verdict = EpochVerdict(None)
-        first = configs[0]
-        found = verdict.findings
-        if first.get("shuffle") is False:
-            self._finding(found, "shuffle_off", None, f"train sampler is {first['sampler']} (shuffle=False)")
-        if len(configs) > 1:
-            differing = []
-            for key in ("sampler", "seed", "length", "shuffle", "drop_last"):
-                values = [c.get(key) for c in configs]
-                if any(v != values[0] for v in values):
-                    differing.append(f"{key} " + ", ".join(f"rank {r}={v!r}" for r, v in enumerate(values)))
-            if differing:
-                self._finding(found, "rank_sampler_mismatch", None, "; ".join(differing))
-        if first.get("iterable") and (first.get("num_workers", 0) > 1 or world_size > 1):
-            self._finding(
-                found,
-                "iterable_workers",
-                None,
-                f"{first['dataset']} with num_workers={first['num_workers']} on {world_size} rank(s); "
-                "duplicates are measured every epoch",
-                severity="notice",
-            )
-        if first.get("persistent_workers") and first.get("num_workers", 0) > 0 and first.get("dataset_set_epoch"):
-            self._finding(
-                found,
-                "persistent_workers_set_epoch",
-                None,
-                f"{first['dataset']}.set_epoch exists but num_workers={first['num_workers']} workers persist",
-            )
-        for key in ("sampler", "shuffle", "seed", "length", "drop_last", "num_workers"):
-            value = first.get(key)
-            if isinstance(value, bool | int | float) and value is not None:
-                verdict.metrics[f"config_{key}"] = float(value)
-        return verdict
-
-    def _judge_epoch(self, epoch: int, payloads: list[dict[str, Any]]) -> EpochVerdict:
-        verdict = EpochVerdict(epoch)
-        found, metrics, notes = verdict.findings, verdict.metrics, verdict.notes
-        configs = self._configs_ or [{} for _ in payloads]
-        first = configs[0]
-        world = len(payloads)
-        iterable = bool(first.get("iterable"))
-        fraction = min(p["fraction"] for p in payloads)
-        if payloads[0]["source"] == "none":
-            notes.append("no sample identities (no sampler indices, sample_ids or fingerprints): nothing audited")
-            return verdict
-        if fraction < 1.0:
-            notes.append(f"auditing a {fraction:.2%} subsample of samples across ranks and epochs (max_samples)")
-
-        # Coverage and duplicates: per rank exactly, over all ranks on the (sub)sampled record.
-        universe = first.get("universe")
-        padding = int(sum(c.get("padding", 0) for c in configs[:1]))
-        if first.get("replacement"):
-            notes.append("the sampler draws with replacement: duplicates and coverage are not checked")
-        else:
-            dup_code = "iterable_replicated" if iterable else "duplicate_samples"
-            for rank, p in enumerate(payloads):
-                dups = p["seen"] - p["distinct"]
-                allowed = max(0, p["seen"] - universe) if universe is not None else 0
-                if dups > allowed:
-                    where = f"rank {rank}: " if world > 1 else ""
-                    self._finding(
-                        found,
-                        dup_code,
-                        epoch,
-                        f"{where}{dups} of {p['seen']} samples drawn were repeats ({dups / p['seen']:.1%}"
-                        f"{', ' + str(first.get('num_workers')) + ' workers' if iterable else ''})",
-                    )
-            seen = sum(p["seen"] for p in payloads)
-            distinct_local = sum(p["distinct"] for p in payloads)
-            metrics["duplicates"] = float(seen - distinct_local)
-            cov_fraction = fraction
-            if world > 1:
-                shared, distinct = F.rank_overlap([p["ids"] for p in payloads])
-            else:  # one rank: the exact count over the full stream, whatever the subsample
-                shared, distinct, cov_fraction = 0, payloads[0]["distinct"], 1.0
-            if universe is not None:
-                expected = min(universe, seen)
-                kept_expected = cov_fraction * expected
-                metrics["coverage"] = min(1.0, distinct / kept_expected) if kept_expected else 1.0
-                # Exact when nothing is subsampled (padding aside); otherwise the subset's count is binomial
-                # around cov_fraction * expected.
-                slack = F.Z * np.sqrt(expected * cov_fraction * (1 - cov_fraction)) + padding * cov_fraction
-                if distinct < kept_expected - slack:
-                    self._finding(
-                        found,
-                        "incomplete_coverage",
-                        epoch,
-                        f"coverage {metrics['coverage']:.3f}: about {round((kept_expected - distinct) / cov_fraction)}"
-                        f" of {expected} samples never seen this epoch",
-                    )
-            if world > 1:
-                metrics["rank_overlap"] = shared / distinct if distinct else 0.0
-                allowed_shared = padding * fraction + (F.Z * np.sqrt(padding * fraction) if fraction < 1 else 0)
-                if shared > allowed_shared:
-                    self._finding(
-                        found,
-                        "iterable_replicated" if iterable else "rank_overlap",
-                        epoch,
-                        f"{shared} samples ({shared / distinct:.1%}) were seen by more than one of {world} ranks"
-                        f" (DistributedSampler padding allows {padding})",
-                    )
-
-        # Order against the previous epoch, on the merged stream (global position = local position * W + rank).
-        record = _merge(payloads)
-        previous = self.previous_
-        if previous is not None and self.previous_epoch_ is not None:
-            prev_epoch = self.previous_epoch_
-            stats = F.order_stats(
-                previous["ids"],
-                previous["batches"],
-                record["ids"],
-                record["batches"],
-                previous["successors"],
-                record["successors"],
-            )
-            order_flag = False
-            if stats.shared >= F.MIN_ORDER_SAMPLES:
-                rho = stats.spearman
-                metrics["spearman"] = rho
-                threshold = F.spearman_threshold(stats.shared)
-                if abs(rho) > threshold:
-                    order_flag = True
-                    what = (
-                        f"order identical to epoch {prev_epoch}"
-                        if rho > 0.9999
-                        else f"positions correlate with epoch {prev_epoch}"
-                    )
-                    self._finding(
-                        found,
-                        "order_unchanged",
-                        epoch,
-                        f"{what}: Spearman {rho:.3f} (a fresh shuffle stays within ±{threshold:.3f}, "
-                        f"{stats.shared} samples)",
-                    )
-            else:
-                notes.append(f"only {stats.shared} samples shared with epoch {prev_epoch}: order not compared")
-            if not np.isnan(stats.cobatch_ratio):
-                metrics["cobatch_ratio"] = stats.cobatch_ratio
-                threshold = F.cobatch_threshold(stats.cobatch_expected)
-                # Too few batches: every pair meets again anyway and the ratio cannot exceed the threshold.
-                if stats.cobatch_ratio > threshold and not order_flag:
-                    self._finding(
-                        found,
-                        "batches_unchanged",
-                        epoch,
-                        f"co-batch ratio {stats.cobatch_ratio:.2f} vs epoch {prev_epoch} (a fresh shuffle gives "
-                        f"1.00, flag above {threshold:.2f}) with Spearman {stats.spearman:.3f}",
-                    )
-            if stats.successor_pairs:
-                metrics["successors_preserved"] = stats.successor_fraction
-                if stats.successors_preserved >= F.successor_threshold(stats.successor_pairs) and not order_flag:
-                    self._finding(
-                        found,
-                        "successors_preserved",
-                        epoch,
-                        f"{stats.successor_fraction:.1%} of samples kept their successor from epoch {prev_epoch} "
-                        f"({stats.successors_preserved} of {stats.successor_pairs}; a fresh shuffle keeps about 1)",
-                    )
-        self.previous_ = record
-        self.previous_epoch_ = epoch
-
-        # Labels, pooled over ranks.
-        label_stats = [p["label"] for p in payloads if p["label"] is not None]
-        if label_stats:
-            changes = sum(s["changes"] for s in label_stats)
-            pairs = sum(s["pairs"] for s in label_stats)
-            q = sum(s["expected_change_rate"] * s["pairs"] for s in label_stats) / max(pairs, 1)
-            if pairs and q > 0:
-                metrics["label_change_ratio"] = (changes / pairs) / q
-                if F.change_rate_flagged(changes, pairs, q):
-                    self._finding(
-                        found,
-                        "sorted_labels",
-                        epoch,
-                        f"label-change rate {changes / pairs:.3f} vs {q:.3f} expected for a shuffle (1 - sum p^2)",
-                    )
-            with_batches = [s for s in label_stats if s["batches"] and not np.isnan(s["batch_entropy"])]
-            nb = sum(s["batches"] for s in with_batches)
-            if nb:
-                h = sum(s["batch_entropy"] * s["batches"] for s in with_batches) / nb
-                e = sum(s["expected_batch_entropy"] * s["batches"] for s in with_batches) / nb
-                sd = max(s["entropy_sd"] for s in with_batches)
-                if e > 0:
-                    metrics["batch_entropy_ratio"] = h / e
-                    if F.entropy_flagged(h, e, sd, nb):
-                        self._finding(
-                            found,
-                            "class_blocked_batches",
-                            epoch,
-                            f"mean batch label entropy {h:.2f} bits vs {e:.2f} for a random batch",
-                        )
-        metrics["issues"] = float(len(verdict.issues))
-        return verdict
+    def _skip(self) -> set[str]:
+        return set(self.ignore) | set(self._intended_)
 
     def _report(self, trainer: pl.Trainer, verdict: EpochVerdict, tag_step: int | None = None) -> None:
         if verdict.epoch is not None:
@@ -567,19 +374,3 @@ def _small_ints(labels: np.ndarray) -> np.ndarray:
     if labels.dtype.kind in "iu" and labels.size and labels.min() >= 0 and labels.max() < 2**15:
         return labels.astype(np.int16)
     return labels
-
-
-def _merge(payloads: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-    """One record over all ranks, ordered by global position ``local position * W + rank``."""
-    world = len(payloads)
-    if world == 1:
-        p = payloads[0]
-        return {"ids": p["ids"], "batches": p["batches"], "successors": p["successors"]}
-    ids = np.concatenate([p["ids"] for p in payloads])
-    glob = np.concatenate([p["positions"] * world + r for r, p in enumerate(payloads)])
-    order = np.argsort(glob, kind="stable") if world > 1 else np.arange(ids.size)
-    return {
-        "ids": ids[order],
-        "batches": np.concatenate([p["batches"] for p in payloads])[order],
-        "successors": np.concatenate([p["successors"] for p in payloads])[order],
-    }

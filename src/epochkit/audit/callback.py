@@ -15,10 +15,9 @@ from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, TensorDataset
 
 from epochkit import _distributed, _logging
-from epochkit.audit import functional as F
 from epochkit.audit.findings import CATALOG, EpochVerdict, Finding, markdown_report, summary
 from epochkit.audit.recording import RecordingSampler, attach, describe_loader, detach, extract, fingerprint
-from epochkit.audit.verdicts import judge_epoch, judge_fit_start
+from epochkit.audit.verdicts import epoch_payload, judge_epoch, judge_fit_start
 
 log = logging.getLogger("epochkit.audit")
 
@@ -294,49 +293,19 @@ class ShuffleAudit(Callback):
             source = "sample_ids" if self.sample_ids is not None else "content fingerprints"
         else:
             ids, sizes, source = np.empty(0, np.int64), np.empty(0, np.int64), "none"
-        offsets = np.concatenate([[0], np.cumsum(sizes)])
-        cov = F.coverage_stats(ids, config.get("universe"))
-        # Label runs: on every stride-th whole batch when the epoch is larger than max_samples (exact per batch).
-        stride = 1
-        if self.max_samples is not None and ids.size > self.max_samples:
-            stride = -(-ids.size // self.max_samples)
-        picked = np.arange(0, sizes.size, stride)
-        picked_sizes = sizes[picked]
-        positions = np.repeat(offsets[picked] - np.cumsum(np.concatenate([[0], picked_sizes[:-1]])), picked_sizes)
-        positions += np.arange(positions.size)
-        labels: np.ndarray | None = None
+        labels_by_position = None
         if self._label_chunks_:
-            labels = torch.cat([c.to(self._label_chunks_[0].device) for c in self._label_chunks_]).cpu().numpy()
-            labels = _small_ints(labels)
-            labels = labels[positions] if labels.size == ids.size else None
-        elif self._labels_array_ is not None and ids.size and int(ids.max()) < self._labels_array_.shape[0]:
-            labels = self._labels_array_[ids[positions]]
-        label = None
-        if labels is not None and labels.dtype.kind in "iub":  # float labels (regression targets): no runs
-            picked_batches = np.repeat(picked.astype(np.int32), picked_sizes)
-            label = F.label_stats(labels, picked_batches, within_batches=stride > 1)
-        del labels, positions
-        fraction = 1.0
-        if self.max_samples is not None and ids.size * trainer.world_size > self.max_samples:
-            fraction = self.max_samples / (ids.size * trainer.world_size)
-            kept = np.flatnonzero(F.keep_mask(ids, fraction))
-        else:
-            kept = np.arange(ids.size)
-        # Each kept sample keeps its true successor in the full stream, so successor counts stay exact.
-        successors = np.full(kept.size, -1, np.int64)
-        has_next = kept + 1 < ids.size
-        successors[has_next] = ids[kept[has_next] + 1]
-        return {
-            "source": source,
-            "seen": cov.seen,
-            "distinct": cov.distinct,
-            "label": None if label is None else label.__dict__,
-            "fraction": fraction,
-            "ids": ids[kept],
-            "successors": successors,
-            "positions": kept,
-            "batches": (np.searchsorted(offsets, kept, side="right") - 1).astype(np.int32),
-        }
+            labels_by_position = torch.cat([c.to(self._label_chunks_[0].device) for c in self._label_chunks_])
+        return epoch_payload(
+            ids,
+            sizes,
+            source=source,
+            universe=config.get("universe"),
+            world_size=trainer.world_size,
+            max_samples=self.max_samples,
+            labels_by_id=self._labels_array_,
+            labels_by_position=None if labels_by_position is None else _small_ints(labels_by_position.cpu().numpy()),
+        )
 
     def _skip(self) -> set[str]:
         return set(self.ignore) | set(self._intended_)

@@ -246,3 +246,78 @@ def merge_records(payloads: list[dict[str, Any]]) -> dict[str, np.ndarray]:
         "batches": np.concatenate([p["batches"] for p in payloads])[order],
         "successors": np.concatenate([p["successors"] for p in payloads])[order],
     }
+
+
+def epoch_payload(
+    ids: np.ndarray,
+    sizes: np.ndarray,
+    *,
+    source: str,
+    universe: int | None,
+    world_size: int = 1,
+    max_samples: int | None = None,
+    labels_by_id: np.ndarray | None = None,
+    labels_by_position: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """One rank's epoch, reduced to what :func:`judge_epoch` needs: exact coverage counts over the full stream,
+    label statistics, and the record of a fixed subset of ids (all ids unless ``ids.size * world_size`` exceeds
+    ``max_samples``) with each kept sample's position, batch and true successor.
+
+    Args:
+        ids: Sample ids in presentation order.
+        sizes: Batch sizes, in order (they sum to ``ids.size``).
+        source: Where the ids came from, for the report.
+        universe: Samples in the data set (None when unknown).
+        world_size: Ranks; the subset is sized for all of them together.
+        max_samples: The bound on kept ids across ranks (None: keep all).
+        labels_by_id: Labels indexed by id (dataset index), or None.
+        labels_by_position: Labels aligned with ``ids``, or None.
+
+    Example:
+        >>> ids = np.array([4, 2, 0, 1, 3, 2])
+        >>> p = epoch_payload(ids, np.array([2, 2, 2]), source="sampler indices", universe=5)
+        >>> p["seen"], p["distinct"], p["batches"].tolist(), p["successors"].tolist()
+        (6, 5, [0, 0, 1, 1, 2, 2], [2, 0, 1, 3, 2, -1])
+    """
+    ids, sizes = np.asarray(ids), np.asarray(sizes, np.int64)
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    cov = F.coverage_stats(ids, universe)
+    # Label runs: on every stride-th whole batch when the epoch is larger than max_samples (exact per batch).
+    stride = 1
+    if max_samples is not None and ids.size > max_samples:
+        stride = -(-ids.size // max_samples)
+    picked = np.arange(0, sizes.size, stride)
+    picked_sizes = sizes[picked]
+    positions = np.repeat(offsets[picked] - np.cumsum(np.concatenate([[0], picked_sizes[:-1]])), picked_sizes)
+    positions += np.arange(positions.size)
+    labels: np.ndarray | None = None
+    if labels_by_position is not None and labels_by_position.size == ids.size:
+        labels = labels_by_position[positions]
+    elif labels_by_id is not None and ids.size and int(ids.min()) >= 0 and int(ids.max()) < labels_by_id.shape[0]:
+        labels = labels_by_id[ids[positions]]
+    label = None
+    if labels is not None and labels.dtype.kind in "iub":  # float labels (regression targets): no runs
+        picked_batches = np.repeat(picked.astype(np.int32), picked_sizes)
+        label = F.label_stats(labels, picked_batches, within_batches=stride > 1)
+    del labels, positions
+    fraction = 1.0
+    if max_samples is not None and ids.size * world_size > max_samples:
+        fraction = max_samples / (ids.size * world_size)
+        kept = np.flatnonzero(F.keep_mask(ids, fraction))
+    else:
+        kept = np.arange(ids.size)
+    # Each kept sample keeps its true successor in the full stream, so successor counts stay exact.
+    successors = np.full(kept.size, -1, np.int64)
+    has_next = kept + 1 < ids.size
+    successors[has_next] = ids[kept[has_next] + 1]
+    return {
+        "source": source,
+        "seen": cov.seen,
+        "distinct": cov.distinct,
+        "label": None if label is None else label.__dict__,
+        "fraction": fraction,
+        "ids": ids[kept],
+        "successors": successors,
+        "positions": kept,
+        "batches": (np.searchsorted(offsets, kept, side="right") - 1).astype(np.int32),
+    }

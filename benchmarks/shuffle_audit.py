@@ -31,6 +31,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorData
 
 from epochkit import ShuffleAudit
 from epochkit.audit.recording import RecordingSampler, attach, describe_loader, detach
+from epochkit.audit.verdicts import judge_epoch
 from epochkit.demo import DigitsClassifier, DigitsDataModule
 
 
@@ -152,7 +153,8 @@ def analysis(n: int, batch: int, max_samples: int | None) -> None:
         audit._recorder_ = _recorded_epoch(perm, batch)  # recording happens during the epoch, not timed here
         start = time.perf_counter()
         payload = audit._local_payload(trainer)
-        verdict = audit._judge_epoch(epoch, [payload])
+        verdict, record = judge_epoch(epoch, [payload], audit._configs_, audit.previous_, audit.previous_epoch_)
+        audit.previous_, audit.previous_epoch_ = record, epoch
         times.append(time.perf_counter() - start)
         del payload
         audit._recorder_ = None

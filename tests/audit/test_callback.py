@@ -148,6 +148,11 @@ def test_bad_arguments_fail_at_construction_naming_argument_value_and_allowed(kw
         ShuffleAudit(**kwargs)
 
 
+def test_a_labels_array_of_the_wrong_length_fails_at_fit_start_naming_both_sizes() -> None:
+    with pytest.raises(ValueError, match=r"labels=<10 labels>.*192 samples"):
+        fit([ShuffleAudit(labels=list(range(10)))], AuditDataModule(), max_epochs=1)
+
+
 def test_state_key_reflects_settings() -> None:
     assert ShuffleAudit().state_key != ShuffleAudit(max_samples=1000).state_key
     assert ShuffleAudit(on_issue="raise").state_key == ShuffleAudit().state_key

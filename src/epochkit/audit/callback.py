@@ -266,6 +266,12 @@ class ShuffleAudit(Callback):
         labels: Any = None
         if self.labels is not None and not (_is_key(self.labels) or callable(self.labels)):
             labels = self.labels
+            size = len(dataset) if hasattr(dataset, "__len__") else None
+            if size is not None and len(labels) != size:
+                raise ValueError(
+                    f"ShuffleAudit(labels=<{len(labels)} labels>): one label per sample of the training data set is "
+                    f"needed ({size} samples); or pass a batch key (e.g. labels=1) or a function of the batch."
+                )
         elif isinstance(self.labels, int) and isinstance(dataset, TensorDataset):
             labels = dataset.tensors[self.labels]  # batch[k] is tensors[k][indices]: no per-batch work needed
         elif self.labels is None:

@@ -131,8 +131,14 @@ class ShuffleAudit(Callback):
 
     @property
     def state_key(self) -> str:
-        source = self.sample_ids if not callable(self.sample_ids) else getattr(self.sample_ids, "__qualname__", "fn")
-        return self._generate_state_key(max_samples=self.max_samples, sample_ids=source)
+        # Lightning reads this for every hook of every step (profiler names): cache it per settings.
+        settings = (self.max_samples, self.sample_ids)
+        cached = self.__dict__.get("_state_key_")
+        if cached is None or cached[0] != settings:
+            ids = self.sample_ids if not callable(self.sample_ids) else getattr(self.sample_ids, "__qualname__", "fn")
+            cached = (settings, self._generate_state_key(max_samples=self.max_samples, sample_ids=ids))
+            self.__dict__["_state_key_"] = cached
+        return cached[1]
 
     # ------------------------------------------------------------------------------------------------- hooks
 

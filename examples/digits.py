@@ -12,7 +12,7 @@ import os
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from epochkit import EarlyStopping, LRWarmup
+from epochkit import EarlyStopping, LRWarmup, ShuffleAudit
 from epochkit.demo import DigitsClassifier, DigitsDataModule
 
 
@@ -37,9 +37,10 @@ def main(argv: list[str] | None = None) -> float:
         enable_progress_bar=False,
         enable_model_summary=False,
         deterministic=True,
-        # Warm Adam up over its first epoch, on top of whatever schedule the module configures; stop when
-        # val_loss stops improving and keep the best epoch's weights.
-        callbacks=[LRWarmup(epochs=1), early_stopping],
+        # Audit what each epoch really presented (batch[1] holds the labels); warm Adam up over its first epoch,
+        # on top of whatever schedule the module configures; stop when val_loss stops improving and keep the best
+        # epoch's weights.
+        callbacks=[ShuffleAudit(labels=1), LRWarmup(epochs=1), early_stopping],
     )
     model = DigitsClassifier()
     datamodule = DigitsDataModule(seed=args.seed)

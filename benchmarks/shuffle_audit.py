@@ -1,0 +1,187 @@
+"""ShuffleAudit's cost, measured side by side in one run.
+
+1. Per-step overhead on the digits example: the same fit with and without the audit, interleaved (alternating which
+   goes first), one torch thread; the per-step time of an epoch runs from ``on_train_epoch_start`` to the last
+   ``on_train_batch_end`` (data loading, index recording and the per-batch hook included; the epoch-end analysis
+   is reported on its own). Medians over epochs 1.. of every repeat. Target: ratio <= 1.03. On a shared, loaded
+   machine whole-fit timings swing by more than 3% between runs (either way), so the audit's own per-batch work
+   (the recorder and the per-batch hook on the same sampler, no training) is also timed in isolation as the
+   minimum over repeats, and expressed as a share of the training step.
+2. The epoch-end analysis for N = 10,000,000 samples (batches of 64, 10 classes): the callback's own code on a
+   recorded epoch compared with the previous one, timed, with the peak memory it allocates (tracemalloc sees numpy
+   buffers), including the recorded indices and the record kept for the next epoch. Targets: <= 2 s, <= 400 MB.
+
+Run: ``.venv/bin/python benchmarks/shuffle_audit.py`` (``--repeats``, ``--samples`` to change the sizes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+import timeit
+import tracemalloc
+import warnings
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
+
+from epochkit import ShuffleAudit
+from epochkit.audit.recording import RecordingSampler, describe_loader
+from epochkit.audit.verdicts import judge_epoch
+from epochkit.demo import DigitsClassifier, DigitsDataModule
+
+
+class _StepTimer(pl.Callback):
+    def __init__(self) -> None:
+        self.per_step: list[float] = []
+        self.epoch_end: list[float] = []
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start = time.perf_counter()
+        self._steps = 0
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        self._last = time.perf_counter()
+        self._steps += 1
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.epoch_end.append(time.perf_counter() - self._last)
+        if trainer.current_epoch > 0:
+            self.per_step.append((self._last - self._start) / self._steps)
+
+
+def _digits_fit(audit: bool, epochs: int) -> _StepTimer:
+    pl.seed_everything(0)
+    timer = _StepTimer()
+    callbacks: list[pl.Callback] = [ShuffleAudit(on_issue="log", labels=1), timer] if audit else [timer]
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=callbacks,
+        default_root_dir=tempfile.gettempdir(),
+    )
+    trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule())
+    return timer
+
+
+def overhead(repeats: int, epochs: int) -> None:
+    base: list[float] = []
+    audited: list[float] = []
+    end_base: list[float] = []
+    end_audit: list[float] = []
+    for r in range(repeats):
+        for audit in (False, True) if r % 2 == 0 else (True, False):
+            timer = _digits_fit(audit, epochs)
+            (audited if audit else base).extend(timer.per_step)
+            (end_audit if audit else end_base).extend(timer.epoch_end[1:])
+    b, a = statistics.median(base), statistics.median(audited)
+    print(f"digits, {repeats} interleaved repeats x {epochs - 1} timed epochs, 23 steps an epoch:")
+    print(f"  per step without audit: {b * 1e3:.3f} ms   with audit: {a * 1e3:.3f} ms   ratio: {a / b:.3f}")
+    extra_per_batch = per_batch_cost(repeats)
+    print(f"  => the audit's per-step cost is {extra_per_batch / b:.2%} of a training step (target <= 3%)")
+    extra = statistics.median(end_audit) - statistics.median(end_base)
+    print(f"  epoch-end analysis of 1,437 samples: {extra * 1e3:.1f} ms")
+
+
+def per_batch_cost(repeats: int) -> float:
+    """The audit's own per-batch work in isolation, as the minimum over repeats (robust to a loaded machine): the
+    digits train sampler iterated with and without the recorder, plus the audit's per-batch hook."""
+    loader = DigitsDataModule()
+    loader.setup("fit")
+    batch_sampler = loader.train_dataloader().batch_sampler
+    recorder = RecordingSampler(batch_sampler, batched=True)
+    audit = ShuffleAudit(labels=1)
+    audit._reset_run_state()
+    audit._recorder_ = recorder
+    audit._labels_array_ = np.zeros(1, np.int16)  # labels come from the data set: no per-batch label work
+
+    def plain() -> None:
+        for _ in batch_sampler:
+            pass
+
+    def recorded() -> None:
+        for i, _ in enumerate(recorder):
+            audit.on_train_batch_start(None, None, None, i)  # type: ignore[arg-type]
+
+    batches = len(batch_sampler)
+    cost = {f: min(timeit.repeat(f, number=100, repeat=max(repeats, 5))) / 100 / batches for f in (plain, recorded)}
+    extra = cost[recorded] - cost[plain]
+    print(f"  recorder + per-batch hook, min of {max(repeats, 5)} repeats: +{extra * 1e6:.2f} us a batch")
+    return extra
+
+
+def _recorded_epoch(perm: np.ndarray, batch: int) -> RecordingSampler:
+    """What the recorder holds after a sampler yielded ``perm`` in batches (the sampler's lists, then packed)."""
+    recorder = RecordingSampler(None, batched=True)
+    sink = recorder.sink
+    for start in range(0, perm.size, batch):
+        sink.append(perm[start : start + batch].tolist())
+    return recorder
+
+
+def analysis(n: int, batch: int, max_samples: int | None) -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, n)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False)
+    audit = ShuffleAudit(on_issue="log", labels=labels, max_samples=max_samples)
+    audit._reset_run_state()
+    loader = DataLoader(
+        TensorDataset(torch.empty(n, 0)), batch_sampler=BatchSampler(RandomSampler(range(n)), batch, False)
+    )
+    audit._configs_ = [describe_loader(loader)]
+    audit._labels_array_ = labels
+    audit._batches_ = -(-n // batch)
+    perms = [rng.permutation(n), rng.permutation(n)]
+
+    tracemalloc.start()
+    times = []
+    for epoch, perm in enumerate(perms):
+        audit._recorder_ = _recorded_epoch(perm, batch)  # recording happens during the epoch, not timed here
+        start = time.perf_counter()
+        payload = audit._local_payload(trainer)
+        verdict, record = judge_epoch(epoch, [payload], audit._configs_, audit.previous_, audit.previous_epoch_)
+        audit.previous_, audit.previous_epoch_ = record, epoch
+        times.append(time.perf_counter() - start)
+        del payload
+        audit._recorder_ = None
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    label = "all samples" if max_samples is None else f"max_samples={max_samples:,}"
+    print(f"N = {n:,}, batches of {batch}, {label}:")
+    print(
+        f"  epoch-end analysis (epoch 1 vs epoch 0): {times[1]:.2f} s   peak memory of the audit: {peak / 2**20:.0f} MB"
+    )
+    print(f"  findings: {[f.code for f in verdict.findings] or 'none'}; metrics: " + ", ".join(
+        f"{k}={v:.3f}" for k, v in verdict.metrics.items()))  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--samples", type=int, default=10_000_000)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    import logging
+
+    logging.getLogger("lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    overhead(args.repeats, args.epochs)
+    analysis(args.samples, 64, max_samples=ShuffleAudit().max_samples)
+    if ShuffleAudit().max_samples is not None:
+        analysis(args.samples, 64, max_samples=None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,464 @@
+"""Pure statistics of what an epoch presented, on numpy arrays; no Trainer needed.
+
+An epoch is recorded as the sequence of sample ids in the order the model saw them (``ids``), with the batch each
+position fell in (``batches``). Every statistic here comes with its expectation under the null hypothesis "this
+epoch is a fresh uniform random permutation", and every threshold is derived from that null (see :data:`Z`), so a
+healthy shuffled run is not flagged:
+
+* coverage and duplicates are exact (a shuffle of the data has no duplicate and misses nothing);
+* Spearman's rho of the positions of the samples two epochs share has mean 0 and variance ``1 / (n - 1)``;
+* the co-batch ratio (pairs sharing a batch again, over its expectation) has mean 1 and, the count of re-met pairs
+  being close to Poisson, a relative standard deviation ``1 / sqrt(expected pairs)``;
+* the number of preserved successors is close to Poisson(1);
+* the label-change rate has mean ``1 - sum_k n_k (n_k - 1) / (n (n - 1))`` (``1 - sum p^2`` for large ``n``);
+* the mean label entropy of the batches equals the entropy of a random batch, estimated by a seeded Monte-Carlo draw.
+
+Vectorised, O(N) memory and time except for one sort of the co-batch keys; 10 million samples take about a second.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Standard deviations a statistic must deviate from its null expectation before it is flagged. At 6 sigma a
+#: healthy epoch is flagged with probability below 1e-8 per check (normal approximation).
+Z = 6.0
+#: Below this many shared samples the order of two epochs is not compared (too few for any evidence).
+MIN_ORDER_SAMPLES = 10
+#: A preserved-successor count this high has probability below 1e-9 under a fresh shuffle (Poisson(1) tail).
+MIN_SUCCESSOR_COUNT = 13
+
+
+@dataclass(frozen=True)
+class CoverageStats:
+    """How much of the data one epoch (or one rank) presented.
+
+    Attributes:
+        seen: Positions presented (samples drawn, counting repeats).
+        distinct: Distinct samples among them.
+        expected: Distinct samples a healthy epoch presents: ``min(universe, seen)``.
+        duplicates: ``seen - distinct``.
+        allowed_duplicates: Repeats a healthy epoch may have (``DistributedSampler`` padding).
+    """
+
+    seen: int
+    distinct: int
+    expected: int
+    duplicates: int
+    allowed_duplicates: int
+
+    @property
+    def coverage(self) -> float:
+        """``distinct / expected`` (1.0 for an empty epoch)."""
+        return self.distinct / self.expected if self.expected else 1.0
+
+    @property
+    def missing(self) -> int:
+        """Samples a healthy epoch would have presented but this one did not."""
+        return max(0, self.expected - self.distinct)
+
+
+def _dense(ids: np.ndarray) -> bool:
+    """Whether ``ids`` are small non-negative integers, so tables indexed by id are cheap."""
+    return ids.size > 0 and ids.dtype.kind in "iu" and int(ids.min()) >= 0 and int(ids.max()) < 4 * ids.size + 4096
+
+
+def _compact(*arrays: np.ndarray, missing: int | None = None) -> tuple[list[np.ndarray], int]:
+    """Map the ids of several arrays to one dense code space ``[0, size)``; returns the coded arrays and size.
+
+    Entries equal to ``missing`` (a "no successor" marker) become -1.
+    """
+    arrays = tuple(np.asarray(a) for a in arrays)
+    if missing is not None:
+        valid = [a != missing for a in arrays]
+        coded, size = _compact(*(a[v] for a, v in zip(arrays, valid, strict=True)))
+        out_masked = []
+        for a, v, c in zip(arrays, valid, coded, strict=True):
+            full = np.full(a.shape, -1, np.int64)
+            full[v] = c
+            out_masked.append(full)
+        return out_masked, size
+    joined = np.concatenate(arrays) if arrays else np.empty(0, np.int64)
+    if joined.size == 0:
+        return [a.astype(np.int64) for a in arrays], 0
+    if _dense(joined):
+        return [a.astype(np.int64, copy=False) for a in arrays], int(joined.max()) + 1
+    _, inverse = np.unique(joined, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    out, start = [], 0
+    for a in arrays:
+        out.append(inverse[start : start + a.size])
+        start += a.size
+    return out, int(inverse.max()) + 1
+
+
+def count_distinct(ids: np.ndarray) -> int:
+    """Number of distinct ids.
+
+    Example:
+        >>> count_distinct(np.array([3, 1, 3, 2]))
+        3
+    """
+    ids = np.asarray(ids)
+    if ids.size == 0:
+        return 0
+    if _dense(ids):
+        present = np.zeros(int(ids.max()) + 1, bool)
+        present[ids] = True
+        return int(np.count_nonzero(present))
+    return int(np.unique(ids).size)
+
+
+def coverage_stats(ids: np.ndarray, universe: int | None, allowed_duplicates: int = 0) -> CoverageStats:
+    """Coverage and duplicates of one epoch's ``ids`` against a data set of ``universe`` samples.
+
+    ``universe=None`` (an iterable data set of unknown size) expects every presented sample to be distinct.
+
+    Example:
+        >>> s = coverage_stats(np.array([0, 1, 2, 2]), universe=4)
+        >>> s.distinct, s.duplicates, s.missing, round(s.coverage, 2)
+        (3, 1, 1, 0.75)
+    """
+    ids = np.asarray(ids)
+    seen = int(ids.size)
+    distinct = count_distinct(ids)
+    expected = seen if universe is None else min(int(universe), seen)
+    return CoverageStats(seen, distinct, expected, seen - distinct, int(allowed_duplicates))
+
+
+def rank_overlap(ids_per_rank: Sequence[np.ndarray]) -> tuple[int, int]:
+    """Samples seen by more than one rank, and distinct samples seen over all ranks.
+
+    Example:
+        >>> rank_overlap([np.array([0, 1, 2]), np.array([2, 3, 4])])
+        (1, 5)
+    """
+    arrays = [np.asarray(a) for a in ids_per_rank]
+    coded, size = _compact(*arrays)
+    if size == 0:
+        return 0, 0
+    ranks_seen = np.zeros(size, np.int32)
+    for codes in coded:
+        present = np.zeros(size, bool)
+        present[codes] = True
+        ranks_seen += present
+    return int(np.count_nonzero(ranks_seen > 1)), int(np.count_nonzero(ranks_seen))
+
+
+def _positions(codes: np.ndarray, size: int) -> np.ndarray:
+    """Position of (one occurrence of) each code in ``codes``; -1 where absent."""
+    pos = np.full(size, -1, np.int64)
+    pos[codes] = np.arange(codes.size, dtype=np.int64)
+    return pos
+
+
+def _ranks(values: np.ndarray, bound: int) -> np.ndarray:
+    """Ranks of distinct non-negative integers ``values < bound`` among themselves, in O(bound)."""
+    mark = np.zeros(bound, bool)
+    mark[values] = True
+    dtype = np.int32 if bound < 2**31 else np.int64
+    return (np.cumsum(mark, dtype=dtype) - 1)[values]
+
+
+@dataclass(frozen=True)
+class OrderStats:
+    """How much of the previous epoch's order survived into this one (over the samples both epochs saw).
+
+    Attributes:
+        shared: Samples present in both epochs.
+        spearman: Spearman's rho of their positions (nan when fewer than :data:`MIN_ORDER_SAMPLES`).
+        cobatch_ratio: Pairs sharing a batch in both epochs, over its expectation under a fresh shuffle.
+        cobatch_expected: That expectation, in pairs (0 when batches carry no pairs).
+        successors_preserved: Samples whose successor is the same as in the previous epoch.
+        successor_pairs: Samples with a successor in both epochs.
+    """
+
+    shared: int
+    spearman: float
+    cobatch_ratio: float
+    cobatch_expected: float
+    successors_preserved: int
+    successor_pairs: int
+
+    @property
+    def successor_fraction(self) -> float:
+        """``successors_preserved / successor_pairs`` (nan when there is no pair)."""
+        return self.successors_preserved / self.successor_pairs if self.successor_pairs else float("nan")
+
+
+def _pairs(counts: np.ndarray) -> float:
+    counts = counts.astype(np.float64)
+    return float(np.sum(counts * (counts - 1.0) / 2.0))
+
+
+def order_stats(
+    prev_ids: np.ndarray,
+    prev_batches: np.ndarray,
+    cur_ids: np.ndarray,
+    cur_batches: np.ndarray,
+    prev_successors: np.ndarray | None = None,
+    cur_successors: np.ndarray | None = None,
+) -> OrderStats:
+    """Compare two epochs' orders: Spearman of positions, co-batch ratio and preserved successors.
+
+    ``*_ids`` are in presentation order and ``*_batches`` give each position's batch. ``*_successors`` give the id
+    that followed each position (-1 for none); by default the next entry of ``*_ids``, but a subsampled record
+    keeps the true successor of each kept sample.
+
+    Formulas (``n`` shared samples, ``r`` their position ranks):
+    ``rho = 1 - 6 sum (r_prev - r_cur)^2 / (n (n^2 - 1))``;
+    ``cobatch_ratio = T / (C * P / binom(n, 2))`` with ``T`` the pairs together in both epochs, ``C`` and ``P`` the
+    pairs together in the current and previous epoch.
+
+    Example:
+        >>> ids = np.arange(40)
+        >>> batches = ids // 8
+        >>> same = order_stats(ids, batches, ids, batches)
+        >>> round(same.spearman, 3), same.successors_preserved, round(same.cobatch_ratio, 2)
+        (1.0, 39, 5.57)
+        >>> reordered = np.concatenate([ids[8:], ids[:8]])  # the same batches in a new batch order
+        >>> s = order_stats(ids, batches, reordered, batches)
+        >>> round(s.cobatch_ratio, 2), s.spearman < 1.0
+        (5.57, True)
+    """
+    prev_ids, cur_ids = np.asarray(prev_ids), np.asarray(cur_ids)
+    if prev_successors is None:
+        prev_successors = np.append(prev_ids[1:], -1) if prev_ids.size else prev_ids
+    if cur_successors is None:
+        cur_successors = np.append(cur_ids[1:], -1) if cur_ids.size else cur_ids
+    (prev_c, cur_c), size = _compact(prev_ids, cur_ids)
+    nan = float("nan")
+    if size == 0:
+        return OrderStats(0, nan, nan, 0.0, 0, 0)
+    pos_prev = _positions(prev_c, size)
+    pos_cur = _positions(cur_c, size)
+    shared_codes = np.flatnonzero((pos_prev >= 0) & (pos_cur >= 0))
+    n = int(shared_codes.size)
+    pp, pc = pos_prev[shared_codes], pos_cur[shared_codes]
+    del pos_prev, pos_cur
+
+    spearman = nan
+    cobatch_ratio, cobatch_expected = nan, 0.0
+    if n >= 2:
+        rank_prev = _ranks(pp, prev_c.size)
+        rank_cur = _ranks(pc, cur_c.size)
+        if n >= MIN_ORDER_SAMPLES:
+            d = (rank_prev - rank_cur).astype(np.float64)
+            spearman = 1.0 - 6.0 * float(np.dot(d, d)) / (n * (float(n) ** 2 - 1.0))
+            del d
+        # Walk the shared samples in current order, so the current batch index is sorted and a sort of
+        # (current batch, previous batch) keys is cheap.
+        order = np.empty(n, np.int64)
+        order[rank_cur] = np.arange(n, dtype=np.int64)
+        del rank_prev, rank_cur
+        bc = np.asarray(cur_batches, np.int64)[pc[order]]
+        bp = np.asarray(prev_batches, np.int64)[pp[order]]
+        del order
+        pairs_cur = _pairs(np.bincount(bc))
+        pairs_prev = _pairs(np.bincount(bp))
+        keys = np.sort(bc * (int(bp.max()) + 1) + bp)
+        del bc, bp
+        starts = np.flatnonzero(np.diff(keys, prepend=keys[0] - 1))
+        together = _pairs(np.diff(np.append(starts, keys.size)))
+        del keys, starts
+        all_pairs = n * (n - 1) / 2.0
+        cobatch_expected = pairs_cur * pairs_prev / all_pairs
+        if cobatch_expected > 0:
+            cobatch_ratio = together / cobatch_expected
+
+    # Successors: among samples with a known successor in both epochs, how many kept the same one.
+    (p_ids, p_succ, c_ids, c_succ), size2 = _compact(
+        prev_ids, np.asarray(prev_successors), cur_ids, np.asarray(cur_successors), missing=-1
+    )
+    succ_prev = np.full(size2, -1, np.int64)
+    has = p_succ >= 0
+    succ_prev[p_ids[has]] = p_succ[has]
+    c_has = c_succ >= 0
+    known = succ_prev[c_ids[c_has]]
+    valid = known >= 0
+    preserved = int(np.count_nonzero(known[valid] == c_succ[c_has][valid]))
+    return OrderStats(n, spearman, cobatch_ratio, cobatch_expected, preserved, int(np.count_nonzero(valid)))
+
+
+def spearman_threshold(n: int) -> float:
+    """Largest ``|rho|`` a fresh shuffle reaches: ``min(0.99, Z / sqrt(n - 1))`` (inf below the minimum ``n``).
+
+    The cap at 0.99 lets small epochs be judged: with ``n >= 10`` only near-identical orders reach it, which a fresh
+    shuffle produces with probability below ``10 / n!``.
+
+    Example:
+        >>> round(spearman_threshold(1437), 3), spearman_threshold(10), spearman_threshold(5)
+        (0.158, 0.99, inf)
+    """
+    if n < MIN_ORDER_SAMPLES:
+        return float("inf")
+    return min(0.99, Z / float(np.sqrt(n - 1)))
+
+
+def cobatch_threshold(expected_pairs: float) -> float:
+    """Largest co-batch ratio a fresh shuffle reaches: ``max(2, 1 + Z / sqrt(expected_pairs))``.
+
+    Example:
+        >>> cobatch_threshold(1950.0) == 2.0, round(cobatch_threshold(4.0), 1)
+        (True, 4.0)
+    """
+    if expected_pairs <= 0:
+        return float("inf")
+    return max(2.0, 1.0 + Z / float(np.sqrt(expected_pairs)))
+
+
+def successor_threshold(pairs: int) -> float:
+    """Smallest preserved-successor count that is flagged: ``max(13, 0.05 * pairs)``.
+
+    Under a fresh shuffle the count is close to Poisson(1), so 13 has probability below 1e-9; the 5% floor keeps
+    the finding about a material share of the order.
+
+    Example:
+        >>> successor_threshold(100), successor_threshold(1436)
+        (13.0, 71.8)
+    """
+    return max(float(MIN_SUCCESSOR_COUNT), 0.05 * pairs)
+
+
+@dataclass(frozen=True)
+class LabelStats:
+    """Label runs of one stream against a fresh shuffle of the same labels.
+
+    Attributes:
+        changes: Adjacent positions whose labels differ.
+        pairs: Adjacent positions.
+        expected_change_rate: ``1 - sum_k n_k (n_k - 1) / (n (n - 1))``.
+        batch_entropy: Mean label entropy (bits) of the full-size batches (nan when none).
+        expected_batch_entropy: Mean entropy of a random batch of that size (seeded Monte-Carlo).
+        entropy_sd: Standard deviation of a random batch's entropy.
+        batches: Full-size batches measured.
+    """
+
+    changes: int
+    pairs: int
+    expected_change_rate: float
+    batch_entropy: float
+    expected_batch_entropy: float
+    entropy_sd: float
+    batches: int
+
+    @property
+    def change_rate(self) -> float:
+        """``changes / pairs`` (nan without pairs)."""
+        return self.changes / self.pairs if self.pairs else float("nan")
+
+
+def _entropy_bits(counts: np.ndarray) -> np.ndarray:
+    counts = counts.astype(np.float64)
+    total = counts.sum(axis=-1, keepdims=True)
+    p = np.divide(counts, total, out=np.zeros_like(counts), where=total > 0)
+    logs = np.log2(p, out=np.zeros_like(p), where=p > 0)
+    return -(p * logs).sum(axis=-1)
+
+
+def label_stats(labels: np.ndarray, batches: np.ndarray, draws: int = 256, within_batches: bool = False) -> LabelStats:
+    """Label-change rate and per-batch label entropy of a stream, with their expectations under a fresh shuffle.
+
+    Only batches of the most common size are compared (a last, smaller batch has a different expectation).
+    ``within_batches=True`` counts label changes only between neighbours in the same batch, for a stream made of
+    whole batches picked from a longer epoch (under a shuffle they have the same expectation).
+
+    Example:
+        >>> labels = np.repeat(np.arange(4), 16)  # sorted by label
+        >>> s = label_stats(labels, np.arange(64) // 8)
+        >>> round(s.change_rate, 3), round(s.expected_change_rate, 3), s.batch_entropy
+        (0.048, 0.762, 0.0)
+    """
+    labels = np.asarray(labels)
+    batches = np.asarray(batches)
+    n = int(labels.size)
+    nan = float("nan")
+    if n < 2:
+        return LabelStats(0, 0, nan, nan, nan, nan, 0)
+    if labels.dtype.kind in "iu" and int(labels.min()) >= 0 and int(labels.max()) < 1 << 15:
+        codes = labels  # class indices already: no sort, no copy
+    else:
+        codes = np.unique(labels, return_inverse=True)[1].reshape(-1).astype(np.int64)
+    k = int(codes.max()) + 1
+    class_counts = np.bincount(codes, minlength=k).astype(np.float64)
+    differ = codes[1:] != codes[:-1]
+    pairs = n - 1
+    if within_batches:
+        same = batches[1:] == batches[:-1]
+        differ &= same
+        pairs = int(np.count_nonzero(same))
+    changes = int(np.count_nonzero(differ))
+    expected_rate = 1.0 - float(np.sum(class_counts * (class_counts - 1.0))) / (n * (n - 1.0))
+
+    per_batch = np.bincount(batches)
+    size = int(np.bincount(per_batch[per_batch > 0]).argmax())
+    full = np.flatnonzero(per_batch == size)
+    entropy = expected = sd = nan
+    if size >= 2 and full.size:
+        key_type = np.int32 if per_batch.size * k < 2**31 else np.int64
+        table = np.bincount(batches.astype(key_type) * k + codes, minlength=per_batch.size * k)
+        table = table.reshape(per_batch.size, k)[full]
+        entropy = float(_entropy_bits(table).mean())
+        # The entropy of a batch drawn without replacement from these labels: multivariate hypergeometric counts.
+        rng = np.random.default_rng(0)
+        sample = rng.multivariate_hypergeometric(class_counts.astype(np.int64), size, size=draws)
+        random_entropy = _entropy_bits(sample)
+        expected, sd = float(random_entropy.mean()), float(random_entropy.std(ddof=1))
+    return LabelStats(changes, pairs, expected_rate, entropy, expected, sd, int(full.size))
+
+
+def change_rate_flagged(changes: int, pairs: int, expected_rate: float) -> bool:
+    """Whether a label-change rate is too low for a shuffle: below ``q - Z sqrt(2 q (1 - q) / pairs)`` and ``0.9 q``.
+
+    The factor 2 covers the positive correlation of adjacent change indicators.
+
+    Example:
+        >>> change_rate_flagged(3, 63, 0.76), change_rate_flagged(48, 63, 0.76)
+        (True, False)
+    """
+    if pairs < 1 or not expected_rate > 0:
+        return False
+    rate = changes / pairs
+    q = expected_rate
+    return rate < q - Z * float(np.sqrt(2.0 * q * (1.0 - q) / pairs)) and rate < 0.9 * q
+
+
+def entropy_flagged(entropy: float, expected: float, sd: float, batches: int, draws: int = 256) -> bool:
+    """Whether batches are too label-homogeneous: mean entropy below ``E - Z sd sqrt(1/batches + 1/draws)``
+    and below ``0.9 E``.
+
+    Example:
+        >>> entropy_flagged(0.0, 1.9, 0.2, batches=8), entropy_flagged(1.88, 1.9, 0.2, batches=8)
+        (True, False)
+    """
+    if batches < 1 or not expected > 0 or np.isnan(entropy):
+        return False
+    margin = Z * sd * float(np.sqrt(1.0 / batches + 1.0 / draws))
+    return entropy < expected - margin and entropy < 0.9 * expected
+
+
+def keep_mask(ids: np.ndarray, fraction: float) -> np.ndarray:
+    """A fixed pseudo-random subset of ids (splitmix64 hash), the same on every rank and in every epoch.
+
+    Example:
+        >>> ids = np.arange(100_000)
+        >>> round(float(keep_mask(ids, 0.1).mean()), 2), bool(keep_mask(ids, 1.0).all())
+        (0.1, True)
+    """
+    ids = np.asarray(ids)
+    if fraction >= 1.0:
+        return np.ones(ids.shape, bool)
+    out = np.empty(ids.shape, bool)
+    limit = np.uint64(min(fraction, 1.0) * 2.0**53)
+    step = 1 << 20  # chunks keep the uint64 temporaries small
+    with np.errstate(over="ignore"):
+        for start in range(0, ids.size, step):
+            z = ids[start : start + step].astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+            z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            z ^= z >> np.uint64(31)
+            out[start : start + step] = (z >> np.uint64(11)) < limit
+    return out

@@ -1,0 +1,323 @@
+"""How the audit learns what was seen, without perturbing it.
+
+* :class:`RecordingSampler` stands in for the train DataLoader's batch sampler (or sampler) and hands the *same*
+  index batches through, keeping a reference to each. The DataLoader draws indices in the main process even with
+  workers, so this sees every batch of indices exactly once, in dispatch order, with no extra iteration and no RNG
+  draw; ``iter()`` is forwarded eagerly so even a sampler that draws its permutation in ``__iter__`` draws it at
+  the same moment as without the audit.
+* :func:`fingerprint` turns a batch into one int64 id per sample on the batch's device (an exact integer hash of the
+  bits of every per-sample tensor), for iterable data sets that have no sampler indices.
+* :func:`describe_loader` reads the sampler configuration (type, seed, length, shuffle, drop_last, ...).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from lightning_utilities.core.apply_func import apply_to_collection
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    DistributedSampler,
+    IterableDataset,
+    RandomSampler,
+    SequentialSampler,
+    SubsetRandomSampler,
+    WeightedRandomSampler,
+)
+
+#: Index batches kept as Python objects before they are packed into one int64 array (bounds memory to 8 bytes a
+#: sample; packing 1024 batches costs a few milliseconds, a few microseconds a step).
+CHUNK = 1024
+
+
+class IndexSink:
+    """The items one pass of a sampler yielded, packed into int64 arrays every :data:`CHUNK` items.
+
+    Example:
+        >>> sink = IndexSink(batched=True)
+        >>> for batch in ([3, 1], [0, 2], [4]):
+        ...     sink.append(batch)
+        >>> ids, sizes = sink.take(2)
+        >>> ids.tolist(), sizes.tolist()
+        ([3, 1, 0, 2], [2, 2])
+    """
+
+    __slots__ = ("batched", "chunks", "pending")
+
+    def __init__(self, batched: bool) -> None:
+        self.batched = batched
+        self.pending: list[Any] = []
+        self.chunks: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def append(self, item: Any) -> None:
+        self.pending.append(item)
+        if len(self.pending) >= CHUNK:
+            self._pack()
+
+    def _pack(self) -> None:
+        if self.pending:
+            ids, sizes = indices_to_ids(self.pending, self.batched)
+            if ids.size and ids.min() >= 0 and ids.max() < 2**31:
+                ids = ids.astype(np.int32)  # dataset indices: half the memory
+            self.chunks.append((ids, sizes))
+            self.pending = []
+
+    def take(self, batches: int) -> tuple[np.ndarray, np.ndarray]:
+        """Ids and batch sizes of the first ``batches`` items (what the loop consumed; workers draw ahead)."""
+        self._pack()
+        if not self.chunks:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        if len(self.chunks) > 1:  # one array from here on, so the chunks are freed rather than copied
+            self.chunks = [(np.concatenate([c[0] for c in self.chunks]), np.concatenate([c[1] for c in self.chunks]))]
+        ids, sizes = self.chunks[0]
+        sizes = sizes[:batches]
+        return ids[: int(sizes.sum())], sizes
+
+
+class _RecordingIterator:
+    """Iterator over the wrapped sampler's iterator that appends every item it returns to ``sink``."""
+
+    __slots__ = ("_it", "_sink")
+
+    def __init__(self, it: Iterator[Any], sink: IndexSink) -> None:
+        self._it = it
+        self._sink = sink
+
+    def __iter__(self) -> _RecordingIterator:
+        return self
+
+    def __next__(self) -> Any:
+        item = next(self._it)
+        self._sink.append(item)
+        return item
+
+
+class RecordingSampler:
+    """Stands in for a DataLoader's (batch) sampler and records what it yields; every other attribute
+    (``set_epoch``, ``sampler``, ``batch_size``, ``drop_last``, ...) is the wrapped object's.
+
+    Attributes:
+        sink: What the current pass (the current epoch's ``iter()``) yielded, in order.
+    """
+
+    def __init__(self, inner: Any, batched: bool) -> None:
+        self.inner = inner
+        self.batched = batched
+        self.sink = IndexSink(batched)
+
+    def __iter__(self) -> Iterator[Any]:
+        it = iter(self.inner)  # eager, exactly when the DataLoader asks for it
+        self.sink = IndexSink(self.batched)  # keep only the current pass
+        return _RecordingIterator(it, self.sink)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getattr__(self, name: str) -> Any:
+        inner = self.__dict__.get("inner")
+        if inner is None or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(inner, name)
+
+    def take(self, batches: int) -> tuple[np.ndarray, np.ndarray]:
+        """Ids and batch sizes of the first ``batches`` items of the current pass."""
+        return self.sink.take(batches)
+
+
+def attach(loader: DataLoader) -> RecordingSampler | None:
+    """Install a :class:`RecordingSampler` in ``loader`` (None for an iterable data set, which has no indices)."""
+    if isinstance(loader.dataset, IterableDataset):
+        return None
+    attr = "batch_sampler" if loader.batch_sampler is not None else "sampler"
+    inner = getattr(loader, attr)
+    if isinstance(inner, RecordingSampler):
+        return inner
+    recorder = RecordingSampler(inner, batched=attr == "batch_sampler")
+    # DataLoader forbids reassigning its sampler after construction through __setattr__; the wrapper yields
+    # exactly what the original does, so bypassing that guard is safe. detach() restores the original.
+    object.__setattr__(loader, attr, recorder)
+    return recorder
+
+
+def detach(loader: DataLoader) -> None:
+    """Undo :func:`attach`."""
+    for attr in ("batch_sampler", "sampler"):
+        current = getattr(loader, attr, None)
+        if isinstance(current, RecordingSampler):
+            object.__setattr__(loader, attr, current.inner)
+
+
+def _stable_id(index: Any) -> int:
+    """A process-independent 63-bit id for a non-integer index (Python's hash of str is salted per process)."""
+    digest = hashlib.blake2b(repr(index).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def indices_to_ids(items: list[Any], batched: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Flatten recorded sampler output into ``(ids, batch_sizes)``.
+
+    Example:
+        >>> ids, sizes = indices_to_ids([[3, 1], [0, 2], [4]], batched=True)
+        >>> ids.tolist(), sizes.tolist()
+        ([3, 1, 0, 2, 4], [2, 2, 1])
+    """
+    groups = items if batched else [[i] for i in items]
+    sizes = np.fromiter((len(g) for g in groups), np.int64, count=len(groups))
+    total = int(sizes.sum())
+    try:
+        ids = np.fromiter(itertools.chain.from_iterable(groups), np.int64, count=total)
+    except (TypeError, ValueError):
+        ids = np.fromiter((_stable_id(i) for i in itertools.chain.from_iterable(groups)), np.int64, count=total)
+    return ids, sizes
+
+
+_WEIGHTS: dict[tuple[int, str], torch.Tensor] = {}
+
+
+def _weights(width: int, device: torch.device) -> torch.Tensor:
+    """Fixed odd int64 multipliers (splitmix64 of 0..width-1), made without touching any RNG."""
+    key = (width, str(device))
+    if key not in _WEIGHTS:
+        with np.errstate(over="ignore"):
+            z = np.arange(1, width + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+            z = (z ^ (z >> np.uint64(31))) * np.uint64(0xBF58476D1CE4E5B9)
+            z = z | np.uint64(1)
+        _WEIGHTS[key] = torch.from_numpy(z.view(np.int64).copy()).to(device)
+    return _WEIGHTS[key]
+
+
+def _as_int64(t: torch.Tensor) -> torch.Tensor:
+    """The bits of ``t`` as int64 values (floats by their bit pattern, so equal samples hash equally)."""
+    if t.dtype.is_floating_point:
+        bits = {8: torch.int64, 4: torch.int32, 2: torch.int16}.get(t.element_size())
+        if bits is None:
+            return t.to(torch.float64).view(torch.int64)
+        return t.contiguous().view(bits).to(torch.int64)
+    if t.dtype.is_complex:
+        return torch.view_as_real(t).reshape(t.shape[0], -1).contiguous().view(torch.int64)
+    return t.to(torch.int64)
+
+
+def fingerprint(batch: Any) -> torch.Tensor:
+    """One int64 id per sample of ``batch``, computed on the batch's device with no host synchronisation.
+
+    Every tensor whose first dimension is the batch size contributes the exact bits of its row, combined by a
+    weighted sum in wrapping int64 arithmetic, which is order-independent and therefore the same on any device.
+
+    Example:
+        >>> x = torch.tensor([[1.0, 2.0], [3.0, 4.0], [1.0, 2.0]])
+        >>> ids = fingerprint((x, torch.tensor([0, 1, 0])))
+        >>> bool(ids[0] == ids[2]), bool(ids[0] == ids[1])
+        (True, False)
+    """
+    tensors: list[torch.Tensor] = []
+    apply_to_collection(batch, torch.Tensor, lambda t: tensors.append(t.detach()))
+    tensors = [t for t in tensors if t.ndim >= 1]
+    if not tensors:
+        raise ValueError("ShuffleAudit cannot fingerprint a batch without tensors; pass `sample_ids=`.")
+    size = tensors[0].shape[0]
+    out = torch.zeros(size, dtype=torch.int64, device=tensors[0].device)
+    for t in tensors:
+        if t.shape[0] != size:
+            continue
+        rows = _as_int64(t.reshape(size, -1))
+        mixed = (rows * _weights(rows.shape[1], rows.device)).sum(dim=1)
+        out = out * 0x100000001B3 + mixed.to(out.device)
+    return out
+
+
+def extract(batch: Any, key: int | str | Callable[[Any], Any]) -> Any:
+    """``key(batch)`` for a function, else ``batch[key]``."""
+    if callable(key):
+        return key(batch)
+    return batch[key]
+
+
+def _inner_sampler(loader: DataLoader) -> Any:
+    """The sampler that orders samples: the batch sampler's own ``sampler`` when it has one."""
+    batch_sampler = loader.batch_sampler
+    if isinstance(batch_sampler, RecordingSampler):
+        batch_sampler = batch_sampler.inner
+    if batch_sampler is not None and type(batch_sampler) is not BatchSampler:
+        return getattr(batch_sampler, "sampler", batch_sampler)
+    sampler = loader.sampler
+    return sampler.inner if isinstance(sampler, RecordingSampler) else sampler
+
+
+def _sized(obj: Any) -> int | None:
+    try:
+        return len(obj)
+    except (TypeError, NotImplementedError):
+        return None
+
+
+def describe_loader(loader: DataLoader) -> dict[str, Any]:
+    """The configuration of a train DataLoader that decides what an epoch presents, as plain data.
+
+    Example:
+        >>> from torch.utils.data import TensorDataset
+        >>> d = describe_loader(DataLoader(TensorDataset(torch.arange(10)), batch_size=4, shuffle=False))
+        >>> d["sampler"], d["shuffle"], d["length"], d["drop_last"], d["universe"]
+        ('SequentialSampler', False, 10, False, 10)
+    """
+    dataset = loader.dataset
+    iterable = isinstance(dataset, IterableDataset)
+    sampler = _inner_sampler(loader)
+    batch_sampler = loader.batch_sampler
+    if isinstance(batch_sampler, RecordingSampler):
+        batch_sampler = batch_sampler.inner
+    shuffle: bool | None = None
+    seed: int | None = None
+    replacement = False
+    universe = None if iterable else _sized(sampler) or _sized(dataset)
+    padding = 0
+    name = type(sampler).__qualname__
+    if isinstance(sampler, DistributedSampler):
+        shuffle = bool(sampler.shuffle)
+        seed = int(sampler.seed)
+        universe = _sized(sampler.dataset)
+        if universe is not None and not sampler.drop_last:
+            padding = int(sampler.total_size) - universe
+        inner = getattr(sampler.dataset, "_sampler", None)  # Lightning's DistributedSamplerWrapper
+        if inner is not None:
+            name = f"{name}({type(inner).__qualname__})"
+    elif isinstance(sampler, SequentialSampler):
+        shuffle = False
+    elif isinstance(sampler, RandomSampler):
+        shuffle = True
+        replacement = bool(sampler.replacement)
+        if sampler.generator is not None:
+            seed = int(sampler.generator.initial_seed())
+    elif isinstance(sampler, SubsetRandomSampler):
+        shuffle = True
+    elif isinstance(sampler, WeightedRandomSampler):
+        shuffle = True
+        replacement = bool(sampler.replacement)
+    drop_last = getattr(batch_sampler, "drop_last", None)
+    if drop_last is None:
+        drop_last = bool(loader.drop_last)
+    if isinstance(sampler, DistributedSampler) and sampler.drop_last:
+        drop_last = True
+    set_epoch = getattr(dataset, "set_epoch", None)
+    return {
+        "sampler": "" if iterable else name,
+        "shuffle": None if iterable else shuffle,
+        "seed": seed,
+        "length": None if iterable else _sized(sampler),
+        "drop_last": bool(drop_last),
+        "replacement": replacement,
+        "universe": universe,
+        "padding": padding,
+        "iterable": iterable,
+        "dataset": type(dataset).__qualname__,
+        "num_workers": int(loader.num_workers),
+        "persistent_workers": bool(loader.persistent_workers),
+        "dataset_set_epoch": callable(set_epoch),
+        "batched": loader.batch_sampler is not None,
+    }

@@ -5,8 +5,9 @@ CPU, one GPU or many (DDP).
 """
 
 from epochkit import schedules
+from epochkit.cv import CrossValidator, CVResult, WeightReset
 from epochkit.warmup import LRWarmup
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["LRWarmup", "__version__", "schedules"]
+__all__ = ["CVResult", "CrossValidator", "LRWarmup", "WeightReset", "__version__", "schedules"]

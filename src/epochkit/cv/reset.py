@@ -225,8 +225,12 @@ class WeightReset:
         checksum = _combine(digests, ties)
         if checksum != self.checksum_:
             differ = sorted(n for n in set(digests) | set(self._digests) if digests.get(n) != self._digests.get(n))
-            detail = f"tensors that differ: {differ}" if differ else f"ties differ: {ties} vs {self._ties}"
-            raise WeightResetError(f"weights checksum {checksum[:12]} != snapshot {self.checksum_[:12]}; {detail}")
+            detail = [f"tensors that differ: {differ}"] if differ else []
+            if ties != self._ties:
+                detail.append(f"ties differ: now {ties}, snapshot {self._ties}")
+            raise WeightResetError(
+                f"weights checksum {checksum[:12]} != snapshot {self.checksum_[:12]}; {'; '.join(detail)}"
+            )
         return checksum
 
     @property

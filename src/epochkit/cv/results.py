@@ -145,6 +145,8 @@ class CVResult:
         for k in kinds:
             for name in self.metrics:
                 s = agg[k][name]
+                if s["n"] == 0:
+                    continue
                 label = name if kind != "both" else f"{name} ({k})"
                 cells = [_fmt(getattr(f, k).get(name, float("nan"))) for f in self.folds]
                 ci = f"[{_fmt(s['ci_low'])}, {_fmt(s['ci_high'])}]"
@@ -224,7 +226,7 @@ class CVResult:
             member = copy.deepcopy(template)
             member.load_state_dict(state)
             members.append(member.eval())
-        return FoldEnsemble(members, transform)
+        return FoldEnsemble(members, transform).eval()
 
 
 def _average(outputs: list[Any]) -> Any:

@@ -37,7 +37,8 @@ def layout(metrics: Sequence[str]) -> dict[str, dict[str, list[Any]]]:
     the metric under its own name) and a margin chart of the mean with mean -+ std."""
     charts: dict[str, list[Any]] = {}
     for name in metrics:
-        charts[f"{name}: all folds"] = ["Multiline", [f"^{re.escape(name)}$"]]
+        # Fold runs log the metric under its own name (x_epoch when it was also logged per step).
+        charts[f"{name}: all folds"] = ["Multiline", [f"^{re.escape(name)}(_epoch)?$"]]
         charts[f"{name}: mean +- std"] = [
             "Margin",
             [f"cv/{name}_mean", f"cv/{name}_lower", f"cv/{name}_upper"],

@@ -7,16 +7,20 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter, Callback, Checkpoint
+from lightning.pytorch.callbacks import Callback, Checkpoint
+from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature
+from torch.utils.data import DistributedSampler, Subset
 
 from epochkit._distributed import all_ranks, broadcast
 from epochkit._logging import log_scalars, log_text, write_json_atomic
+from epochkit.cv.data import rebuild_loader
 from epochkit.cv.reset import weights_checksum
 
 log = logging.getLogger("epochkit.cv")
@@ -154,43 +158,53 @@ def take_rows(value: Any, rows: np.ndarray) -> Any:
     return type(value)(take_rows(v, rows) for v in value)
 
 
-class OOFWriter(BasePredictionWriter):
-    """Keeps each rank's predictions with their positions in the validation subset; writes one file per rank."""
+class OOFPredictor(Callback):
+    """Runs ``predict_step`` over the fold's validation subset at the end of fit, on the fold's final weights.
+
+    Inside the fit, so a spawned DDP fit needs no second launch. Each rank predicts its ``DistributedSampler``
+    share (padded to equal length, as Lightning's would be) and writes ``oof_rank{r}.pt`` with each prediction's
+    position in the validation subset; the driver merges the files and drops the padding by index.
+    """
 
     def __init__(self, out_dir: str) -> None:
-        super().__init__(write_interval="batch")
         self.out_dir = out_dir
-        self._positions: list[list[int]] = []
-        self._predictions: list[Any] = []
 
     @property
     def state_key(self) -> str:
-        return "epochkit.cv.OOFWriter"
+        return "epochkit.cv.OOFPredictor"
 
-    def on_predict_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._positions, self._predictions = [], []
-
-    def write_on_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        prediction: Any,
-        batch_indices: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int,
-    ) -> None:
-        if batch_indices is None or len(batch_indices) == 0:
-            raise RuntimeError("Lightning gave no batch indices for the prediction; cannot place it out-of-fold.")
-        self._positions.append(list(batch_indices))
-        self._predictions.append(_rows(prediction, len(batch_indices)))
-
-    def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        start = time.perf_counter()
+        fold_data: Any = getattr(trainer, "datamodule")  # noqa: B009  (untyped property)
+        template = fold_data.predict_dataloader()
+        subset = template.dataset
+        positions = list(range(len(subset)))
+        if trainer.world_size > 1:
+            sampler: DistributedSampler[Any] = DistributedSampler(
+                subset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+            )
+            positions = list(sampler)
+        loader = rebuild_loader(template, Subset(subset, positions), train=False)
+        if loader.batch_size is None:
+            raise ValueError("out-of-fold predictions need a batched validation loader (`batch_size` is None).")
+        takes_index = is_param_in_hook_signature(pl_module.predict_step, "batch_idx", min_args=2)
+        parts: list[Any] = []
+        training = pl_module.training
+        pl_module.eval()
+        try:
+            with torch.no_grad(), trainer.precision_plugin.predict_step_context():
+                for batch_idx, batch in enumerate(loader):
+                    batch = trainer.strategy.batch_to_device(batch)
+                    out = pl_module.predict_step(batch, batch_idx) if takes_index else pl_module.predict_step(batch)
+                    n = min(loader.batch_size, len(positions) - batch_idx * loader.batch_size)
+                    parts.append(_rows(out, n))
+        finally:
+            pl_module.train(training)
         Path(self.out_dir).mkdir(parents=True, exist_ok=True)
         payload = {
-            "positions": np.asarray([p for batch in self._positions for p in batch], dtype=np.int64),
-            "predictions": concat_rows(self._predictions) if self._predictions else None,
+            "positions": np.asarray(positions, dtype=np.int64),
+            "predictions": concat_rows(parts) if parts else None,
+            "seconds": time.perf_counter() - start,
         }
         torch.save(payload, Path(self.out_dir) / f"oof_rank{trainer.global_rank}.pt")
-        self._positions, self._predictions = [], []
-        trainer.strategy.barrier("epochkit.cv.oof")  # rank 0 reads every rank's file after predict returns
+        trainer.strategy.barrier("epochkit.cv.oof")  # every rank's file exists before the driver reads them

@@ -23,7 +23,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch import nn
 
 from epochkit._logging import write_json_atomic
-from epochkit.cv.callbacks import FoldMonitor, OOFWriter, ResumeCheckpoint, concat_rows, scalar_metrics, take_rows
+from epochkit.cv.callbacks import FoldMonitor, OOFPredictor, ResumeCheckpoint, concat_rows, scalar_metrics, take_rows
 from epochkit.cv.data import FoldDataModule, find_labels, find_training_dataset
 from epochkit.cv.reset import WeightReset, WeightResetError, reinit_parameters, unwrap_compiled, weights_checksum
 from epochkit.cv.results import CVResult, FoldResult, best_of
@@ -384,7 +384,7 @@ class CrossValidator:
         if self.resume_checkpoints:
             internal.append(ResumeCheckpoint(str(resume)))
         if predict:
-            internal.append(OOFWriter(str(fold_dir / "oof_parts")))
+            internal.append(OOFPredictor(str(fold_dir / "oof_parts")))
         getattr(trainer, "callbacks").extend(internal)  # noqa: B009  (set in Trainer.__init__, untyped)
         fold_data = FoldDataModule(datamodule, dataset, plan.train[k], plan.val[k])
 
@@ -403,10 +403,9 @@ class CrossValidator:
         checkpoints = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
         best_path = checkpoints[0].best_model_path if checkpoints and checkpoints[0].best_model_path else None
 
-        if predict:
-            trainer.predict(model, datamodule=fold_data, return_predictions=False)
-            if _is_rank_zero():
-                self._merge_fold_oof(fold_dir, plan.val[k])
+        predict_seconds = 0.0
+        if predict and _is_rank_zero():
+            predict_seconds = self._merge_fold_oof(fold_dir, plan.val[k])
         end = time.perf_counter()
         return FoldResult(
             fold=k,
@@ -422,8 +421,8 @@ class CrossValidator:
             resumed_from=ckpt_path,
             seconds={
                 "restore": restored - start,
-                "fit": fitted - restored,
-                "predict": end - fitted,
+                "fit": fitted - restored - predict_seconds,
+                "predict": predict_seconds,
                 "total": end - start,
             },
         )
@@ -436,7 +435,8 @@ class CrossValidator:
         return list(monitor.history)
 
     @staticmethod
-    def _merge_fold_oof(fold_dir: Path, val_idx: np.ndarray) -> None:
+    def _merge_fold_oof(fold_dir: Path, val_idx: np.ndarray) -> float:
+        """Merge the ranks' prediction files into ``fold_dir/oof.pt``; return rank 0's prediction seconds."""
         parts_dir = fold_dir / "oof_parts"
         parts = [torch.load(p, weights_only=False) for p in sorted(parts_dir.glob("oof_rank*.pt"))]
         parts = [p for p in parts if p["predictions"] is not None]
@@ -452,6 +452,7 @@ class CrossValidator:
             raise RuntimeError(f"{fold_dir.name}: no prediction for validation samples {missing[:10].tolist()}.")
         _save_atomic({"index": unique, "predictions": take_rows(predictions, first)}, fold_dir / "oof.pt")
         shutil.rmtree(parts_dir)
+        return float(parts[0].get("seconds", 0.0))
 
     def _collect_oof(self, root: Path, plan: FoldPlan, result: CVResult) -> None:
         parts = []

@@ -242,26 +242,32 @@ def test_reinit_gives_each_fold_its_own_seeded_start(tmp_path: Path) -> None:
 
 
 class _LazyTiedCompiled(RegressionModule):
-    """A compiled network with a lazy first layer and a pair of tied weights.
+    """A lazy first layer, then a compiled network with a pair of tied weights.
 
-    The network, not the whole LightningModule, is compiled: Lightning's own whole-module compile fails at
-    ``self.log`` under this torch (the same with a plain Trainer), so this is the supported form.
+    Submodules, not the whole LightningModule, are compiled: Lightning's own whole-module compile fails at
+    ``self.log`` under this torch (the same with a plain Trainer), and dynamo cannot trace a lazy layer's
+    materialisation, so this is the supported form.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.LazyLinear(8), nn.Tanh(), nn.Linear(8, 8), nn.Linear(8, 2))
+        self.lazy = nn.LazyLinear(8)
+        self.net = nn.Sequential(nn.Tanh(), nn.Linear(8, 8), nn.Linear(8, 2))
         self.mirror = nn.Linear(8, 8)
-        self.mirror.weight = self.net[2].weight  # tied
-        self.layer = torch.compile(self.net, backend="eager")
+        self.mirror.weight = self.net[1].weight  # tied
+        self.compiled = torch.compile(self.net, backend="eager")
         self.example_input_array = torch.zeros(1, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.compiled(self.lazy(x))
 
 
 def test_compiled_lazy_and_tied_modules(tmp_path: Path) -> None:
+    torch._dynamo.reset()  # no compiled state from other tests
     model = _LazyTiedCompiled()
     kwargs = {**QUIET, "max_epochs": 1, "logger": False, "enable_checkpointing": False}
     result = _regression_cv(tmp_path, n_splits=2).fit(model, RegressionDataModule(), kwargs)
     materialised = weights_checksum(model)  # after CrossValidator ran example_input_array through the lazy layer
     assert result.folds[0].weights_checksum == result.folds[1].weights_checksum == materialised
-    assert model.mirror.weight is model.net[2].weight
+    assert model.mirror.weight is model.net[1].weight
     assert result.oof_predictions.shape == (64, 2)

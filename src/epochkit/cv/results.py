@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from epochkit._logging import write_csv_atomic, write_json_atomic
+from epochkit.cv.reset import unwrap_compiled
 from epochkit.cv.stats import summarize
 
 __all__ = ["CVResult", "FoldEnsemble", "FoldResult", "best_of", "metric_mode"]
@@ -224,7 +225,7 @@ class CVResult:
             state = torch.load(path, map_location="cpu", weights_only=False)
             state = state.get("state_dict", state)
             member = copy.deepcopy(template)
-            member.load_state_dict(state)
+            unwrap_compiled(member).load_state_dict(state)
             members.append(member.eval())
         return FoldEnsemble(members, transform).eval()
 

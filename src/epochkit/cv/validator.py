@@ -250,7 +250,7 @@ class CrossValidator:
             if _is_rank_zero():
                 result.save()
         resetter.restore(model)  # leave the model as it came (the folds' weights are in fold_k/model.pt)
-        if predict:
+        if predict and _is_rank_zero():  # under `ddp` scripts, other ranks may run ahead of rank 0's merge
             self._collect_oof(root, plan, result)
         if _is_rank_zero():
             write_summary_run(root / "summary", result, histories, hparams=dict(getattr(core, "hparams", {}) or {}))
@@ -469,5 +469,4 @@ class CrossValidator:
         order = np.argsort(index, kind="stable")
         result.oof_index = index[order]
         result.oof_predictions = take_rows(concat_rows([p["predictions"] for p in parts]), order)
-        if _is_rank_zero():
-            _save_atomic({"index": result.oof_index, "predictions": result.oof_predictions}, root / OOF_FILE)
+        _save_atomic({"index": result.oof_index, "predictions": result.oof_predictions}, root / OOF_FILE)

@@ -271,3 +271,35 @@ def test_compiled_lazy_and_tied_modules(tmp_path: Path) -> None:
     assert result.folds[0].weights_checksum == result.folds[1].weights_checksum == materialised
     assert model.mirror.weight is model.net[1].weight
     assert result.oof_predictions.shape == (64, 2)
+
+
+class _BoomOnceInFold1(Callback):
+    """Fails fold 1 in the middle of its third epoch, once (a marker file remembers), wherever it was copied."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        fold_1 = Path(trainer.default_root_dir).name == "fold_1"
+        if fold_1 and trainer.current_epoch == 2 and args[-1] == 1 and not Path(self.marker).exists():
+            Path(self.marker).touch()
+            raise RuntimeError("boom in fold 1")
+
+
+def test_resume_with_trainer_kwargs_keeps_one_clean_tensorboard_history(tmp_path: Path) -> None:
+    kwargs = {
+        **QUIET,
+        "max_epochs": 3,
+        "log_every_n_steps": 1,
+        "callbacks": [_BoomOnceInFold1(str(tmp_path / "failed")), ModelCheckpoint(monitor="val_loss")],
+    }
+    data = RegressionDataModule(num_samples=24, batch_size=4)
+    with pytest.raises(RuntimeError, match="boom in fold 1"):
+        _regression_cv(tmp_path / "cv", n_splits=2).fit(RegressionModule(), data, kwargs)
+    result = _regression_cv(tmp_path / "cv", n_splits=2).fit(RegressionModule(), data, kwargs)
+    assert result.folds[1].resumed_from is not None
+    run = read_tensorboard(tmp_path / "cv" / "fold_1")
+    steps = [step for step, _ in run.scalars["train_loss_step"]]
+    assert steps == sorted(set(steps)) and len(steps) == 3 * 3  # 3 epochs of 3 steps, none logged twice
+    assert [step for step, _ in run.scalars["val_loss"]] == [2, 5, 8]
+    assert result.folds[1].best_model_path.startswith(str(tmp_path / "cv" / "fold_1" / "checkpoints"))

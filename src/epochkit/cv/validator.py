@@ -373,7 +373,9 @@ class CrossValidator:
         if self.resume_checkpoints and resume.exists():
             ckpt_path = str(resume)
             sidecar = resume.with_suffix(".json")
-            purge_step = int(json.loads(sidecar.read_text())["global_step"]) + 1 if sidecar.exists() else None
+            # Lightning logged up to step global_step - 1 before that checkpoint: TensorBoard drops what the failed
+            # attempt logged from global_step on, so every step appears once.
+            purge_step = int(json.loads(sidecar.read_text())["global_step"]) if sidecar.exists() else None
             log.info("CrossValidator: fold %d resumes from %s", k, resume)
         elif fold_dir.exists() and _is_rank_zero():
             shutil.rmtree(fold_dir)  # an attempt that left no checkpoint: start the fold clean

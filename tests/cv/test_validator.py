@@ -12,6 +12,7 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+import torchmetrics
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from sklearn.model_selection import KFold, StratifiedKFold
 from tensorboard.plugins.custom_scalar import layout_pb2
@@ -303,3 +304,37 @@ def test_resume_with_trainer_kwargs_keeps_one_clean_tensorboard_history(tmp_path
     assert steps == sorted(set(steps)) and len(steps) == 3 * 3  # 3 epochs of 3 steps, none logged twice
     assert [step for step, _ in run.scalars["val_loss"]] == [2, 5, 8]
     assert result.folds[1].best_model_path.startswith(str(tmp_path / "cv" / "fold_1" / "checkpoints"))
+
+
+class _UnloggedMetric(RegressionModule):
+    """Accumulates a torchmetrics metric it never logs, so only the CrossValidator's reset clears it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mse = torchmetrics.MeanSquaredError()
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        super().validation_step(batch, batch_idx)
+        self.mse.update(self(batch[0]), batch[1])
+
+
+class _RecordAtStart(Callback):
+    def __init__(self, seen: list[tuple[int, int]]) -> None:
+        self.seen = seen
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.seen.append((int(pl_module.mse._update_count), len(trainer.optimizers[0].state)))
+
+
+def test_metric_states_and_optimizer_start_empty_in_every_fold(tmp_path: Path) -> None:
+    seen: list[tuple[int, int]] = []
+
+    def make(fold: int) -> pl.Trainer:
+        return pl.Trainer(
+            **QUIET, max_epochs=1, logger=False, enable_checkpointing=False, callbacks=[_RecordAtStart(seen)]
+        )
+
+    model = _UnloggedMetric()
+    _regression_cv(tmp_path, n_splits=3, predict=False).fit(model, RegressionDataModule(), trainer_factory=make)
+    assert seen == [(0, 0), (0, 0), (0, 0)]
+    assert model.mse._update_count == 0  # handed back reset, as it came

@@ -250,6 +250,7 @@ class CrossValidator:
             if _is_rank_zero():
                 result.save()
         resetter.restore(model)  # leave the model as it came (the folds' weights are in fold_k/model.pt)
+        _reset_metric_states(core)
         if predict and _is_rank_zero():  # under `ddp` scripts, other ranks may run ahead of rank 0's merge
             self._collect_oof(root, plan, result)
         if _is_rank_zero():

@@ -322,12 +322,12 @@ class CrossValidator:
             trainer = trainer_factory(k)
             if not isinstance(trainer, pl.Trainer):
                 raise TypeError(f"`trainer_factory({k})` returned {type(trainer).__name__}, not a Trainer.")
-            used: list[object] = [trainer, *getattr(trainer, "callbacks", [])]
+            used: list[object] = [trainer, *getattr(trainer, "callbacks", []), *trainer.loggers]
             reused = [type(o).__name__ for o in used if any(o is s for s in seen)]
             if reused:
                 raise ValueError(
                     f"`trainer_factory({k})` returned objects an earlier fold used ({reused}); state would leak "
-                    "between folds: build a new Trainer and new callbacks on every call."
+                    "between folds: build a new Trainer, new callbacks and new loggers on every call."
                 )
             seen.extend(used)
             return trainer

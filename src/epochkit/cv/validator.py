@@ -70,8 +70,9 @@ class CrossValidator:
     Folds are ``Subset``s of the DataModule's training dataset (see :mod:`epochkit.cv.data` for how it is found and
     how the loaders keep the user's settings). The folds are computed once, checked for leakage and pinned in
     ``root_dir/cv_manifest.json``; running again with the same ``root_dir`` resumes: finished folds are skipped,
-    an interrupted fold is redone from its last epoch checkpoint. Different folds for the same ``root_dir`` are an
-    error unless ``overwrite=True``.
+    an interrupted fold is redone from its last epoch checkpoint (resuming assumes the same model and Trainer
+    settings; only the folds are checked). Different folds for the same ``root_dir`` are an error unless
+    ``overwrite=True``.
 
     Args:
         n_splits: Number of folds (default 5); leave it out when ``splitter`` is given.
@@ -194,19 +195,14 @@ class CrossValidator:
         """
         if trainer_kwargs is not None and trainer_factory is not None:
             raise ValueError("give `trainer_kwargs` or `trainer_factory`, not both.")
-        if trainer_kwargs is not None:
-            bad = {"logger"} if trainer_kwargs.get("logger", True) not in (True, False, None) else set()
-            if bad:
-                raise ValueError(
-                    "CrossValidator makes one logger run per fold: `trainer_kwargs['logger']` may be True "
-                    "(TensorBoard under root_dir/fold_k) or False; for other loggers use `trainer_factory`."
-                )
+        if trainer_kwargs is not None and trainer_kwargs.get("logger", True) not in (True, False, None):
+            raise ValueError(
+                "CrossValidator makes one logger run per fold: `trainer_kwargs['logger']` may be True "
+                "(TensorBoard under root_dir/fold_k) or False; for other loggers use `trainer_factory`."
+            )
         root = Path(self.root_dir)
-        if _is_rank_zero():
-            datamodule.prepare_data()
-        datamodule.setup("fit")
+        plan = self.plan(datamodule)  # every check on the data happens here, before anything is trained
         dataset = find_training_dataset(datamodule)
-        plan = self._plan(dataset)
         self._pin_manifest(root, plan)
 
         core = unwrap_compiled(model)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from sklearn.model_selection import (
     GroupKFold,
     KFold,
@@ -100,3 +101,14 @@ def test_leakage_checks_catch_overlap_double_validation_and_split_groups() -> No
         check_plan(FoldPlan(4, (b, b), (a, a), "KFold", True))
     with pytest.raises(ValueError, match=r"fold 0 splits group\(s\) \[0, 1\]"):
         check_plan(FoldPlan(4, (np.array([1, 2]), a), (np.array([0, 3]), b), "x", False), groups=[0, 0, 1, 1])
+
+
+def test_groups_and_labels_can_name_dataset_attributes() -> None:
+    from torch.utils.data import TensorDataset
+
+    dataset = TensorDataset(torch.zeros(N, 2))
+    dataset.patient = torch.as_tensor(GROUPS)
+    plan = CrossValidator(4, groups="patient")._plan(dataset)
+    assert _plan_folds(plan) == _sklearn_folds(GroupKFold(4), g=GROUPS)
+    with pytest.raises(ValueError, match="`labels='kind'` names no attribute of the training dataset"):
+        CrossValidator(4, stratify=True, labels="kind")._plan(dataset)

@@ -80,9 +80,10 @@ class CrossValidator:
             ``StratifiedKFold``, ``GroupKFold``, ``TimeSeriesSplit``, ... Default: ``KFold(shuffle=True,
             random_state=seed)``, ``StratifiedKFold`` with ``stratify``, ``GroupKFold`` with ``groups``.
         stratify: Keep the class proportions in every fold (labels from ``labels`` or the dataset).
-        labels: Per-sample labels for stratification; default: the dataset's ``targets``/``labels``/``y``, or a
-            ``TensorDataset``'s last 1-D tensor.
-        groups: Per-sample group ids; no group is ever split between training and validation.
+        labels: Per-sample labels for stratification, or the name of a dataset attribute holding them; default:
+            the dataset's ``targets``/``labels``/``y``, or a ``TensorDataset``'s last 1-D tensor.
+        groups: Per-sample group ids, or the name of a dataset attribute holding them; no group is ever split
+            between training and validation.
         seed: Seeds the default splitter and, as ``seed + k``, fold ``k`` (and ``reset="reinit"``).
         reset: ``"snapshot"`` or ``"reinit"`` (``reset_parameters`` with seed ``seed + k``; every parameter must be
             covered).
@@ -107,8 +108,8 @@ class CrossValidator:
         *,
         splitter: Any = None,
         stratify: bool = False,
-        labels: Sequence[Any] | np.ndarray | torch.Tensor | None = None,
-        groups: Sequence[Any] | np.ndarray | torch.Tensor | None = None,
+        labels: Sequence[Any] | np.ndarray | torch.Tensor | str | None = None,
+        groups: Sequence[Any] | np.ndarray | torch.Tensor | str | None = None,
         seed: int = 0,
         reset: Literal["snapshot", "reinit"] = "snapshot",
         root_dir: str | os.PathLike = "cv_runs",
@@ -162,9 +163,9 @@ class CrossValidator:
 
     def _plan(self, dataset: Any) -> FoldPlan:
         n = len(dataset)
-        labels = self.labels if self.labels is not None else find_labels(dataset)
-        labels = labels.numpy() if isinstance(labels, torch.Tensor) else labels
-        groups = self.groups.numpy() if isinstance(self.groups, torch.Tensor) else self.groups
+        labels = self._per_sample(dataset, "labels", self.labels)
+        labels = find_labels(dataset) if labels is None else labels
+        groups = self._per_sample(dataset, "groups", self.groups)
         if self.splitter is not None:
             splitter = self.splitter
         else:
@@ -174,6 +175,17 @@ class CrossValidator:
             splitter = default_splitter(self.n_splits, self.stratify, groups is not None, self.seed)
         stratified = self.stratify or "Stratified" in type(splitter).__name__
         return make_plan(splitter, n, labels, groups, stratified)
+
+    @staticmethod
+    def _per_sample(dataset: Any, argument: str, value: Any) -> Any:
+        """``labels``/``groups`` as given, or the dataset attribute a string names, as an array."""
+        if isinstance(value, str):
+            if getattr(dataset, value, None) is None:
+                raise ValueError(
+                    f"`{argument}={value!r}` names no attribute of the training dataset ({type(dataset).__name__})."
+                )
+            value = getattr(dataset, value)
+        return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
 
     # -------------------------------------------------------------------------------------------------- fit
     def fit(

@@ -6,9 +6,19 @@ CPU, one GPU or many (DDP).
 
 from epochkit import schedules
 from epochkit.audit import ShuffleAudit
+from epochkit.cv import CrossValidator, CVResult, WeightReset
 from epochkit.stopping import EarlyStopping
 from epochkit.warmup import LRWarmup
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["EarlyStopping", "LRWarmup", "ShuffleAudit", "__version__", "schedules"]
+__all__ = [
+    "CVResult",
+    "CrossValidator",
+    "EarlyStopping",
+    "LRWarmup",
+    "ShuffleAudit",
+    "WeightReset",
+    "__version__",
+    "schedules",
+]

@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,34 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
     try:
         with os.fdopen(fd, "w") as handle:
             json.dump(obj, handle, indent=2, allow_nan=True)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_csv_atomic(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Write ``rows`` as CSV (header: every key, in first-seen order) with the same temp-file-then-replace as
+    :func:`write_json_atomic`.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> target = pathlib.Path(tempfile.mkdtemp()) / "folds.csv"
+        >>> write_csv_atomic(target, [{"fold": 0, "acc": 0.9}, {"fold": 1, "loss": 0.3}])
+        >>> target.read_text().splitlines()
+        ['fold,acc,loss', '0,0.9,', '1,,0.3']
+    """
+    import csv
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fields = list(dict.fromkeys(key for row in rows for key in row))
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

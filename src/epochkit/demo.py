@@ -137,5 +137,9 @@ class DigitsClassifier(pl.LightningModule):
         self.log("val_loss", nn.functional.cross_entropy(logits, y), prog_bar=True)
         self.log("val_acc", self.val_acc, prog_bar=True)
 
+    def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Class probabilities, one row per sample (what cross-validation's out-of-fold predictions hold)."""
+        return self(batch[0]).softmax(dim=-1)
+
     def configure_optimizers(self) -> Any:
         return torch.optim.Adam(self.parameters(), lr=self.lr)

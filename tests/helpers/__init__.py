@@ -2,7 +2,7 @@
 
 from tests.helpers.ddp import RankReport, fit_ddp
 from tests.helpers.models import DigitsClassifier, DigitsDataModule, RegressionDataModule, RegressionModule
-from tests.helpers.tensorboard import TensorBoardRun, read_tensorboard
+from tests.helpers.tensorboard import TensorBoardRun, read_plugin_summaries, read_tensorboard
 
 __all__ = [
     "DigitsClassifier",
@@ -12,5 +12,6 @@ __all__ = [
     "RegressionModule",
     "TensorBoardRun",
     "fit_ddp",
+    "read_plugin_summaries",
     "read_tensorboard",
 ]

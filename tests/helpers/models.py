@@ -75,5 +75,8 @@ class RegressionModule(pl.LightningModule):
         x, y = batch
         self.log("val_loss", nn.functional.mse_loss(self(x), y))
 
+    def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self(batch[0])
+
     def configure_optimizers(self) -> Any:
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)

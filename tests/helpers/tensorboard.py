@@ -66,3 +66,20 @@ def read_tensorboard(log_dir: str | Path) -> TensorBoardRun:
 
 def _step(event: tuple[int, object]) -> int:
     return event[0]
+
+
+def read_plugin_summaries(log_dir: str | Path, plugin: str) -> list[tuple[str, bytes]]:
+    """``(tag, plugin content)`` of every summary value of one TensorBoard plugin (``"custom_scalars"``,
+    ``"hparams"``) under ``log_dir``, read raw with TensorBoard's ``EventFileLoader``, in file order."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    found = []
+    for path in sorted(Path(log_dir).rglob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == plugin:
+                    content = value.metadata.plugin_data.content
+                    if plugin == "custom_scalars" and not content:
+                        content = value.tensor.string_val[0] if value.tensor.string_val else b""
+                    found.append((value.tag, content))
+    return found

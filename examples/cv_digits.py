@@ -1,0 +1,70 @@
+"""5-fold cross-validation of the digits classifier with ``epochkit.CrossValidator``.
+
+Every fold gets a fresh Trainer, its own copies of the callbacks, a verified weight reset and its own TensorBoard
+run; the script prints the per-fold table with mean, std and 95% interval, and the command to look at the runs.
+Run it again with the same ``--root`` and finished folds are skipped (an interrupted fold resumes).
+
+    python examples/cv_digits.py [--folds 5] [--epochs 10] [--root runs/cv_digits] [--fast]
+
+``--fast`` (or ``EPOCHKIT_EXAMPLE_FAST=1``) runs 2 folds of 1 short epoch, for tests. On several GPUs, pass
+``strategy="ddp", devices=N`` in ``trainer_kwargs`` and start the script once: every rank runs the same folds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+from epochkit import CrossValidator, LRWarmup
+from epochkit.demo import DigitsClassifier, DigitsDataModule
+
+
+def main(argv: list[str] | None = None) -> float:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--root", default="runs", help="directory for the CV's logs, checkpoints and results")
+    parser.add_argument("--fast", action="store_true", default=os.environ.get("EPOCHKIT_EXAMPLE_FAST") == "1")
+    args = parser.parse_args(argv)
+
+    root = Path(args.root) / "cv_digits"
+    pl.seed_everything(args.seed, workers=True)
+    cv = CrossValidator(
+        n_splits=2 if args.fast else args.folds,
+        stratify=True,  # labels come from the TensorDataset's last tensor
+        seed=args.seed,
+        root_dir=root,
+    )
+    result = cv.fit(
+        DigitsClassifier(),
+        DigitsDataModule(seed=args.seed),
+        trainer_kwargs={
+            "max_epochs": 1 if args.fast else args.epochs,
+            "limit_train_batches": 5 if args.fast else 1.0,
+            "accelerator": "cpu",
+            "devices": 1,
+            "log_every_n_steps": 5,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            # Deep-copied for every fold; ModelCheckpoint writes to root/fold_k/checkpoints.
+            "callbacks": [
+                LRWarmup(epochs=1),
+                EarlyStopping(monitor="val_loss", patience=3),
+                ModelCheckpoint(monitor="val_acc", mode="max"),
+            ],
+        },
+    )
+    mean_acc = result.mean("val_acc")
+    print(f"mean validation accuracy over {len(result.folds)} folds: {mean_acc:.4f}")
+    print(f"results: {root / 'cv_results.json'} and {root / 'cv_results.csv'}")
+    print(f"inspect the folds and the summary with: tensorboard --logdir {root}")
+    return mean_acc
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""The cross-validator's own per-fold callbacks: thin glue that records, verifies and checkpoints one fold.
+
+They run on every rank (DDP) and write files from global rank 0 only; the driver in the main process reads them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, Checkpoint
+from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature
+from torch.utils.data import DistributedSampler, Subset
+
+from epochkit._distributed import all_ranks, broadcast
+from epochkit._logging import log_scalars, log_text, write_json_atomic
+from epochkit.cv.data import rebuild_loader
+from epochkit.cv.reset import weights_checksum
+
+log = logging.getLogger("epochkit.cv")
+
+
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """Scalar entries of ``trainer.callback_metrics`` as floats; ``x_step`` dropped when ``x_epoch`` exists."""
+    out: dict[str, float] = {}
+    for name, value in metrics.items():
+        if isinstance(value, torch.Tensor):
+            if value.numel() != 1:
+                continue
+            value = value.item()
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            out[name] = float(value)
+    # `self.log(..., on_step=True, on_epoch=True)` gives x_step, x_epoch and x (= x_epoch): keep x only.
+    return {
+        k: v
+        for k, v in out.items()
+        if not (k.endswith("_step") and f"{k[:-5]}_epoch" in out) and not (k.endswith("_epoch") and k[:-6] in out)
+    }
+
+
+class FoldMonitor(Callback):
+    """Checks at setup that every rank runs the same fold on the verified weights, logs the checksum, and records
+    every epoch's metrics to ``history_path`` (its state, so a resumed fold keeps its history)."""
+
+    def __init__(self, fold: int, plan_hash: str, checksum: str, history_path: str) -> None:
+        self.fold = fold
+        self.plan_hash = plan_hash
+        self.checksum = checksum
+        self.history_path = history_path
+        self.history: list[dict[str, Any]] = []
+
+    @property
+    def state_key(self) -> str:
+        return "epochkit.cv.FoldMonitor"
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        mine = (self.fold, self.plan_hash)
+        same_fold = all_ranks(trainer, tuple(broadcast(trainer, mine)) == mine)
+        if not same_fold:
+            raise RuntimeError(f"ranks disagree on the fold or the fold plan (rank {trainer.global_rank}: {mine}).")
+        actual = weights_checksum(pl_module)
+        if not all_ranks(trainer, actual == self.checksum):
+            raise RuntimeError(
+                f"fold {self.fold} would start from weights with checksum {actual[:12]} on rank "
+                f"{trainer.global_rank}, not the reset weights {self.checksum[:12]}."
+            )
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        log_text(trainer, "cv/weights_checksum", f"fold {self.fold}: `{self.checksum}`")
+        log_scalars(trainer, {"cv/fold": float(self.fold), "cv/weights_verified": 1.0})
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        record = {
+            "epoch": int(trainer.current_epoch),
+            "step": int(trainer.global_step),
+            "metrics": scalar_metrics(dict(trainer.callback_metrics)),
+        }
+        self.history.append(record)
+        if trainer.is_global_zero:
+            write_json_atomic(self.history_path, self.history)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"fold": self.fold, "history": list(self.history)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))
+
+
+class ResumeCheckpoint(Checkpoint):
+    """Saves ``last.ckpt`` (atomically) after every training epoch, so an interrupted fold resumes where it was.
+
+    A :class:`~lightning.pytorch.callbacks.Checkpoint`, so Lightning orders it after the user's ``ModelCheckpoint``
+    and the saved file holds their updated state. It is appended to a built Trainer, so it never replaces
+    Lightning's default ``ModelCheckpoint``.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    @property
+    def state_key(self) -> str:
+        return "epochkit.cv.ResumeCheckpoint"
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        target = Path(self.path)
+        tmp = target.with_name(f".{target.name}.tmp")
+        if trainer.is_global_zero:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        trainer.save_checkpoint(tmp)  # every rank enters: it is a collective
+        if trainer.is_global_zero:
+            os.replace(tmp, target)
+            write_json_atomic(target.with_suffix(".json"), {"global_step": int(trainer.global_step)})
+
+
+def _rows(prediction: Any, n: int) -> Any:
+    """Check ``prediction`` has ``n`` rows (tensors, or tuples/lists/dicts of them) and move it to the CPU."""
+    if isinstance(prediction, torch.Tensor):
+        if prediction.ndim == 0 or prediction.shape[0] != n:
+            raise ValueError(
+                f"predict_step returned a tensor of shape {tuple(prediction.shape)} for a batch of {n} samples; "
+                "out-of-fold predictions need one row per sample."
+            )
+        return prediction.detach().cpu()
+    if isinstance(prediction, dict):
+        return {k: _rows(v, n) for k, v in prediction.items()}
+    if isinstance(prediction, tuple | list):
+        return type(prediction)(_rows(v, n) for v in prediction)
+    raise TypeError(f"predict_step returned a {type(prediction).__name__}; out-of-fold predictions need tensors.")
+
+
+def concat_rows(parts: list[Any]) -> Any:
+    first = parts[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(parts, dim=0)
+    if isinstance(first, dict):
+        return {k: concat_rows([p[k] for p in parts]) for k in first}
+    return type(first)(concat_rows(list(items)) for items in zip(*parts, strict=True))
+
+
+def take_rows(value: Any, rows: np.ndarray) -> Any:
+    index = torch.as_tensor(rows, dtype=torch.long)
+    if isinstance(value, torch.Tensor):
+        return value[index]
+    if isinstance(value, dict):
+        return {k: take_rows(v, rows) for k, v in value.items()}
+    return type(value)(take_rows(v, rows) for v in value)
+
+
+class OOFPredictor(Callback):
+    """Runs ``predict_step`` over the fold's validation subset at the end of fit, on the fold's final weights.
+
+    Inside the fit, so a spawned DDP fit needs no second launch. Each rank predicts its ``DistributedSampler``
+    share (padded to equal length, as Lightning's would be) and writes ``oof_rank{r}.pt`` with each prediction's
+    position in the validation subset; the driver merges the files and drops the padding by index.
+    """
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = out_dir
+
+    @property
+    def state_key(self) -> str:
+        return "epochkit.cv.OOFPredictor"
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        start = time.perf_counter()
+        fold_data: Any = getattr(trainer, "datamodule")  # noqa: B009  (untyped property)
+        template = fold_data.predict_dataloader()
+        subset = template.dataset
+        positions = list(range(len(subset)))
+        if trainer.world_size > 1:
+            sampler: DistributedSampler[Any] = DistributedSampler(
+                subset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+            )
+            positions = list(sampler)
+        loader = rebuild_loader(template, Subset(subset, positions), train=False)
+        if loader.batch_size is None:
+            raise ValueError("out-of-fold predictions need a batched validation loader (`batch_size` is None).")
+        takes_index = is_param_in_hook_signature(pl_module.predict_step, "batch_idx", min_args=2)
+        parts: list[Any] = []
+        training = pl_module.training
+        pl_module.eval()
+        try:
+            with torch.no_grad(), trainer.precision_plugin.predict_step_context():
+                for batch_idx, batch in enumerate(loader):
+                    batch = trainer.strategy.batch_to_device(batch)
+                    out = pl_module.predict_step(batch, batch_idx) if takes_index else pl_module.predict_step(batch)
+                    n = min(loader.batch_size, len(positions) - batch_idx * loader.batch_size)
+                    parts.append(_rows(out, n))
+        finally:
+            pl_module.train(training)
+        Path(self.out_dir).mkdir(parents=True, exist_ok=True)
+        payload = {
+            "positions": np.asarray(positions, dtype=np.int64),
+            "predictions": concat_rows(parts) if parts else None,
+            "seconds": time.perf_counter() - start,
+        }
+        torch.save(payload, Path(self.out_dir) / f"oof_rank{trainer.global_rank}.pt")
+        trainer.strategy.barrier("epochkit.cv.oof")  # every rank's file exists before the driver reads them

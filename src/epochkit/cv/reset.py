@@ -1,0 +1,294 @@
+"""``WeightReset``: put a module's parameters and buffers back to a snapshot, in place, and prove it with a checksum.
+
+Pure module-level logic: no Trainer. The cross-validator uses it between folds; it is just as usable alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.parameter import is_lazy
+
+__all__ = ["WeightReset", "WeightResetError", "reinit_parameters", "unwrap_compiled", "weights_checksum"]
+
+
+class WeightResetError(RuntimeError):
+    """The module does not match its snapshot (or cannot be snapshotted); the message names the tensors."""
+
+
+def unwrap_compiled(module: nn.Module) -> nn.Module:
+    """The module under ``torch.compile``'s ``OptimizedModule`` wrappers (the module itself when not compiled)."""
+    while isinstance(getattr(module, "_orig_mod", None), nn.Module):
+        module = module._orig_mod  # type: ignore[assignment]
+    return module
+
+
+def _named_tensors(module: nn.Module) -> Iterator[tuple[str, torch.Tensor, bool]]:
+    """Every parameter and buffer (non-persistent too) under every name, ties included: (name, tensor, is_param)."""
+    for name, param in module.named_parameters(remove_duplicate=False):
+        yield name, param, True
+    for name, buf in module.named_buffers(remove_duplicate=False):
+        yield name, buf, False
+
+
+def _digest(tensor: torch.Tensor) -> str:
+    """SHA-256 of the tensor's dtype, shape and raw bytes (so NaNs, -0.0 and bfloat16 are compared exactly)."""
+    h = hashlib.sha256(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+    data = tensor.detach().reshape(-1).contiguous()
+    if data.numel():
+        h.update(data.cpu().view(torch.uint8).numpy().data)  # the bytes in place (a memoryview), no copy
+    return h.hexdigest()
+
+
+def _check_materialised(module: nn.Module) -> None:
+    lazy = [name for name, t, _ in _named_tensors(module) if is_lazy(t)]
+    if lazy:
+        raise WeightResetError(
+            f"the module has uninitialized lazy parameters or buffers {lazy}: materialise them first (run one forward "
+            "pass, or set `example_input_array` on the LightningModule) and then take the snapshot."
+        )
+
+
+def _tensor_digests(module: nn.Module) -> dict[str, str]:
+    """One digest per distinct tensor, keyed by its first name."""
+    out: dict[str, str] = {}
+    seen: set[int] = set()
+    for name, tensor, _ in _named_tensors(module):
+        if id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
+        out[name] = _digest(tensor)
+    return out
+
+
+def _combine(digests: dict[str, str], ties: list[list[str]]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(digests):
+        h.update(f"{name}={digests[name]};".encode())
+    for group in ties:
+        h.update(("tie:" + ",".join(group) + ";").encode())
+    return h.hexdigest()
+
+
+def _ties(module: nn.Module) -> list[list[str]]:
+    """Groups of names that share one Parameter/buffer object (tied weights), each group sorted."""
+    by_id: dict[int, list[str]] = {}
+    for name, tensor, _ in _named_tensors(module):
+        by_id.setdefault(id(tensor), []).append(name)
+    return sorted(sorted(names) for names in by_id.values() if len(names) > 1)
+
+
+def weights_checksum(module: nn.Module) -> str:
+    """SHA-256 over every parameter and buffer (bytes, dtype, shape, name) and the tie structure.
+
+    ``torch.compile`` wrappers are looked through, so a compiled module and its original have the same checksum.
+
+    Example:
+        >>> a, b = nn.Linear(2, 2), nn.Linear(2, 2)
+        >>> _ = b.load_state_dict(a.state_dict())
+        >>> weights_checksum(a) == weights_checksum(b)
+        True
+    """
+    module = unwrap_compiled(module)
+    _check_materialised(module)
+    return _combine(_tensor_digests(module), _ties(module))
+
+
+@dataclass
+class _Entry:
+    name: str
+    owner: str  # the submodule path holding it
+    attr: str
+    is_param: bool
+    saved: torch.Tensor
+
+
+def _split(name: str) -> tuple[str, str]:
+    owner, _, attr = name.rpartition(".")
+    return owner, attr
+
+
+class WeightReset:
+    """Snapshot a module's weights once, then put them back in place as often as needed, and verify it.
+
+    The snapshot holds a copy of every parameter and every buffer, non-persistent buffers included, keyed by name.
+    :meth:`restore` copies the values back *in place* (``Tensor.copy_``, one pass over the bytes, the same tensor
+    objects, so optimizers built later and tied weights keep pointing at the right tensors); a tie broken since the
+    snapshot (one name re-assigned to its own tensor) is re-tied. Gradients are dropped (``grad = None``) so nothing
+    from a previous run leaks into the next one. :meth:`verify` recomputes the checksum and names every tensor that
+    differs.
+
+    Args:
+        device: Where the snapshot lives: ``None`` keeps each copy on its tensor's device (fastest restore),
+            ``"cpu"`` keeps accelerator memory free.
+
+    Example:
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <torch._C.Generator object at ...>
+        >>> net = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+        >>> reset = WeightReset()
+        >>> before = reset.snapshot(net)
+        >>> _ = net(torch.randn(8, 4)).sum().backward()  # moves BatchNorm's running stats
+        >>> with torch.no_grad():
+        ...     _ = net[0].weight.add_(1.0)
+        >>> reset.restore(net)
+        >>> reset.verify(net) == before
+        True
+    """
+
+    def __init__(self, device: str | torch.device | None = None) -> None:
+        self.device = device
+        self._entries: list[_Entry] = []
+        self._ties: list[list[str]] = []
+        self._digests: dict[str, str] = {}
+        self.checksum_: str | None = None
+
+    # ------------------------------------------------------------------------------------------------ API
+    def snapshot(self, module: nn.Module) -> str:
+        """Copy every parameter and buffer of ``module``; return the checksum of the snapshot.
+
+        Raises:
+            WeightResetError: If the module has lazy (unmaterialised) parameters or buffers.
+        """
+        module = unwrap_compiled(module)
+        _check_materialised(module)
+        entries: list[_Entry] = []
+        seen: set[int] = set()
+        for name, tensor, is_param in _named_tensors(module):
+            if id(tensor) in seen:
+                continue  # a tied alias: restored through its first name, re-tied by _retie
+            seen.add(id(tensor))
+            owner, attr = _split(name)
+            target = tensor.device if self.device is None else torch.device(self.device)
+            saved = tensor.detach().to(target, copy=True)
+            entries.append(_Entry(name, owner, attr, is_param, saved))
+        self._entries = entries
+        self._ties = _ties(module)
+        self._digests = _tensor_digests(module)
+        self.checksum_ = _combine(self._digests, self._ties)
+        return self.checksum_
+
+    @torch.no_grad()
+    def restore(self, module: nn.Module) -> None:
+        """Copy the snapshot back into ``module`` in place and drop its gradients.
+
+        Raises:
+            WeightResetError: Before any copy, if no snapshot was taken or the module's tensors do not match the
+                snapshot's names and shapes.
+        """
+        if self.checksum_ is None:
+            raise WeightResetError("restore() called before snapshot(): there is nothing to restore.")
+        module = unwrap_compiled(module)
+        self._retie(module)
+        current = {name: tensor for name, tensor, _ in _named_tensors(module)}
+        problems = []
+        for e in self._entries:
+            t = current.get(e.name)
+            if t is None:
+                problems.append(f"{e.name}: missing")
+            elif t.shape != e.saved.shape or t.dtype != e.saved.dtype:
+                problems.append(
+                    f"{e.name}: {tuple(t.shape)} {t.dtype}, snapshot {tuple(e.saved.shape)} {e.saved.dtype}"
+                )
+        extra = sorted(set(current) - {e.name for e in self._entries} - {n for g in self._ties for n in g})
+        problems += [f"{name}: not in the snapshot" for name in extra]
+        if problems:
+            raise WeightResetError("the module no longer matches its snapshot: " + "; ".join(problems))
+        dst = [current[e.name] for e in self._entries]
+        src = [e.saved for e in self._entries]
+        same_device = [i for i, (d, s) in enumerate(zip(dst, src, strict=True)) if d.device == s.device]
+        if same_device:
+            # One fused call per device: the same bytes as one big copy, without a Python loop per tensor.
+            torch._foreach_copy_([dst[i] for i in same_device], [src[i] for i in same_device])
+        for i in set(range(len(dst))) - set(same_device):
+            dst[i].copy_(src[i], non_blocking=True)
+        for e in self._entries:
+            if e.is_param:
+                current[e.name].grad = None
+
+    def verify(self, module: nn.Module) -> str:
+        """Return the module's checksum, after checking it equals the snapshot's.
+
+        Raises:
+            WeightResetError: If it differs, naming every tensor (or tie) that differs.
+        """
+        if self.checksum_ is None:
+            raise WeightResetError("verify() called before snapshot(): there is nothing to compare with.")
+        module = unwrap_compiled(module)
+        _check_materialised(module)
+        digests = _tensor_digests(module)
+        ties = _ties(module)
+        checksum = _combine(digests, ties)
+        if checksum != self.checksum_:
+            differ = sorted(n for n in set(digests) | set(self._digests) if digests.get(n) != self._digests.get(n))
+            detail = [f"tensors that differ: {differ}"] if differ else []
+            if ties != self._ties:
+                detail.append(f"ties differ: now {ties}, snapshot {self._ties}")
+            raise WeightResetError(
+                f"weights checksum {checksum[:12]} != snapshot {self.checksum_[:12]}; {'; '.join(detail)}"
+            )
+        return checksum
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the snapshot."""
+        return sum(e.saved.numel() * e.saved.element_size() for e in self._entries)
+
+    # ------------------------------------------------------------------------------------------- internals
+    def _retie(self, module: nn.Module) -> None:
+        for group in self._ties:
+            owner_name, attr = _split(group[0])
+            try:
+                anchor = getattr(module.get_submodule(owner_name), attr)
+            except AttributeError:
+                continue  # reported as missing by restore()
+            for name in group[1:]:
+                owner_name, attr = _split(name)
+                owner = module.get_submodule(owner_name)
+                if getattr(owner, attr, None) is not anchor:
+                    setattr(owner, attr, anchor)
+
+
+def _reset_method(module: nn.Module) -> Callable[[], object] | None:
+    for name in ("reset_parameters", "_reset_parameters"):
+        fn = getattr(module, name, None)
+        if callable(fn):
+            return fn
+    return None
+
+
+@torch.no_grad()
+def reinit_parameters(module: nn.Module, seed: int) -> None:
+    """Re-initialise every parameter by calling each submodule's ``reset_parameters`` under ``torch`` seed ``seed``.
+
+    The global RNG state is left as it was. Coverage is checked for real: every parameter is first filled with NaN,
+    and any parameter still NaN after all ``reset_parameters`` (or ``_reset_parameters``) calls is one that no
+    reset covers.
+
+    Raises:
+        WeightResetError: Listing every parameter no ``reset_parameters`` re-initialised (its values are then NaN;
+            restore a snapshot to recover).
+    """
+    module = unwrap_compiled(module)
+    _check_materialised(module)
+    params = dict(module.named_parameters())
+    for p in params.values():
+        if p.is_floating_point() or p.is_complex():
+            p.fill_(float("nan"))
+    devices = sorted({p.device for p in params.values() if p.device.type == "cuda"}, key=str)
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for sub in module.modules():
+            fn = _reset_method(sub)
+            if fn is not None:
+                fn()
+    uncovered = [name for name, p in params.items() if (p.is_floating_point() or p.is_complex()) and p.isnan().any()]
+    if uncovered:
+        raise WeightResetError(
+            "reset='reinit' needs every parameter re-initialised by some module's `reset_parameters`, but none "
+            f"covers {uncovered}; add `reset_parameters` to their modules or use reset='snapshot'."
+        )

@@ -1,0 +1,269 @@
+"""What a cross-validation produces: one :class:`FoldResult` per fold, the :class:`CVResult` over all of them
+(aggregates, table, files, out-of-fold predictions) and :class:`FoldEnsemble`. No Trainer needed.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from epochkit._logging import write_csv_atomic, write_json_atomic
+from epochkit.cv.reset import unwrap_compiled
+from epochkit.cv.stats import summarize
+
+__all__ = ["CVResult", "FoldEnsemble", "FoldResult", "best_of", "metric_mode"]
+
+RESULTS_JSON = "cv_results.json"
+RESULTS_CSV = "cv_results.csv"
+
+_MIN_WORDS = re.compile(r"(loss|err|error|mse|mae|rmse|nll|ppl|perplexity|wer|cer|fpr|fnr|time|dist)", re.IGNORECASE)
+
+
+def metric_mode(name: str, overrides: Mapping[str, str] | None = None) -> Literal["min", "max"]:
+    """Whether lower (``"min"``) or higher (``"max"``) is better for a metric: ``overrides`` first, else ``"min"``
+    for names that look like losses or errors, else ``"max"``.
+
+    Example:
+        >>> metric_mode("val_loss"), metric_mode("val_acc"), metric_mode("val_acc", {"val_acc": "min"})
+        ('min', 'max', 'min')
+    """
+    if overrides and name in overrides:
+        mode = overrides[name]
+        if mode not in ("min", "max"):
+            raise ValueError(f"metric mode for {name!r} must be 'min' or 'max', got {mode!r}.")
+        return mode  # type: ignore[return-value]
+    return "min" if _MIN_WORDS.search(name) else "max"
+
+
+def best_of(
+    history: Sequence[Mapping[str, Any]], overrides: Mapping[str, str] | None = None
+) -> tuple[dict[str, float], dict[str, int]]:
+    """Best value of every metric over per-epoch records ``{"epoch": e, "metrics": {...}}``, and its epoch.
+
+    Example:
+        >>> best_of([{"epoch": 0, "metrics": {"val_loss": 0.5}}, {"epoch": 1, "metrics": {"val_loss": 0.4}}])
+        ({'val_loss': 0.4}, {'val_loss': 1})
+    """
+    best: dict[str, float] = {}
+    epoch: dict[str, int] = {}
+    for record in history:
+        for name, value in record["metrics"].items():
+            if value is None or math.isnan(value):
+                continue
+            better = min if metric_mode(name, overrides) == "min" else max
+            if name not in best or better(value, best[name]) != best[name]:
+                best[name], epoch[name] = float(value), int(record["epoch"])
+    return best, epoch
+
+
+@dataclass
+class FoldResult:
+    """One fold: sizes, the final and best value of every logged metric, files and timings (seconds)."""
+
+    fold: int
+    n_train: int
+    n_val: int
+    final: dict[str, float] = field(default_factory=dict)
+    best: dict[str, float] = field(default_factory=dict)
+    best_epoch: dict[str, int] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_model_path: str | None = None
+    model_path: str | None = None
+    weights_checksum: str | None = None
+    resumed_from: str | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FoldResult:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _fmt(value: float) -> str:
+    return "nan" if value is None or math.isnan(value) else f"{value:.4f}"
+
+
+@dataclass
+class CVResult:
+    """All folds of one cross-validation.
+
+    Attributes:
+        folds: One :class:`FoldResult` per fold run so far, by fold.
+        root_dir: Where logs, checkpoints, the manifest and result files live.
+        plan_hash: Hash of the folds (see the manifest).
+        oof_index: Dataset indices that have an out-of-fold prediction, ascending (``arange(n)`` for K-fold).
+        oof_predictions: ``predict_step`` outputs on validation folds, one row per ``oof_index`` entry (a tensor,
+            or a tuple/list/dict of them), i.e. in the original dataset order. ``None`` when not computed.
+        model: The model that was cross-validated (used by :meth:`ensemble`).
+    """
+
+    folds: list[FoldResult]
+    root_dir: str
+    plan_hash: str = ""
+    n_splits: int = 0
+    metric_modes: dict[str, str] = field(default_factory=dict)
+    oof_index: np.ndarray | None = None
+    oof_predictions: Any = None
+    model: nn.Module | None = field(default=None, repr=False)
+
+    # ------------------------------------------------------------------------------------------ aggregates
+    @property
+    def metrics(self) -> list[str]:
+        """Every metric some fold logged, sorted."""
+        return sorted({name for f in self.folds for name in (*f.final, *f.best)})
+
+    def aggregate(self, confidence: float = 0.95) -> dict[str, dict[str, dict[str, float]]]:
+        """``{"final" | "best": {metric: {"mean", "std", "ci_low", "ci_high", "n"}}}`` over the folds."""
+        out: dict[str, dict[str, dict[str, float]]] = {"final": {}, "best": {}}
+        for kind in out:
+            for name in self.metrics:
+                values = [getattr(f, kind).get(name, float("nan")) for f in self.folds]
+                out[kind][name] = summarize(values, confidence)
+        return out
+
+    def mean(self, metric: str, kind: Literal["final", "best"] = "final") -> float:
+        """Mean over folds of one metric."""
+        return self.aggregate()[kind][metric]["mean"]
+
+    def table(self, kind: Literal["final", "best", "both"] = "both") -> str:
+        """A plain-text table: one row per metric, one column per fold, then mean, std and the 95% interval."""
+        kinds = ["final", "best"] if kind == "both" else [kind]
+        agg = self.aggregate()
+        header = ["metric", *(f"fold {f.fold}" for f in self.folds), "mean", "std", "95% CI"]
+        rows = [header]
+        for k in kinds:
+            for name in self.metrics:
+                s = agg[k][name]
+                if s["n"] == 0:
+                    continue
+                label = name if kind != "both" else f"{name} ({k})"
+                cells = [_fmt(getattr(f, k).get(name, float("nan"))) for f in self.folds]
+                ci = f"[{_fmt(s['ci_low'])}, {_fmt(s['ci_high'])}]"
+                rows.append([label, *cells, _fmt(s["mean"]), _fmt(s["std"]), ci])
+        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return f"{len(self.folds)}-fold cross-validation ({self.root_dir})\n{self.table()}"
+
+    # ------------------------------------------------------------------------------------------------ files
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "root_dir": self.root_dir,
+            "plan_hash": self.plan_hash,
+            "n_splits": self.n_splits,
+            "folds_done": [f.fold for f in self.folds],
+            "metric_modes": self.metric_modes,
+            "aggregate": self.aggregate(),
+            "folds": [f.to_dict() for f in self.folds],
+        }
+
+    def csv_rows(self) -> list[dict[str, Any]]:
+        """One row per fold (``final/<metric>``, ``best/<metric>``, timings), then rows ``mean``, ``std``,
+        ``ci_low`` and ``ci_high``."""
+        rows: list[dict[str, Any]] = []
+        for f in self.folds:
+            row: dict[str, Any] = {"fold": f.fold, "n_train": f.n_train, "n_val": f.n_val}
+            for kind in ("final", "best"):
+                for name in self.metrics:
+                    row[f"{kind}/{name}"] = getattr(f, kind).get(name, "")
+            row.update({f"seconds/{k}": v for k, v in f.seconds.items()})
+            row["best_model_path"] = f.best_model_path or ""
+            rows.append(row)
+        agg = self.aggregate()
+        for stat in ("mean", "std", "ci_low", "ci_high"):
+            row = {"fold": stat}
+            for kind in ("final", "best"):
+                for name in self.metrics:
+                    row[f"{kind}/{name}"] = agg[kind][name][stat]
+            rows.append(row)
+        return rows
+
+    def save(self) -> None:
+        """Write ``cv_results.json`` and ``cv_results.csv`` to ``root_dir``, atomically."""
+        root = Path(self.root_dir)
+        write_json_atomic(root / RESULTS_JSON, self.to_dict())
+        write_csv_atomic(root / RESULTS_CSV, self.csv_rows())
+
+    # ------------------------------------------------------------------------------------------- ensemble
+    def ensemble(
+        self,
+        model: nn.Module | None = None,
+        transform: Callable[[Any], Any] | None = None,
+        weights: Literal["final", "best"] = "final",
+    ) -> FoldEnsemble:
+        """A module whose ``forward`` averages the fold models' outputs, for test-time prediction.
+
+        Args:
+            model: A module of the cross-validated architecture to copy (default: the model given to ``fit``).
+            transform: Applied to each fold model's output before averaging (e.g. ``lambda z: z.softmax(-1)``).
+            weights: ``"final"``: the weights each fold ended with; ``"best"``: the fold's best checkpoint
+                (``ModelCheckpoint``), falling back to the final weights where there is none.
+        """
+        template = model if model is not None else self.model
+        if template is None:
+            raise ValueError("CVResult.ensemble() needs `model=`: this result holds no model (it was loaded).")
+        members = []
+        for f in self.folds:
+            path = f.best_model_path if weights == "best" and f.best_model_path else f.model_path
+            if not path or not Path(path).exists():
+                raise FileNotFoundError(f"fold {f.fold} has no saved weights at {path!r}.")
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            state = state.get("state_dict", state)
+            member = copy.deepcopy(template)
+            unwrap_compiled(member).load_state_dict(state)
+            members.append(member.eval())
+        return FoldEnsemble(members, transform).eval()
+
+
+def _average(outputs: list[Any]) -> Any:
+    first = outputs[0]
+    if isinstance(first, torch.Tensor):
+        stacked = torch.stack([o.float() if not o.is_floating_point() else o for o in outputs])
+        return stacked.mean(dim=0)
+    if isinstance(first, Mapping):
+        return {k: _average([o[k] for o in outputs]) for k in first}
+    if isinstance(first, tuple | list):
+        return type(first)(_average(list(items)) for items in zip(*outputs, strict=True))
+    if isinstance(first, int | float):
+        return sum(outputs) / len(outputs)
+    raise TypeError(f"cannot average fold outputs of type {type(first).__name__}")
+
+
+class FoldEnsemble(nn.Module):
+    """Averages the outputs of the fold models (tensors, or tuples/lists/dicts of tensors).
+
+    Example:
+        >>> a, b = nn.Linear(2, 1), nn.Linear(2, 1)
+        >>> ens = FoldEnsemble([a, b])
+        >>> x = torch.ones(1, 2)
+        >>> torch.allclose(ens(x), (a(x) + b(x)) / 2)
+        True
+    """
+
+    def __init__(self, models: Sequence[nn.Module], transform: Callable[[Any], Any] | None = None) -> None:
+        super().__init__()
+        if not models:
+            raise ValueError("FoldEnsemble needs at least one model.")
+        self.models = nn.ModuleList(models)
+        self.transform = transform
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        outputs = [m(*args, **kwargs) for m in self.models]
+        if self.transform is not None:
+            outputs = [self.transform(o) for o in outputs]
+        return _average(outputs)

@@ -1,5 +1,5 @@
 # Two commands on a fresh machine (Python 3.10+ and make, nothing else):
-#   make demo   create .venv if missing, install epochkit, run the digits example
+#   make demo   create .venv if missing, install epochkit, run the 5-fold CV demo (examples/cv_digits.py)
 #   make test   the same with the test extras, then ruff, mypy and pytest
 # Both are idempotent: an install is redone only when pyproject.toml or TORCH changes.
 
@@ -19,7 +19,7 @@ TEST_STAMP := $(VENV)/.installed-test-$(TORCH_TAG)
 .PHONY: demo test lint typecheck pytest bench clean
 
 demo: $(DEMO_STAMP)
-	$(BIN)/python examples/digits.py
+	$(BIN)/python examples/cv_digits.py
 
 test: $(TEST_STAMP)
 	$(MAKE) --no-print-directory lint typecheck pytest

@@ -36,7 +36,8 @@ def hook_microseconds(n: int = 20_000) -> tuple[float, float]:
     length = 10 * n  # longer than the measurement: every step is a warmup step
     warmup = LRWarmup(steps=length)
     warmup.setup(None, None, "fit")  # type: ignore[arg-type]  # the hooks need only the per-fit state
-    warmup.steps_applied_, warmup.warmup_steps_ = [0], [[length]]
+    warmup.steps_applied_, warmup.warmup_steps_, warmup.group_starts_ = [0], [[length]], [[0]]
+    warmup._ends = [length]
     hooked.register_step_pre_hook(partial(warmup._before_step, 0))
     hooked.register_step_post_hook(partial(warmup._after_step, 0))
     results = []

@@ -338,3 +338,48 @@ def test_metric_states_and_optimizer_start_empty_in_every_fold(tmp_path: Path) -
     _regression_cv(tmp_path, n_splits=3, predict=False).fit(model, RegressionDataModule(), trainer_factory=make)
     assert seen == [(0, 0), (0, 0), (0, 0)]
     assert model.mse._update_count == 0  # handed back reset, as it came
+
+
+class _PredictFailsOnce(RegressionModule):
+    """``predict_step`` fails the first time it is called (after fold 0 trained all its epochs)."""
+
+    failed = False
+
+    def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if not _PredictFailsOnce.failed:
+            _PredictFailsOnce.failed = True
+            raise RuntimeError("boom in predict")
+        return super().predict_step(batch, batch_idx)
+
+
+def test_a_fold_failing_after_its_last_epoch_resumes_with_its_final_metrics(tmp_path: Path) -> None:
+    kwargs = {**QUIET, "max_epochs": 2, "logger": False, "enable_checkpointing": False}
+    data = RegressionDataModule(num_samples=24, batch_size=4, shuffle=False)
+    _PredictFailsOnce.failed = False
+    torch.manual_seed(0)
+    with pytest.raises(RuntimeError, match="boom in predict"):
+        _regression_cv(tmp_path / "cv", n_splits=2).fit(_PredictFailsOnce(), data, kwargs)
+    torch.manual_seed(0)
+    resumed = _regression_cv(tmp_path / "cv", n_splits=2).fit(_PredictFailsOnce(), data, kwargs)
+    torch.manual_seed(0)
+    clean = _regression_cv(tmp_path / "clean", n_splits=2).fit(_PredictFailsOnce(), data, kwargs)
+
+    assert resumed.folds[0].resumed_from is not None  # restored a checkpoint written after the last epoch
+    for a, b in zip(resumed.folds, clean.folds, strict=True):
+        assert set(a.final) == set(b.final) and "val_loss" in a.final
+        assert a.final["val_loss"] == pytest.approx(b.final["val_loss"], rel=1e-6)
+    assert resumed.aggregate()["final"]["val_loss"]["n"] == 2
+
+
+class _LogsAtEpochEnd(RegressionModule):
+    def on_train_epoch_end(self) -> None:
+        self.log("epoch_end_metric", float(self.current_epoch) + 1.0)
+
+
+def test_metrics_logged_in_the_modules_on_train_epoch_end_are_recorded_in_their_epoch(tmp_path: Path) -> None:
+    kwargs = {**QUIET, "max_epochs": 2, "logger": False, "enable_checkpointing": False}
+    result = _regression_cv(tmp_path, n_splits=2, predict=False).fit(_LogsAtEpochEnd(), RegressionDataModule(), kwargs)
+    for fold in result.folds:
+        assert [h["metrics"].get("epoch_end_metric") for h in fold.history] == [1.0, 2.0]
+        assert fold.final["epoch_end_metric"] == fold.best["epoch_end_metric"] == 2.0
+        assert fold.best_epoch["epoch_end_metric"] == 1

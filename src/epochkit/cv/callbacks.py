@@ -44,9 +44,14 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     }
 
 
-class FoldMonitor(Callback):
+class FoldMonitor(Checkpoint):
     """Checks at setup that every rank runs the same fold on the verified weights, logs the checksum, and records
-    every epoch's metrics to ``history_path`` (its state, so a resumed fold keeps its history)."""
+    every epoch's metrics to ``history_path`` (its state, so a resumed fold keeps its history).
+
+    A :class:`~lightning.pytorch.callbacks.Checkpoint` subclass only for the hook order: Lightning runs the
+    ``on_train_epoch_end`` of monitoring callbacks (``EarlyStopping``, ``Checkpoint``) after the LightningModule's
+    own, so what the module logs there is recorded in the same epoch, not the next.
+    """
 
     def __init__(self, fold: int, plan_hash: str, checksum: str, history_path: str) -> None:
         self.fold = fold

@@ -257,6 +257,7 @@ class CrossValidator:
             histories.append(fold_result.history)
             if _is_rank_zero():
                 result.save()
+        self._warn_missing_final(result)
         resetter.restore(model)  # leave the model as it came (the folds' weights are in fold_k/model.pt)
         _reset_metric_states(core)
         if predict and _is_rank_zero():  # under `ddp` scripts, other ranks may run ahead of rank 0's merge
@@ -409,7 +410,9 @@ class CrossValidator:
         if _is_rank_zero():
             _save_atomic(core.state_dict(), model_path)
         history = self._read_history(fold_dir, monitor)
-        final = scalar_metrics(dict(trainer.callback_metrics))
+        # A fold restored from a checkpoint written after its last epoch runs no epoch and logs nothing, so
+        # `callback_metrics` is empty: the last recorded epoch (restored with FoldMonitor's state) holds the values.
+        final = {**(history[-1]["metrics"] if history else {}), **scalar_metrics(dict(trainer.callback_metrics))}
         best, best_epoch = best_of(history, modes)
         checkpoints = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
         best_path = checkpoints[0].best_model_path if checkpoints and checkpoints[0].best_model_path else None
@@ -444,6 +447,19 @@ class CrossValidator:
         if path.exists():  # written by rank 0, wherever that ran (ddp_spawn workers included)
             return list(json.loads(path.read_text()))
         return list(monitor.history)
+
+    @staticmethod
+    def _warn_missing_final(result: CVResult) -> None:
+        """The aggregates skip missing values: say so when a fold lacks a final metric that other folds have."""
+        names = set().union(*(f.final for f in result.folds)) if result.folds else set()
+        for fold in result.folds:
+            missing = sorted(names - set(fold.final))
+            if missing:
+                log.warning(
+                    "CrossValidator: fold %d has no final value for %s; the aggregates over folds leave it out",
+                    fold.fold,
+                    missing,
+                )
 
     @staticmethod
     def _merge_fold_oof(fold_dir: Path, val_idx: np.ndarray) -> float:

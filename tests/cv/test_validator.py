@@ -383,3 +383,30 @@ def test_metrics_logged_in_the_modules_on_train_epoch_end_are_recorded_in_their_
         assert [h["metrics"].get("epoch_end_metric") for h in fold.history] == [1.0, 2.0]
         assert fold.final["epoch_end_metric"] == fold.best["epoch_end_metric"] == 2.0
         assert fold.best_epoch["epoch_end_metric"] == 1
+
+
+def test_a_rerun_with_other_settings_or_another_model_fails_unless_overwrite(tmp_path: Path) -> None:
+    kwargs = {**QUIET, "max_epochs": 2, "logger": False, "enable_checkpointing": False}
+    data = RegressionDataModule(num_samples=24, batch_size=4)
+    torch.manual_seed(0)
+    first = _regression_cv(tmp_path, n_splits=2, predict=False).fit(RegressionModule(), data, kwargs)
+
+    torch.manual_seed(0)  # same starting weights, other hyperparameters
+    with pytest.raises(ValueError, match=r"other settings.*hparams.*`overwrite=True`"):
+        _regression_cv(tmp_path, n_splits=2, predict=False).fit(RegressionModule(lr=0.5), data, kwargs)
+    torch.manual_seed(0)  # same model, other Trainer settings
+    with pytest.raises(ValueError, match=r"other settings.*max_epochs"):
+        _regression_cv(tmp_path, n_splits=2, predict=False).fit(RegressionModule(), data, {**kwargs, "max_epochs": 1})
+    torch.manual_seed(1)  # same settings, other starting weights
+    with pytest.raises(ValueError, match=r"trained from weights with checksum .* `overwrite=True`"):
+        _regression_cv(tmp_path, n_splits=2, predict=False).fit(RegressionModule(), data, kwargs)
+
+    torch.manual_seed(0)  # the same again: the finished folds are reused
+    again = _regression_cv(tmp_path, n_splits=2, predict=False).fit(RegressionModule(), data, kwargs)
+    assert [f.to_dict() for f in again.folds] == [f.to_dict() for f in first.folds]
+    torch.manual_seed(1)
+    redone = _regression_cv(tmp_path, n_splits=2, predict=False, overwrite=True).fit(
+        RegressionModule(lr=0.5), data, {**kwargs, "max_epochs": 1}
+    )
+    assert redone.folds[0].weights_checksum != first.folds[0].weights_checksum
+    assert [len(f.history) for f in redone.folds] == [1, 1]

@@ -7,6 +7,7 @@ import copy
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -43,6 +44,11 @@ def _is_rank_zero() -> bool:
     return int(getattr(rank_zero_only, "rank", 0) or 0) == 0
 
 
+def _stable_repr(value: Any) -> str:
+    """``repr`` without memory addresses, so equal settings give equal strings in two runs."""
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))
+
+
 def _save_atomic(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -70,9 +76,12 @@ class CrossValidator:
     Folds are ``Subset``s of the DataModule's training dataset (see :mod:`epochkit.cv.data` for how it is found and
     how the loaders keep the user's settings). The folds are computed once, checked for leakage and pinned in
     ``root_dir/cv_manifest.json``; running again with the same ``root_dir`` resumes: finished folds are skipped,
-    an interrupted fold is redone from its last epoch checkpoint (resuming assumes the same model and Trainer
-    settings; only the folds are checked). Different folds for the same ``root_dir`` are an error unless
-    ``overwrite=True``.
+    an interrupted fold is redone from its last epoch checkpoint. The manifest also pins a fingerprint of the
+    settings (the module's class and ``hparams``, ``trainer_kwargs`` without the callbacks, the callbacks' types,
+    ``reset``, ``seed``, ``seed_folds``), and with ``reset="snapshot"`` finished folds must have started from the
+    model's current weights (checksum): different folds, settings or starting weights for the same ``root_dir``
+    are an error unless ``overwrite=True``. Settings outside the fingerprint (the DataModule, a
+    ``trainer_factory``'s Trainer, a callback's arguments) are not checked: change ``root_dir`` with them.
 
     Args:
         n_splits: Number of folds (default 5); leave it out when ``splitter`` is given.
@@ -215,7 +224,6 @@ class CrossValidator:
         root = Path(self.root_dir)
         plan = self.plan(datamodule)  # every check on the data happens here, before anything is trained
         dataset = find_training_dataset(datamodule)
-        self._pin_manifest(root, plan)
 
         core = unwrap_compiled(model)
         resetter = WeightReset()
@@ -231,6 +239,9 @@ class CrossValidator:
                 core.train(training)
             log.info("CrossValidator materialised lazy modules with `example_input_array` (%s)", err)
             snapshot_checksum = resetter.snapshot(model)
+        config = self._fingerprint(core, trainer_kwargs, trainer_factory)
+        self._pin_manifest(root, plan, config)
+        self._check_finished_folds(root, plan, snapshot_checksum)
         predict = self.predict if self.predict != "auto" else is_overridden("predict_step", core)
         modes = {**self._callback_modes(trainer_kwargs), **self.metric_modes}
         result = CVResult(
@@ -270,11 +281,55 @@ class CrossValidator:
         return result
 
     # ------------------------------------------------------------------------------------------ internals
-    def _pin_manifest(self, root: Path, plan: FoldPlan) -> None:
+    def _fingerprint(
+        self, core: nn.Module, trainer_kwargs: Mapping[str, Any] | None, trainer_factory: TrainerFactory | None
+    ) -> dict[str, Any]:
+        """What a finished fold's results depend on besides the folds and the starting weights, as plain strings."""
+        kwargs = {k: v for k, v in (trainer_kwargs or {}).items() if k != "callbacks"}
+        callbacks = (trainer_kwargs or {}).get("callbacks") or []
+        callbacks = [callbacks] if isinstance(callbacks, Callback) else list(callbacks)
+        return {
+            "model": f"{type(core).__module__}.{type(core).__qualname__}",
+            "hparams": _stable_repr(dict(getattr(core, "hparams", {}) or {})),
+            "trainer_kwargs": _stable_repr(kwargs),
+            "callbacks": [type(cb).__qualname__ for cb in callbacks],
+            "trainer_factory": None if trainer_factory is None else getattr(trainer_factory, "__qualname__", "?"),
+            "reset": self.reset,
+            "seed": self.seed,
+            "seed_folds": self.seed_folds,
+        }
+
+    def _check_finished_folds(self, root: Path, plan: FoldPlan, snapshot_checksum: str) -> None:
+        """Finished folds are reused only if they started from the same weights (snapshot mode)."""
+        if self.reset != "snapshot":
+            return  # reinit: the weights come from `seed + k`, which the manifest's fingerprint pins
+        for k in range(plan.n_splits):
+            done = root / f"fold_{k}" / FOLD_RESULT
+            if not done.exists():
+                continue
+            stored = json.loads(done.read_text()).get("weights_checksum")
+            if stored is not None and stored != snapshot_checksum:
+                raise ValueError(
+                    f"{done} was trained from weights with checksum {str(stored)[:12]}, but the model given now "
+                    f"has checksum {snapshot_checksum[:12]}: its results would be reused for another model. Use "
+                    "another `root_dir`, or `overwrite=True` to delete that cross-validation and start over."
+                )
+
+    def _pin_manifest(self, root: Path, plan: FoldPlan, config: dict[str, Any]) -> None:
         path = root / MANIFEST
         if path.exists():
             old = json.loads(path.read_text())
+            old_config = old.get("config")
             if old.get("hash") == plan.hash and not self.overwrite:
+                if old_config is not None and old_config != config:
+                    changed = sorted(k for k in set(old_config) | set(config) if old_config.get(k) != config.get(k))
+                    then = {k: old_config.get(k) for k in changed}
+                    now = {k: config.get(k) for k in changed}
+                    raise ValueError(
+                        f"{path} pins the same folds but other settings (then {then}, now {now}); its finished "
+                        "folds would be reused with stale results. Use another `root_dir`, or `overwrite=True` to "
+                        "delete that cross-validation and start over."
+                    )
                 return
             if not self.overwrite:
                 raise ValueError(
@@ -286,7 +341,7 @@ class CrossValidator:
             if _is_rank_zero():
                 self._clear(root)
         if _is_rank_zero():
-            write_json_atomic(path, plan.to_manifest())
+            write_json_atomic(path, {**plan.to_manifest(), "config": config})
 
     @staticmethod
     def _clear(root: Path) -> None:

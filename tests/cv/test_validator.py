@@ -410,3 +410,9 @@ def test_a_rerun_with_other_settings_or_another_model_fails_unless_overwrite(tmp
     )
     assert redone.folds[0].weights_checksum != first.folds[0].weights_checksum
     assert [len(f.history) for f in redone.folds] == [1, 1]
+
+
+def test_stratify_with_a_splitter_that_does_not_stratify_fails() -> None:
+    with pytest.raises(ValueError, match=r"`stratify=True` with `splitter=KFold.*does not stratify"):
+        CrossValidator(splitter=KFold(4), stratify=True)
+    assert CrossValidator(splitter=StratifiedKFold(4), stratify=True).stratify

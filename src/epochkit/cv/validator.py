@@ -88,7 +88,8 @@ class CrossValidator:
         splitter: Any scikit-learn style splitter (``split(X, y, groups)`` and ``get_n_splits``): ``KFold``,
             ``StratifiedKFold``, ``GroupKFold``, ``TimeSeriesSplit``, ... Default: ``KFold(shuffle=True,
             random_state=seed)``, ``StratifiedKFold`` with ``stratify``, ``GroupKFold`` with ``groups``.
-        stratify: Keep the class proportions in every fold (labels from ``labels`` or the dataset).
+        stratify: Keep the class proportions in every fold (labels from ``labels`` or the dataset); with a
+            ``splitter``, that splitter must stratify (``StratifiedKFold``, ...), else it is an error.
         labels: Per-sample labels for stratification, or the name of a dataset attribute holding them; default:
             the dataset's ``targets``/``labels``/``y``, or a ``TensorDataset``'s last 1-D tensor.
         groups: Per-sample group ids, or the name of a dataset attribute holding them; no group is ever split
@@ -136,6 +137,11 @@ class CrossValidator:
         else:
             if not (callable(getattr(splitter, "split", None)) and callable(getattr(splitter, "get_n_splits", None))):
                 raise TypeError(f"`splitter` must have `split` and `get_n_splits` methods, got {splitter!r}.")
+            if stratify and "Stratified" not in type(splitter).__name__:
+                raise ValueError(
+                    f"`stratify=True` with `splitter={splitter!r}`, which does not stratify: give a stratified "
+                    "splitter (e.g. `StratifiedKFold`, `StratifiedGroupKFold`), or leave `splitter` out to get one."
+                )
             own = getattr(splitter, "n_splits", None)
             if n_splits is not None and own is not None and own != n_splits:
                 raise ValueError(f"`n_splits={n_splits}` disagrees with `splitter={splitter!r}`; give only one.")

@@ -152,8 +152,13 @@ def _regression_cv(root: Path, **kwargs: Any) -> CrossValidator:
     return CrossValidator(kwargs.pop("n_splits", 3), root_dir=root, verbose=False, **kwargs)
 
 
-def test_an_interrupted_cv_resumes_where_it_failed_and_equals_an_uninterrupted_one(tmp_path: Path) -> None:
-    data = RegressionDataModule(num_samples=24, batch_size=4, shuffle=False)
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_an_interrupted_cv_resumes_where_it_failed_and_equals_an_uninterrupted_one(
+    tmp_path: Path, shuffle: bool
+) -> None:
+    # With a shuffling loader the resumed epochs must draw the orders the uninterrupted run drew: the resume
+    # checkpoint carries the global RNG states.
+    data = RegressionDataModule(num_samples=24, batch_size=4, shuffle=shuffle)
     torch.manual_seed(0)  # the same initial weights in all three runs
     with pytest.raises(RuntimeError, match="boom in fold 1"):
         _regression_cv(tmp_path / "cv").fit(RegressionModule(), data, trainer_factory=_factory(fail_in_fold=1))
@@ -173,6 +178,7 @@ def test_an_interrupted_cv_resumes_where_it_failed_and_equals_an_uninterrupted_o
     assert [h["epoch"] for h in resumed.folds[1].history] == [0, 1, 2]
     for a, b in zip(resumed.folds, clean.folds, strict=True):
         assert a.final["val_loss"] == pytest.approx(b.final["val_loss"], rel=1e-6)
+        torch.testing.assert_close(torch.load(a.model_path), torch.load(b.model_path), rtol=0, atol=0)
     torch.testing.assert_close(resumed.oof_predictions, clean.oof_predictions)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,38 @@ class FoldMonitor(Checkpoint):
         self.history = list(state_dict.get("history", []))
 
 
+def _numpy_state() -> tuple[str, list[int], int, int, float]:
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    return str(name), [int(k) for k in keys], int(pos), int(has_gauss), float(cached)
+
+
+def collect_rng_states() -> dict[str, Any]:
+    """The states of torch's (CPU and CUDA), NumPy's and Python's global random number generators."""
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        # Plain types only, so that the checkpoint loads with `torch.load(weights_only=True)`.
+        "numpy": _numpy_state(),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what :func:`collect_rng_states` returned (keys it lacks are left alone)."""
+    if "torch" in states:
+        torch.set_rng_state(states["torch"])
+    if "numpy" in states:
+        name, keys, pos, has_gauss, cached = states["numpy"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    if "python" in states:
+        version, internal, gauss = states["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
 class ResumeCheckpoint(Checkpoint):
     """Saves ``last.ckpt`` (atomically) after every training epoch, so an interrupted fold resumes where it was.
 
@@ -111,10 +144,26 @@ class ResumeCheckpoint(Checkpoint):
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self.rng_to_restore_: dict[str, Any] | None = None
 
     @property
     def state_key(self) -> str:
         return "epochkit.cv.ResumeCheckpoint"
+
+    def state_dict(self) -> dict[str, Any]:
+        # The global RNGs as the next epoch will find them: a shuffling train loader draws its order (and its
+        # workers' base seed) from them, so a resumed fold must continue their streams, not restart them.
+        return {"rng": collect_rng_states()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rng_to_restore_ = state_dict.get("rng")
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # The last hook before a resumed fit creates its train iterator (the sanity check in between runs under
+        # Lightning's `isolate_rng`); `load_state_dict` runs earlier, before the strategy and module setup.
+        if self.rng_to_restore_ is not None:
+            set_rng_states(self.rng_to_restore_)
+            self.rng_to_restore_ = None
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:

@@ -102,7 +102,9 @@ class CrossValidator:
         predict: Out-of-fold predictions from ``predict_step``: ``"auto"`` when the module overrides it.
         metric_modes: ``{"metric": "min" | "max"}`` for the "best" values, where the name does not tell (losses
             and errors are minimised, anything else maximised; monitored metrics use their callback's ``mode``).
-        resume_checkpoints: Save ``last.ckpt`` every epoch so an interrupted fold resumes mid-way.
+        resume_checkpoints: Save ``last.ckpt`` every epoch so an interrupted fold resumes mid-way; it holds the
+            global torch, NumPy and Python RNG states (rank 0's), so a shuffling train loader continues its
+            stream. A loader's own ``generator=`` is not saved: a resumed fold then draws other orders.
         seed_folds: Call ``seed_everything(seed + k)`` before fold ``k`` (so a resumed CV equals a fresh one).
         verbose: Print the results table at the end (rank 0).
 

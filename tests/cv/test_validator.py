@@ -422,3 +422,19 @@ def test_stratify_with_a_splitter_that_does_not_stratify_fails() -> None:
     with pytest.raises(ValueError, match=r"`stratify=True` with `splitter=KFold.*does not stratify"):
         CrossValidator(splitter=KFold(4), stratify=True)
     assert CrossValidator(splitter=StratifiedKFold(4), stratify=True).stratify
+
+
+class _LogsNamedMetrics(RegressionModule):
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        super().validation_step(batch, batch_idx)
+        rising = float(self.current_epoch) + 1.0
+        self.log_dict({"val_mape": rising, "val_kl": rising, "val_cancer_recall": rising, "val_concern_acc": rising})
+
+
+def test_best_values_follow_the_whole_words_of_metric_names(tmp_path: Path) -> None:
+    kwargs = {**QUIET, "max_epochs": 2, "logger": False, "enable_checkpointing": False}
+    cv = _regression_cv(tmp_path, n_splits=2, predict=False)
+    result = cv.fit(_LogsNamedMetrics(), RegressionDataModule(), kwargs)
+    for fold in result.folds:
+        assert fold.best["val_mape"] == fold.best["val_kl"] == 1.0  # errors/divergences: the lowest is best
+        assert fold.best["val_cancer_recall"] == fold.best["val_concern_acc"] == 2.0  # not "cer" / "err"

@@ -100,8 +100,9 @@ class CrossValidator:
         root_dir: Directory for the manifest, fold logs and checkpoints, results and predictions.
         overwrite: Start over in a ``root_dir`` that holds another cross-validation (its outputs are deleted).
         predict: Out-of-fold predictions from ``predict_step``: ``"auto"`` when the module overrides it.
-        metric_modes: ``{"metric": "min" | "max"}`` for the "best" values, where the name does not tell (losses
-            and errors are minimised, anything else maximised; monitored metrics use their callback's ``mode``).
+        metric_modes: ``{"metric": "min" | "max"}`` for the "best" values, where the name does not tell (a name
+            with a whole word like ``loss``, ``error``, ``mse``, ``mape``, ``kl`` is minimised, anything else
+            maximised; see :func:`~epochkit.cv.results.metric_mode`; monitored metrics use their callback's ``mode``).
         resume_checkpoints: Save ``last.ckpt`` every epoch so an interrupted fold resumes mid-way; it holds the
             global torch, NumPy and Python RNG states (rank 0's), so a shuffling train loader continues its
             stream. A loader's own ``generator=`` is not saved: a resumed fold then draws other orders.

@@ -438,3 +438,26 @@ def test_best_values_follow_the_whole_words_of_metric_names(tmp_path: Path) -> N
     for fold in result.folds:
         assert fold.best["val_mape"] == fold.best["val_kl"] == 1.0  # errors/divergences: the lowest is best
         assert fold.best["val_cancer_recall"] == fold.best["val_concern_acc"] == 2.0  # not "cer" / "err"
+
+
+class _LazyTwoInputs(RegressionModule):
+    """A lazy layer whose forward takes two inputs, given as a tuple or a dict ``example_input_array``."""
+
+    def __init__(self, as_dict: bool) -> None:
+        super().__init__()
+        self.lazy = nn.LazyLinear(2)
+        x, shift = torch.zeros(1, 8), torch.zeros(1, 2)
+        self.example_input_array = {"x": x, "shift": shift} if as_dict else (x, shift)
+
+    def forward(self, x: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.layer(x) + self.lazy(x)
+        return out if shift is None else out + shift
+
+
+@pytest.mark.parametrize("as_dict", [False, True])
+def test_lazy_modules_materialise_with_a_tuple_or_dict_example_input(tmp_path: Path, as_dict: bool) -> None:
+    kwargs = {**QUIET, "max_epochs": 1, "logger": False, "enable_checkpointing": False}
+    model = _LazyTwoInputs(as_dict)
+    result = _regression_cv(tmp_path, n_splits=2, predict=False).fit(model, RegressionDataModule(), kwargs)
+    assert result.folds[0].weights_checksum == result.folds[1].weights_checksum == weights_checksum(model)
+    assert model.lazy.weight.shape == (2, 8)

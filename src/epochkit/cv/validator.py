@@ -244,7 +244,13 @@ class CrossValidator:
             with torch.no_grad():  # materialise lazy modules with the module's own example input
                 training = core.training
                 core.eval()
-                core(core.example_input_array)
+                example = core.example_input_array  # passed as Lightning passes it: tuple -> *args, dict -> **kwargs
+                if isinstance(example, tuple):
+                    core(*example)
+                elif isinstance(example, dict):
+                    core(**example)
+                else:
+                    core(example)
                 core.train(training)
             log.info("CrossValidator materialised lazy modules with `example_input_array` (%s)", err)
             snapshot_checksum = resetter.snapshot(model)

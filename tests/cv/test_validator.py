@@ -461,3 +461,35 @@ def test_lazy_modules_materialise_with_a_tuple_or_dict_example_input(tmp_path: P
     result = _regression_cv(tmp_path, n_splits=2, predict=False).fit(model, RegressionDataModule(), kwargs)
     assert result.folds[0].weights_checksum == result.folds[1].weights_checksum == weights_checksum(model)
     assert model.lazy.weight.shape == (2, 8)
+
+
+class _OwnLoaders(RegressionDataModule):
+    """Builds the fold loaders itself, with a batch sampler (which CrossValidator cannot rebuild)."""
+
+    def __init__(self, shuffle_predict: bool = False) -> None:
+        super().__init__(num_samples=30)
+        self.shuffle_predict = shuffle_predict
+
+    def cv_dataloader(self, dataset: Any, stage: str) -> DataLoader:
+        random = stage == "train" or (stage == "predict" and self.shuffle_predict)
+        sampler = torch.utils.data.RandomSampler(dataset) if random else SequentialSampler(dataset)
+        return DataLoader(dataset, batch_sampler=torch.utils.data.BatchSampler(sampler, 4, drop_last=False))
+
+
+def test_out_of_fold_predictions_use_the_users_cv_dataloader_on_one_device(tmp_path: Path) -> None:
+    kwargs = {**QUIET, "max_epochs": 1, "logger": False, "enable_checkpointing": False}
+    data = _OwnLoaders()
+    result = _regression_cv(tmp_path / "ok", n_splits=2).fit(RegressionModule(), data, kwargs)
+    assert np.array_equal(result.oof_index, np.arange(30))
+    x = data.train_set.tensors[0]
+    for fold in result.folds:
+        member = RegressionModule()
+        member.load_state_dict(torch.load(fold.model_path))
+        val = np.setdiff1d(
+            np.arange(30), json.loads((tmp_path / "ok" / "cv_manifest.json").read_text())["folds"][fold.fold]["train"]
+        )
+        with torch.no_grad():
+            torch.testing.assert_close(result.oof_predictions[val], member.eval()(x[val]))
+
+    with pytest.raises(ValueError, match=r"visit every sample of the given dataset once, in order"):
+        _regression_cv(tmp_path / "shuffled", n_splits=2).fit(RegressionModule(), _OwnLoaders(True), kwargs)

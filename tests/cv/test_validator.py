@@ -301,8 +301,10 @@ def test_resume_with_trainer_kwargs_keeps_one_clean_tensorboard_history(tmp_path
         "callbacks": [_BoomOnceInFold1(str(tmp_path / "failed")), ModelCheckpoint(monitor="val_loss")],
     }
     data = RegressionDataModule(num_samples=24, batch_size=4)
+    torch.manual_seed(0)  # a rerun must start from the same weights (checked)
     with pytest.raises(RuntimeError, match="boom in fold 1"):
         _regression_cv(tmp_path / "cv", n_splits=2).fit(RegressionModule(), data, kwargs)
+    torch.manual_seed(0)
     result = _regression_cv(tmp_path / "cv", n_splits=2).fit(RegressionModule(), data, kwargs)
     assert result.folds[1].resumed_from is not None
     run = read_tensorboard(tmp_path / "cv" / "fold_1")

@@ -326,8 +326,9 @@ class CrossValidator:
             if stored is not None and stored != snapshot_checksum:
                 raise ValueError(
                     f"{done} was trained from weights with checksum {str(stored)[:12]}, but the model given now "
-                    f"has checksum {snapshot_checksum[:12]}: its results would be reused for another model. Use "
-                    "another `root_dir`, or `overwrite=True` to delete that cross-validation and start over."
+                    f"has checksum {snapshot_checksum[:12]}: its results would be reused for another model. Seed "
+                    "before building the model (`lightning.seed_everything`) so that a rerun starts from the same "
+                    "weights, use another `root_dir`, or `overwrite=True` to delete that cross-validation."
                 )
 
     def _pin_manifest(self, root: Path, plan: FoldPlan, config: dict[str, Any]) -> None:

@@ -50,6 +50,10 @@ def test_best_follows_the_metric_direction() -> None:
     assert best_of(history) == ({"val_loss": 1.0, "val_acc": 0.9}, {"val_loss": 1, "val_acc": 1})
     assert best_of(history, {"val_acc": "min"})[0]["val_acc"] == 0.5
     assert metric_mode("val_mae") == "min" and metric_mode("val_f1") == "max"
+    for name in ("val_mape", "val/smape", "train-kl", "val_bce", "val_loss_epoch", "epoch_time"):
+        assert metric_mode(name) == "min", name
+    for name in ("val_cancer_recall", "val_concern_acc", "val_auroc", "val_precision"):
+        assert metric_mode(name) == "max", name
 
 
 def _result(tmp_path: Path) -> CVResult:

@@ -152,8 +152,13 @@ def _regression_cv(root: Path, **kwargs: Any) -> CrossValidator:
     return CrossValidator(kwargs.pop("n_splits", 3), root_dir=root, verbose=False, **kwargs)
 
 
-def test_an_interrupted_cv_resumes_where_it_failed_and_equals_an_uninterrupted_one(tmp_path: Path) -> None:
-    data = RegressionDataModule(num_samples=24, batch_size=4, shuffle=False)
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_an_interrupted_cv_resumes_where_it_failed_and_equals_an_uninterrupted_one(
+    tmp_path: Path, shuffle: bool
+) -> None:
+    # With a shuffling loader the resumed epochs must draw the orders the uninterrupted run drew: the resume
+    # checkpoint carries the global RNG states.
+    data = RegressionDataModule(num_samples=24, batch_size=4, shuffle=shuffle)
     torch.manual_seed(0)  # the same initial weights in all three runs
     with pytest.raises(RuntimeError, match="boom in fold 1"):
         _regression_cv(tmp_path / "cv").fit(RegressionModule(), data, trainer_factory=_factory(fail_in_fold=1))
@@ -173,6 +178,7 @@ def test_an_interrupted_cv_resumes_where_it_failed_and_equals_an_uninterrupted_o
     assert [h["epoch"] for h in resumed.folds[1].history] == [0, 1, 2]
     for a, b in zip(resumed.folds, clean.folds, strict=True):
         assert a.final["val_loss"] == pytest.approx(b.final["val_loss"], rel=1e-6)
+        torch.testing.assert_close(torch.load(a.model_path), torch.load(b.model_path), rtol=0, atol=0)
     torch.testing.assert_close(resumed.oof_predictions, clean.oof_predictions)
 
 
@@ -295,8 +301,10 @@ def test_resume_with_trainer_kwargs_keeps_one_clean_tensorboard_history(tmp_path
         "callbacks": [_BoomOnceInFold1(str(tmp_path / "failed")), ModelCheckpoint(monitor="val_loss")],
     }
     data = RegressionDataModule(num_samples=24, batch_size=4)
+    torch.manual_seed(0)  # a rerun must start from the same weights (checked)
     with pytest.raises(RuntimeError, match="boom in fold 1"):
         _regression_cv(tmp_path / "cv", n_splits=2).fit(RegressionModule(), data, kwargs)
+    torch.manual_seed(0)
     result = _regression_cv(tmp_path / "cv", n_splits=2).fit(RegressionModule(), data, kwargs)
     assert result.folds[1].resumed_from is not None
     run = read_tensorboard(tmp_path / "cv" / "fold_1")
@@ -338,3 +346,152 @@ def test_metric_states_and_optimizer_start_empty_in_every_fold(tmp_path: Path) -
     _regression_cv(tmp_path, n_splits=3, predict=False).fit(model, RegressionDataModule(), trainer_factory=make)
     assert seen == [(0, 0), (0, 0), (0, 0)]
     assert model.mse._update_count == 0  # handed back reset, as it came
+
+
+class _PredictFailsOnce(RegressionModule):
+    """``predict_step`` fails the first time it is called (after fold 0 trained all its epochs)."""
+
+    failed = False
+
+    def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if not _PredictFailsOnce.failed:
+            _PredictFailsOnce.failed = True
+            raise RuntimeError("boom in predict")
+        return super().predict_step(batch, batch_idx)
+
+
+def test_a_fold_failing_after_its_last_epoch_resumes_with_its_final_metrics(tmp_path: Path) -> None:
+    kwargs = {**QUIET, "max_epochs": 2, "logger": False, "enable_checkpointing": False}
+    data = RegressionDataModule(num_samples=24, batch_size=4, shuffle=False)
+    _PredictFailsOnce.failed = False
+    torch.manual_seed(0)
+    with pytest.raises(RuntimeError, match="boom in predict"):
+        _regression_cv(tmp_path / "cv", n_splits=2).fit(_PredictFailsOnce(), data, kwargs)
+    torch.manual_seed(0)
+    resumed = _regression_cv(tmp_path / "cv", n_splits=2).fit(_PredictFailsOnce(), data, kwargs)
+    torch.manual_seed(0)
+    clean = _regression_cv(tmp_path / "clean", n_splits=2).fit(_PredictFailsOnce(), data, kwargs)
+
+    assert resumed.folds[0].resumed_from is not None  # restored a checkpoint written after the last epoch
+    for a, b in zip(resumed.folds, clean.folds, strict=True):
+        assert set(a.final) == set(b.final) and "val_loss" in a.final
+        assert a.final["val_loss"] == pytest.approx(b.final["val_loss"], rel=1e-6)
+    assert resumed.aggregate()["final"]["val_loss"]["n"] == 2
+
+
+class _LogsAtEpochEnd(RegressionModule):
+    def on_train_epoch_end(self) -> None:
+        self.log("epoch_end_metric", float(self.current_epoch) + 1.0)
+
+
+def test_metrics_logged_in_the_modules_on_train_epoch_end_are_recorded_in_their_epoch(tmp_path: Path) -> None:
+    kwargs = {**QUIET, "max_epochs": 2, "logger": False, "enable_checkpointing": False}
+    result = _regression_cv(tmp_path, n_splits=2, predict=False).fit(_LogsAtEpochEnd(), RegressionDataModule(), kwargs)
+    for fold in result.folds:
+        assert [h["metrics"].get("epoch_end_metric") for h in fold.history] == [1.0, 2.0]
+        assert fold.final["epoch_end_metric"] == fold.best["epoch_end_metric"] == 2.0
+        assert fold.best_epoch["epoch_end_metric"] == 1
+
+
+def test_a_rerun_with_other_settings_or_another_model_fails_unless_overwrite(tmp_path: Path) -> None:
+    kwargs = {**QUIET, "max_epochs": 2, "logger": False, "enable_checkpointing": False}
+    data = RegressionDataModule(num_samples=24, batch_size=4)
+    torch.manual_seed(0)
+    first = _regression_cv(tmp_path, n_splits=2, predict=False).fit(RegressionModule(), data, kwargs)
+
+    torch.manual_seed(0)  # same starting weights, other hyperparameters
+    with pytest.raises(ValueError, match=r"other settings.*hparams.*`overwrite=True`"):
+        _regression_cv(tmp_path, n_splits=2, predict=False).fit(RegressionModule(lr=0.5), data, kwargs)
+    torch.manual_seed(0)  # same model, other Trainer settings
+    with pytest.raises(ValueError, match=r"other settings.*max_epochs"):
+        _regression_cv(tmp_path, n_splits=2, predict=False).fit(RegressionModule(), data, {**kwargs, "max_epochs": 1})
+    torch.manual_seed(1)  # same settings, other starting weights
+    with pytest.raises(ValueError, match=r"trained from weights with checksum .* `overwrite=True`"):
+        _regression_cv(tmp_path, n_splits=2, predict=False).fit(RegressionModule(), data, kwargs)
+
+    torch.manual_seed(0)  # the same again: the finished folds are reused
+    again = _regression_cv(tmp_path, n_splits=2, predict=False).fit(RegressionModule(), data, kwargs)
+    assert [f.to_dict() for f in again.folds] == [f.to_dict() for f in first.folds]
+    torch.manual_seed(1)
+    redone = _regression_cv(tmp_path, n_splits=2, predict=False, overwrite=True).fit(
+        RegressionModule(lr=0.5), data, {**kwargs, "max_epochs": 1}
+    )
+    assert redone.folds[0].weights_checksum != first.folds[0].weights_checksum
+    assert [len(f.history) for f in redone.folds] == [1, 1]
+
+
+def test_stratify_with_a_splitter_that_does_not_stratify_fails() -> None:
+    with pytest.raises(ValueError, match=r"`stratify=True` with `splitter=KFold.*does not stratify"):
+        CrossValidator(splitter=KFold(4), stratify=True)
+    assert CrossValidator(splitter=StratifiedKFold(4), stratify=True).stratify
+
+
+class _LogsNamedMetrics(RegressionModule):
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        super().validation_step(batch, batch_idx)
+        rising = float(self.current_epoch) + 1.0
+        self.log_dict({"val_mape": rising, "val_kl": rising, "val_cancer_recall": rising, "val_concern_acc": rising})
+
+
+def test_best_values_follow_the_whole_words_of_metric_names(tmp_path: Path) -> None:
+    kwargs = {**QUIET, "max_epochs": 2, "logger": False, "enable_checkpointing": False}
+    cv = _regression_cv(tmp_path, n_splits=2, predict=False)
+    result = cv.fit(_LogsNamedMetrics(), RegressionDataModule(), kwargs)
+    for fold in result.folds:
+        assert fold.best["val_mape"] == fold.best["val_kl"] == 1.0  # errors/divergences: the lowest is best
+        assert fold.best["val_cancer_recall"] == fold.best["val_concern_acc"] == 2.0  # not "cer" / "err"
+
+
+class _LazyTwoInputs(RegressionModule):
+    """A lazy layer whose forward takes two inputs, given as a tuple or a dict ``example_input_array``."""
+
+    def __init__(self, as_dict: bool) -> None:
+        super().__init__()
+        self.lazy = nn.LazyLinear(2)
+        x, shift = torch.zeros(1, 8), torch.zeros(1, 2)
+        self.example_input_array = {"x": x, "shift": shift} if as_dict else (x, shift)
+
+    def forward(self, x: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.layer(x) + self.lazy(x)
+        return out if shift is None else out + shift
+
+
+@pytest.mark.parametrize("as_dict", [False, True])
+def test_lazy_modules_materialise_with_a_tuple_or_dict_example_input(tmp_path: Path, as_dict: bool) -> None:
+    kwargs = {**QUIET, "max_epochs": 1, "logger": False, "enable_checkpointing": False}
+    model = _LazyTwoInputs(as_dict)
+    result = _regression_cv(tmp_path, n_splits=2, predict=False).fit(model, RegressionDataModule(), kwargs)
+    assert result.folds[0].weights_checksum == result.folds[1].weights_checksum == weights_checksum(model)
+    assert model.lazy.weight.shape == (2, 8)
+
+
+class _OwnLoaders(RegressionDataModule):
+    """Builds the fold loaders itself, with a batch sampler (which CrossValidator cannot rebuild)."""
+
+    def __init__(self, shuffle_predict: bool = False) -> None:
+        super().__init__(num_samples=30)
+        self.shuffle_predict = shuffle_predict
+
+    def cv_dataloader(self, dataset: Any, stage: str) -> DataLoader:
+        random = stage == "train" or (stage == "predict" and self.shuffle_predict)
+        sampler = torch.utils.data.RandomSampler(dataset) if random else SequentialSampler(dataset)
+        return DataLoader(dataset, batch_sampler=torch.utils.data.BatchSampler(sampler, 4, drop_last=False))
+
+
+def test_out_of_fold_predictions_use_the_users_cv_dataloader_on_one_device(tmp_path: Path) -> None:
+    kwargs = {**QUIET, "max_epochs": 1, "logger": False, "enable_checkpointing": False}
+    data = _OwnLoaders()
+    result = _regression_cv(tmp_path / "ok", n_splits=2).fit(RegressionModule(), data, kwargs)
+    assert np.array_equal(result.oof_index, np.arange(30))
+    x = data.train_set.tensors[0]
+    for fold in result.folds:
+        member = RegressionModule()
+        member.load_state_dict(torch.load(fold.model_path))
+        val = np.setdiff1d(
+            np.arange(30), json.loads((tmp_path / "ok" / "cv_manifest.json").read_text())["folds"][fold.fold]["train"]
+        )
+        with torch.no_grad():
+            torch.testing.assert_close(result.oof_predictions[val], member.eval()(x[val]))
+
+    with pytest.raises(ValueError, match=r"visit every sample of the given dataset once, in order"):
+        _regression_cv(tmp_path / "shuffled", n_splits=2).fit(RegressionModule(), _OwnLoaders(True), kwargs)

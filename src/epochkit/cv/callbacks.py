@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, Checkpoint
 from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature
-from torch.utils.data import DistributedSampler, Subset
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from epochkit._distributed import all_ranks, broadcast
 from epochkit._logging import log_scalars, log_text, write_json_atomic
@@ -44,9 +45,14 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     }
 
 
-class FoldMonitor(Callback):
+class FoldMonitor(Checkpoint):
     """Checks at setup that every rank runs the same fold on the verified weights, logs the checksum, and records
-    every epoch's metrics to ``history_path`` (its state, so a resumed fold keeps its history)."""
+    every epoch's metrics to ``history_path`` (its state, so a resumed fold keeps its history).
+
+    A :class:`~lightning.pytorch.callbacks.Checkpoint` subclass only for the hook order: Lightning runs the
+    ``on_train_epoch_end`` of monitoring callbacks (``EarlyStopping``, ``Checkpoint``) after the LightningModule's
+    own, so what the module logs there is recorded in the same epoch, not the next.
+    """
 
     def __init__(self, fold: int, plan_hash: str, checksum: str, history_path: str) -> None:
         self.fold = fold
@@ -96,6 +102,38 @@ class FoldMonitor(Callback):
         self.history = list(state_dict.get("history", []))
 
 
+def _numpy_state() -> tuple[str, list[int], int, int, float]:
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    return str(name), [int(k) for k in keys], int(pos), int(has_gauss), float(cached)
+
+
+def collect_rng_states() -> dict[str, Any]:
+    """The states of torch's (CPU and CUDA), NumPy's and Python's global random number generators."""
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        # Plain types only, so that the checkpoint loads with `torch.load(weights_only=True)`.
+        "numpy": _numpy_state(),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what :func:`collect_rng_states` returned (keys it lacks are left alone)."""
+    if "torch" in states:
+        torch.set_rng_state(states["torch"])
+    if "numpy" in states:
+        name, keys, pos, has_gauss, cached = states["numpy"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    if "python" in states:
+        version, internal, gauss = states["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
 class ResumeCheckpoint(Checkpoint):
     """Saves ``last.ckpt`` (atomically) after every training epoch, so an interrupted fold resumes where it was.
 
@@ -106,10 +144,26 @@ class ResumeCheckpoint(Checkpoint):
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self.rng_to_restore_: dict[str, Any] | None = None
 
     @property
     def state_key(self) -> str:
         return "epochkit.cv.ResumeCheckpoint"
+
+    def state_dict(self) -> dict[str, Any]:
+        # The global RNGs as the next epoch will find them: a shuffling train loader draws its order (and its
+        # workers' base seed) from them, so a resumed fold must continue their streams, not restart them.
+        return {"rng": collect_rng_states()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rng_to_restore_ = state_dict.get("rng")
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # The last hook before a resumed fit creates its train iterator (the sanity check in between runs under
+        # Lightning's `isolate_rng`); `load_state_dict` runs earlier, before the strategy and module setup.
+        if self.rng_to_restore_ is not None:
+            set_rng_states(self.rng_to_restore_)
+            self.rng_to_restore_ = None
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -138,6 +192,24 @@ def _rows(prediction: Any, n: int) -> Any:
     if isinstance(prediction, tuple | list):
         return type(prediction)(_rows(v, n) for v in prediction)
     raise TypeError(f"predict_step returned a {type(prediction).__name__}; out-of-fold predictions need tensors.")
+
+
+def _batch_sizes_in_order(loader: DataLoader, n: int) -> list[int]:
+    """The batch sizes of a loader that visits the positions ``0 .. n-1`` of its dataset in order; else an error."""
+    if loader.batch_sampler is None:
+        raise ValueError(
+            "out-of-fold predictions need a batched predict loader; `cv_dataloader(dataset, 'predict')` returned "
+            "one without a batch size or batch sampler."
+        )
+    batches = [list(batch) for batch in loader.batch_sampler]
+    order = [int(i) for batch in batches for i in batch]
+    if len(loader.dataset) != n or order != list(range(n)):  # type: ignore[arg-type]
+        raise ValueError(
+            "out-of-fold predictions need `cv_dataloader(dataset, 'predict')` to visit every sample of the given "
+            f"dataset once, in order (got {len(order)} positions of {n}, starting {order[:5]}); return a loader "
+            "with a sequential sampler for 'predict', or use `predict=False`."
+        )
+    return [len(batch) for batch in batches]
 
 
 def concat_rows(parts: list[Any]) -> Any:
@@ -173,20 +245,42 @@ class OOFPredictor(Callback):
     def state_key(self) -> str:
         return "epochkit.cv.OOFPredictor"
 
+    @staticmethod
+    def _user_builds_loaders(trainer: pl.Trainer) -> bool:
+        user_dm = getattr(getattr(trainer, "datamodule", None), "datamodule", None)
+        return callable(getattr(user_dm, "cv_dataloader", None))
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # Checked before the fold trains (the same on every rank: world_size is). A loader from the user's
+        # `cv_dataloader` cannot be split across ranks without knowing its sampler.
+        if stage == "fit" and trainer.world_size > 1 and self._user_builds_loaders(trainer):
+            raise ValueError(
+                "out-of-fold predictions on several devices need the fold loaders CrossValidator builds, but the "
+                "DataModule has a `cv_dataloader(dataset, stage)` method; use `predict=False` (and predict with "
+                "the fold models afterwards), or train on one device."
+            )
+
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         start = time.perf_counter()
         fold_data: Any = getattr(trainer, "datamodule")  # noqa: B009  (untyped property)
         template = fold_data.predict_dataloader()
-        subset = template.dataset
-        positions = list(range(len(subset)))
-        if trainer.world_size > 1:
-            sampler: DistributedSampler[Any] = DistributedSampler(
-                subset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
-            )
-            positions = list(sampler)
-        loader = rebuild_loader(template, Subset(subset, positions), train=False)
-        if loader.batch_size is None:
-            raise ValueError("out-of-fold predictions need a batched validation loader (`batch_size` is None).")
+        if self._user_builds_loaders(trainer):
+            # One device (setup checked): the user's predict loader as it is, if it visits the subset in order.
+            loader, sizes = template, _batch_sizes_in_order(template, len(fold_data.val_subset))
+            positions = list(range(len(fold_data.val_subset)))
+        else:
+            subset = template.dataset
+            positions = list(range(len(subset)))
+            if trainer.world_size > 1:
+                sampler: DistributedSampler[Any] = DistributedSampler(
+                    subset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+                )
+                positions = list(sampler)
+            loader = rebuild_loader(template, Subset(subset, positions), train=False)
+            if loader.batch_size is None:
+                raise ValueError("out-of-fold predictions need a batched validation loader (`batch_size` is None).")
+            size = loader.batch_size
+            sizes = [min(size, len(positions) - start_row) for start_row in range(0, len(positions), size)]
         takes_index = is_param_in_hook_signature(pl_module.predict_step, "batch_idx", min_args=2)
         parts: list[Any] = []
         training = pl_module.training
@@ -196,8 +290,7 @@ class OOFPredictor(Callback):
                 for batch_idx, batch in enumerate(loader):
                     batch = trainer.strategy.batch_to_device(batch)
                     out = pl_module.predict_step(batch, batch_idx) if takes_index else pl_module.predict_step(batch)
-                    n = min(loader.batch_size, len(positions) - batch_idx * loader.batch_size)
-                    parts.append(_rows(out, n))
+                    parts.append(_rows(out, sizes[batch_idx]))
         finally:
             pl_module.train(training)
         Path(self.out_dir).mkdir(parents=True, exist_ok=True)

@@ -25,23 +25,68 @@ __all__ = ["CVResult", "FoldEnsemble", "FoldResult", "best_of", "metric_mode"]
 RESULTS_JSON = "cv_results.json"
 RESULTS_CSV = "cv_results.csv"
 
-_MIN_WORDS = re.compile(r"(loss|err|error|mse|mae|rmse|nll|ppl|perplexity|wer|cer|fpr|fnr|time|dist)", re.IGNORECASE)
+# Whole words of a metric's name (split on anything but letters and digits) that mean "lower is better".
+# Substrings misread names: `val_cancer_recall` holds "cer", `val_concern_acc` holds "err".
+_MIN_WORDS = frozenset(
+    {
+        "loss",
+        "losses",
+        "err",
+        "error",
+        "errors",
+        "mse",
+        "mae",
+        "rmse",
+        "msle",
+        "rmsle",
+        "mape",
+        "smape",
+        "nll",
+        "ppl",
+        "perplexity",
+        "wer",
+        "cer",
+        "ter",
+        "fpr",
+        "fnr",
+        "far",
+        "frr",
+        "eer",
+        "time",
+        "seconds",
+        "latency",
+        "dist",
+        "distance",
+        "kl",
+        "kld",
+        "ce",
+        "bce",
+        "xent",
+        "crossentropy",
+        "hamming",
+        "brier",
+    }
+)
 
 
 def metric_mode(name: str, overrides: Mapping[str, str] | None = None) -> Literal["min", "max"]:
     """Whether lower (``"min"``) or higher (``"max"``) is better for a metric: ``overrides`` first, else ``"min"``
-    for names that look like losses or errors, else ``"max"``.
+    when a whole word of the name (split on ``_``, ``/``, ``-``, ...) names a loss, error or distance (``loss``,
+    ``mse``, ``mape``, ``kl``, ``bce``, ...), else ``"max"``. Give ``metric_modes`` for any other name.
 
     Example:
         >>> metric_mode("val_loss"), metric_mode("val_acc"), metric_mode("val_acc", {"val_acc": "min"})
         ('min', 'max', 'min')
+        >>> metric_mode("val/smape"), metric_mode("val_cancer_recall")
+        ('min', 'max')
     """
     if overrides and name in overrides:
         mode = overrides[name]
         if mode not in ("min", "max"):
             raise ValueError(f"metric mode for {name!r} must be 'min' or 'max', got {mode!r}.")
         return mode  # type: ignore[return-value]
-    return "min" if _MIN_WORDS.search(name) else "max"
+    words = re.split(r"[^a-z0-9]+", name.lower())
+    return "min" if _MIN_WORDS.intersection(words) else "max"
 
 
 def best_of(

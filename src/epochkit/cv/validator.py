@@ -7,6 +7,7 @@ import copy
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -43,6 +44,11 @@ def _is_rank_zero() -> bool:
     return int(getattr(rank_zero_only, "rank", 0) or 0) == 0
 
 
+def _stable_repr(value: Any) -> str:
+    """``repr`` without memory addresses, so equal settings give equal strings in two runs."""
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))
+
+
 def _save_atomic(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -70,16 +76,20 @@ class CrossValidator:
     Folds are ``Subset``s of the DataModule's training dataset (see :mod:`epochkit.cv.data` for how it is found and
     how the loaders keep the user's settings). The folds are computed once, checked for leakage and pinned in
     ``root_dir/cv_manifest.json``; running again with the same ``root_dir`` resumes: finished folds are skipped,
-    an interrupted fold is redone from its last epoch checkpoint (resuming assumes the same model and Trainer
-    settings; only the folds are checked). Different folds for the same ``root_dir`` are an error unless
-    ``overwrite=True``.
+    an interrupted fold is redone from its last epoch checkpoint. The manifest also pins a fingerprint of the
+    settings (the module's class and ``hparams``, ``trainer_kwargs`` without the callbacks, the callbacks' types,
+    ``reset``, ``seed``, ``seed_folds``), and with ``reset="snapshot"`` finished folds must have started from the
+    model's current weights (checksum): different folds, settings or starting weights for the same ``root_dir``
+    are an error unless ``overwrite=True``. Settings outside the fingerprint (the DataModule, a
+    ``trainer_factory``'s Trainer, a callback's arguments) are not checked: change ``root_dir`` with them.
 
     Args:
         n_splits: Number of folds (default 5); leave it out when ``splitter`` is given.
         splitter: Any scikit-learn style splitter (``split(X, y, groups)`` and ``get_n_splits``): ``KFold``,
             ``StratifiedKFold``, ``GroupKFold``, ``TimeSeriesSplit``, ... Default: ``KFold(shuffle=True,
             random_state=seed)``, ``StratifiedKFold`` with ``stratify``, ``GroupKFold`` with ``groups``.
-        stratify: Keep the class proportions in every fold (labels from ``labels`` or the dataset).
+        stratify: Keep the class proportions in every fold (labels from ``labels`` or the dataset); with a
+            ``splitter``, that splitter must stratify (``StratifiedKFold``, ...), else it is an error.
         labels: Per-sample labels for stratification, or the name of a dataset attribute holding them; default:
             the dataset's ``targets``/``labels``/``y``, or a ``TensorDataset``'s last 1-D tensor.
         groups: Per-sample group ids, or the name of a dataset attribute holding them; no group is ever split
@@ -90,9 +100,12 @@ class CrossValidator:
         root_dir: Directory for the manifest, fold logs and checkpoints, results and predictions.
         overwrite: Start over in a ``root_dir`` that holds another cross-validation (its outputs are deleted).
         predict: Out-of-fold predictions from ``predict_step``: ``"auto"`` when the module overrides it.
-        metric_modes: ``{"metric": "min" | "max"}`` for the "best" values, where the name does not tell (losses
-            and errors are minimised, anything else maximised; monitored metrics use their callback's ``mode``).
-        resume_checkpoints: Save ``last.ckpt`` every epoch so an interrupted fold resumes mid-way.
+        metric_modes: ``{"metric": "min" | "max"}`` for the "best" values, where the name does not tell (a name
+            with a whole word like ``loss``, ``error``, ``mse``, ``mape``, ``kl`` is minimised, anything else
+            maximised; see :func:`~epochkit.cv.results.metric_mode`; monitored metrics use their callback's ``mode``).
+        resume_checkpoints: Save ``last.ckpt`` every epoch so an interrupted fold resumes mid-way; it holds the
+            global torch, NumPy and Python RNG states (rank 0's), so a shuffling train loader continues its
+            stream. A loader's own ``generator=`` is not saved: a resumed fold then draws other orders.
         seed_folds: Call ``seed_everything(seed + k)`` before fold ``k`` (so a resumed CV equals a fresh one).
         verbose: Print the results table at the end (rank 0).
 
@@ -127,6 +140,11 @@ class CrossValidator:
         else:
             if not (callable(getattr(splitter, "split", None)) and callable(getattr(splitter, "get_n_splits", None))):
                 raise TypeError(f"`splitter` must have `split` and `get_n_splits` methods, got {splitter!r}.")
+            if stratify and "Stratified" not in type(splitter).__name__:
+                raise ValueError(
+                    f"`stratify=True` with `splitter={splitter!r}`, which does not stratify: give a stratified "
+                    "splitter (e.g. `StratifiedKFold`, `StratifiedGroupKFold`), or leave `splitter` out to get one."
+                )
             own = getattr(splitter, "n_splits", None)
             if n_splits is not None and own is not None and own != n_splits:
                 raise ValueError(f"`n_splits={n_splits}` disagrees with `splitter={splitter!r}`; give only one.")
@@ -215,7 +233,6 @@ class CrossValidator:
         root = Path(self.root_dir)
         plan = self.plan(datamodule)  # every check on the data happens here, before anything is trained
         dataset = find_training_dataset(datamodule)
-        self._pin_manifest(root, plan)
 
         core = unwrap_compiled(model)
         resetter = WeightReset()
@@ -227,10 +244,19 @@ class CrossValidator:
             with torch.no_grad():  # materialise lazy modules with the module's own example input
                 training = core.training
                 core.eval()
-                core(core.example_input_array)
+                example = core.example_input_array  # passed as Lightning passes it: tuple -> *args, dict -> **kwargs
+                if isinstance(example, tuple):
+                    core(*example)
+                elif isinstance(example, dict):
+                    core(**example)
+                else:
+                    core(example)
                 core.train(training)
             log.info("CrossValidator materialised lazy modules with `example_input_array` (%s)", err)
             snapshot_checksum = resetter.snapshot(model)
+        config = self._fingerprint(core, trainer_kwargs, trainer_factory)
+        self._pin_manifest(root, plan, config)
+        self._check_finished_folds(root, plan, snapshot_checksum)
         predict = self.predict if self.predict != "auto" else is_overridden("predict_step", core)
         modes = {**self._callback_modes(trainer_kwargs), **self.metric_modes}
         result = CVResult(
@@ -257,6 +283,7 @@ class CrossValidator:
             histories.append(fold_result.history)
             if _is_rank_zero():
                 result.save()
+        self._warn_missing_final(result)
         resetter.restore(model)  # leave the model as it came (the folds' weights are in fold_k/model.pt)
         _reset_metric_states(core)
         if predict and _is_rank_zero():  # under `ddp` scripts, other ranks may run ahead of rank 0's merge
@@ -269,11 +296,56 @@ class CrossValidator:
         return result
 
     # ------------------------------------------------------------------------------------------ internals
-    def _pin_manifest(self, root: Path, plan: FoldPlan) -> None:
+    def _fingerprint(
+        self, core: nn.Module, trainer_kwargs: Mapping[str, Any] | None, trainer_factory: TrainerFactory | None
+    ) -> dict[str, Any]:
+        """What a finished fold's results depend on besides the folds and the starting weights, as plain strings."""
+        kwargs = {k: v for k, v in (trainer_kwargs or {}).items() if k != "callbacks"}
+        callbacks = (trainer_kwargs or {}).get("callbacks") or []
+        callbacks = [callbacks] if isinstance(callbacks, Callback) else list(callbacks)
+        return {
+            "model": f"{type(core).__module__}.{type(core).__qualname__}",
+            "hparams": _stable_repr(dict(getattr(core, "hparams", {}) or {})),
+            "trainer_kwargs": _stable_repr(kwargs),
+            "callbacks": [type(cb).__qualname__ for cb in callbacks],
+            "trainer_factory": None if trainer_factory is None else getattr(trainer_factory, "__qualname__", "?"),
+            "reset": self.reset,
+            "seed": self.seed,
+            "seed_folds": self.seed_folds,
+        }
+
+    def _check_finished_folds(self, root: Path, plan: FoldPlan, snapshot_checksum: str) -> None:
+        """Finished folds are reused only if they started from the same weights (snapshot mode)."""
+        if self.reset != "snapshot":
+            return  # reinit: the weights come from `seed + k`, which the manifest's fingerprint pins
+        for k in range(plan.n_splits):
+            done = root / f"fold_{k}" / FOLD_RESULT
+            if not done.exists():
+                continue
+            stored = json.loads(done.read_text()).get("weights_checksum")
+            if stored is not None and stored != snapshot_checksum:
+                raise ValueError(
+                    f"{done} was trained from weights with checksum {str(stored)[:12]}, but the model given now "
+                    f"has checksum {snapshot_checksum[:12]}: its results would be reused for another model. Seed "
+                    "before building the model (`lightning.seed_everything`) so that a rerun starts from the same "
+                    "weights, use another `root_dir`, or `overwrite=True` to delete that cross-validation."
+                )
+
+    def _pin_manifest(self, root: Path, plan: FoldPlan, config: dict[str, Any]) -> None:
         path = root / MANIFEST
         if path.exists():
             old = json.loads(path.read_text())
+            old_config = old.get("config")
             if old.get("hash") == plan.hash and not self.overwrite:
+                if old_config is not None and old_config != config:
+                    changed = sorted(k for k in set(old_config) | set(config) if old_config.get(k) != config.get(k))
+                    then = {k: old_config.get(k) for k in changed}
+                    now = {k: config.get(k) for k in changed}
+                    raise ValueError(
+                        f"{path} pins the same folds but other settings (then {then}, now {now}); its finished "
+                        "folds would be reused with stale results. Use another `root_dir`, or `overwrite=True` to "
+                        "delete that cross-validation and start over."
+                    )
                 return
             if not self.overwrite:
                 raise ValueError(
@@ -285,7 +357,7 @@ class CrossValidator:
             if _is_rank_zero():
                 self._clear(root)
         if _is_rank_zero():
-            write_json_atomic(path, plan.to_manifest())
+            write_json_atomic(path, {**plan.to_manifest(), "config": config})
 
     @staticmethod
     def _clear(root: Path) -> None:
@@ -409,7 +481,9 @@ class CrossValidator:
         if _is_rank_zero():
             _save_atomic(core.state_dict(), model_path)
         history = self._read_history(fold_dir, monitor)
-        final = scalar_metrics(dict(trainer.callback_metrics))
+        # A fold restored from a checkpoint written after its last epoch runs no epoch and logs nothing, so
+        # `callback_metrics` is empty: the last recorded epoch (restored with FoldMonitor's state) holds the values.
+        final = {**(history[-1]["metrics"] if history else {}), **scalar_metrics(dict(trainer.callback_metrics))}
         best, best_epoch = best_of(history, modes)
         checkpoints = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
         best_path = checkpoints[0].best_model_path if checkpoints and checkpoints[0].best_model_path else None
@@ -444,6 +518,19 @@ class CrossValidator:
         if path.exists():  # written by rank 0, wherever that ran (ddp_spawn workers included)
             return list(json.loads(path.read_text()))
         return list(monitor.history)
+
+    @staticmethod
+    def _warn_missing_final(result: CVResult) -> None:
+        """The aggregates skip missing values: say so when a fold lacks a final metric that other folds have."""
+        names = set().union(*(f.final for f in result.folds)) if result.folds else set()
+        for fold in result.folds:
+            missing = sorted(names - set(fold.final))
+            if missing:
+                log.warning(
+                    "CrossValidator: fold %d has no final value for %s; the aggregates over folds leave it out",
+                    fold.fold,
+                    missing,
+                )
 
     @staticmethod
     def _merge_fold_oof(fold_dir: Path, val_idx: np.ndarray) -> float:

@@ -137,10 +137,13 @@ def judge_epoch(
             # around cov_fraction * expected.
             slack = F.Z * np.sqrt(expected * cov_fraction * (1 - cov_fraction)) + padding * cov_fraction
             if distinct < kept_expected - slack:
+                never = ""
+                if universe > expected and cov_fraction == 1.0:  # the epoch drew fewer samples than the data holds
+                    never = f"; {universe - distinct} of the data set's {universe} were not drawn at all"
                 add(
                     "incomplete_coverage",
                     f"coverage {metrics['coverage']:.3f}: about {round((kept_expected - distinct) / cov_fraction)}"
-                    f" of {expected} samples never seen this epoch",
+                    f" of {expected} samples never seen this epoch{never}",
                 )
         if world > 1:
             metrics["rank_overlap"] = shared / distinct if distinct else 0.0

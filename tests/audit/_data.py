@@ -204,7 +204,7 @@ def model() -> DigitsClassifier:
     return DigitsClassifier(hidden=16)
 
 
-def fit(callbacks: list[pl.Callback], dm: AuditDataModule, **trainer_kwargs: Any) -> pl.Trainer:
+def fit(callbacks: list[pl.Callback], dm: AuditDataModule, ckpt_path: Any = None, **trainer_kwargs: Any) -> pl.Trainer:
     """A quick single-process fit with no validation, logger or checkpoint unless asked for."""
     kwargs: dict[str, Any] = {
         "max_epochs": 3,
@@ -217,7 +217,7 @@ def fit(callbacks: list[pl.Callback], dm: AuditDataModule, **trainer_kwargs: Any
     }
     kwargs.update(trainer_kwargs)
     trainer = pl.Trainer(callbacks=callbacks, **kwargs)
-    trainer.fit(model(), datamodule=dm)
+    trainer.fit(model(), datamodule=dm, ckpt_path=ckpt_path)
     return trainer
 
 

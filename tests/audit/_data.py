@@ -204,7 +204,7 @@ def model() -> DigitsClassifier:
     return DigitsClassifier(hidden=16)
 
 
-def fit(callbacks: list[pl.Callback], dm: AuditDataModule, **trainer_kwargs: Any) -> pl.Trainer:
+def fit(callbacks: list[pl.Callback], dm: AuditDataModule, ckpt_path: Any = None, **trainer_kwargs: Any) -> pl.Trainer:
     """A quick single-process fit with no validation, logger or checkpoint unless asked for."""
     kwargs: dict[str, Any] = {
         "max_epochs": 3,
@@ -217,7 +217,7 @@ def fit(callbacks: list[pl.Callback], dm: AuditDataModule, **trainer_kwargs: Any
     }
     kwargs.update(trainer_kwargs)
     trainer = pl.Trainer(callbacks=callbacks, **kwargs)
-    trainer.fit(model(), datamodule=dm)
+    trainer.fit(model(), datamodule=dm, ckpt_path=ckpt_path)
     return trainer
 
 
@@ -244,3 +244,49 @@ def shuffled_batches(n: int, dataset: Dataset, batch_size: int) -> Sampler[list[
 
 def class_blocks(n: int, dataset: Any, batch_size: int) -> Sampler[list[int]]:
     return ClassBlockSampler(dataset.targets, batch_size)
+
+
+class HalfWithRepeatsBatchSampler(Sampler[list[int]]):
+    """Bug: a batch sampler with no ``sampler`` attribute that yields half the data plus 16 repeats."""
+
+    def __init__(self, n: int, batch_size: int) -> None:
+        self.n, self.batch_size = n, batch_size
+
+    def _order(self) -> list[int]:
+        perm = torch.randperm(self.n // 2).tolist()
+        return perm + perm[:16]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = self._order()
+        return iter([order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)])
+
+    def __len__(self) -> int:
+        return -(-(self.n // 2 + 16) // self.batch_size)
+
+
+class HalfWithRepeatsSampler(HalfWithRepeatsBatchSampler):
+    """The same bug as a per-sample sampler: ``len()`` is 96 on 160 samples."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(n, 1)
+
+    def __iter__(self) -> Iterator[int]:  # type: ignore[override]
+        return iter(self._order())
+
+    def __len__(self) -> int:
+        return self.n // 2 + 16
+
+
+def oversampling(n: int, dataset: Any, trainer: pl.Trainer) -> Sampler[int]:
+    """Healthy: a RandomSampler without replacement drawing every sample twice per epoch."""
+    from torch.utils.data import RandomSampler
+
+    return RandomSampler(dataset, num_samples=2 * n)
+
+
+def half_with_repeats(n: int, dataset: Any, trainer: pl.Trainer) -> Sampler[int]:
+    return HalfWithRepeatsSampler(n)
+
+
+def half_with_repeats_batches(n: int, dataset: Any, batch_size: int) -> Sampler[list[int]]:
+    return HalfWithRepeatsBatchSampler(n, batch_size)

@@ -156,3 +156,32 @@ def test_a_labels_array_of_the_wrong_length_fails_at_fit_start_naming_both_sizes
 def test_state_key_reflects_settings() -> None:
     assert ShuffleAudit().state_key != ShuffleAudit(max_samples=1000).state_key
     assert ShuffleAudit(on_issue="raise").state_key == ShuffleAudit().state_key
+
+
+def test_the_loader_and_strategy_are_restored_when_fit_raises() -> None:
+    dm = AuditDataModule(shuffle=False)
+    trainer = pl.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[ShuffleAudit(on_issue="raise")],
+    )
+    with pytest.raises(ShuffleAuditError):
+        trainer.fit(_data.model(), datamodule=dm)
+    assert not isinstance(trainer.train_dataloader.batch_sampler, RecordingSampler)
+    assert "process_dataloader" not in trainer.strategy.__dict__
+
+
+def test_a_fit_after_a_resumed_fit_starts_fresh(tmp_path: Path) -> None:
+    ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    dm = AuditDataModule(n=64)
+    fit([ShuffleAudit(on_issue="log"), ckpt], dm, max_epochs=2, enable_checkpointing=True)
+    audit = ShuffleAudit(on_issue="log")
+    fit([audit], dm, max_epochs=3, ckpt_path=tmp_path / "last.ckpt")
+    assert [v.epoch for v in audit.verdicts_] == [0, 1, 2]
+    fit([audit], AuditDataModule(n=64, seed=1), max_epochs=2)  # the same instance, a new fit
+    assert [v.epoch for v in audit.verdicts_] == [0, 1]

@@ -87,7 +87,6 @@ class ShuffleAudit(Callback):
     _label_chunks_: list[torch.Tensor]
     _patched_: tuple[Any, Any] | None
     _intended_: frozenset[str]
-    _loaded_: bool
 
     def __init__(
         self,
@@ -161,6 +160,14 @@ class ShuffleAudit(Callback):
         self._patched_ = (strategy, process_dataloader)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._undo()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        # Lightning skips teardown when fit raises (ShuffleAuditError included): restore the user's loader here.
+        self._undo()
+
+    def _undo(self) -> None:
+        """Restore the strategy and the train loader (idempotent)."""
         patched = getattr(self, "_patched_", None)
         if patched is not None and patched[0].__dict__.get("process_dataloader") is patched[1]:
             del patched[0].__dict__["process_dataloader"]
@@ -244,16 +251,15 @@ class ShuffleAudit(Callback):
         self.previous_epoch_ = state_dict.get("previous_epoch")
         fit_start = state_dict.get("fit_start")
         self.fit_start_ = EpochVerdict.from_dict(fit_start) if fit_start else None
-        self._loaded_ = True
 
     # ----------------------------------------------------------------------------------------- internals
 
     def _reset_run_state(self) -> None:
-        if not getattr(self, "_loaded_", False):
-            self.verdicts_ = []
-            self.previous_ = None
-            self.previous_epoch_ = None
-        self._loaded_ = False
+        # Always reset: Lightning restores callback state (load_state_dict) after setup, so a resumed fit still
+        # gets its checkpointed state, and a later fit never inherits a previous one.
+        self.verdicts_ = []
+        self.previous_ = None
+        self.previous_epoch_ = None
         self.fit_start_ = None
         self._loader_ = None
         self._recorder_ = None

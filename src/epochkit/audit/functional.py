@@ -7,17 +7,21 @@ healthy shuffled run is not flagged:
 
 * coverage and duplicates are exact (a shuffle of the data has no duplicate and misses nothing);
 * Spearman's rho of the positions of the samples two epochs share has mean 0 and variance ``1 / (n - 1)``;
-* the co-batch ratio (pairs sharing a batch again, over its expectation) has mean 1 and, the count of re-met pairs
-  being close to Poisson, a relative standard deviation ``1 / sqrt(expected pairs)``;
+* the co-batch ratio (pairs sharing a batch again, over its expectation) has mean 1, the count of re-met pairs being
+  close to Poisson with that expectation; it is flagged from the exact Poisson tail (:data:`TAIL`), not a normal
+  approximation, which fails when few pairs are expected (batch size 2 or 3);
 * the number of preserved successors is close to Poisson(1);
 * the label-change rate has mean ``1 - sum_k n_k (n_k - 1) / (n (n - 1))`` (``1 - sum p^2`` for large ``n``);
-* the mean label entropy of the batches equals the entropy of a random batch, estimated by a seeded Monte-Carlo draw.
+* the mean label entropy of the batches equals the entropy of a random batch, estimated by a seeded Monte-Carlo draw;
+  its deficit from the pooled label entropy is a G-test statistic (chi-square under a shuffle), which bounds the
+  heavy lower tail of a few bounded, skewed batch entropies where a normal margin does not.
 
 Vectorised, O(N) memory and time except for one sort of the co-batch keys; 10 million samples take about a second.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,6 +30,9 @@ import numpy as np
 #: Standard deviations a statistic must deviate from its null expectation before it is flagged. At 6 sigma a
 #: healthy epoch is flagged with probability below 1e-8 per check (normal approximation).
 Z = 6.0
+#: Tail probability below which a count is flagged when its null distribution is known (Poisson): a healthy epoch
+#: is flagged with probability below 1e-9 per check.
+TAIL = 1e-9
 #: Below this many shared samples the order of two epochs is not compared (too few for any evidence).
 MIN_ORDER_SAMPLES = 10
 #: A preserved-successor count this high has probability below 1e-9 under a fresh shuffle (Poisson(1) tail).
@@ -298,16 +305,60 @@ def spearman_threshold(n: int) -> float:
     return min(0.99, Z / float(np.sqrt(n - 1)))
 
 
-def cobatch_threshold(expected_pairs: float) -> float:
-    """Largest co-batch ratio a fresh shuffle reaches: ``max(2, 1 + Z / sqrt(expected_pairs))``.
+def poisson_tail(k: int, mu: float) -> float:
+    """``P(X >= k)`` for ``X ~ Poisson(mu)``, by a short series of the pmf (no scipy).
+
+    For ``k > mu`` the terms from ``k`` on fall at least geometrically, so the upper series is summed; otherwise
+    one minus the lower series (terms from ``k - 1`` down).
 
     Example:
-        >>> cobatch_threshold(1950.0) == 2.0, round(cobatch_threshold(4.0), 1)
-        (True, 4.0)
+        >>> round(poisson_tail(5, 0.5), 6), poisson_tail(0, 3.0), round(poisson_tail(1, 1.0), 4)
+        (0.000172, 1.0, 0.6321)
+    """
+    if k <= 0:
+        return 1.0
+    if mu <= 0:
+        return 0.0
+
+    def pmf(j: int) -> float:
+        return math.exp(-mu + j * math.log(mu) - math.lgamma(j + 1))
+
+    total = 0.0
+    if k > mu:
+        j, term = k, pmf(k)
+        while term > 0 and term > total * 1e-17:
+            total += term
+            j += 1
+            term *= mu / j
+        return min(1.0, total)
+    j, term = k - 1, pmf(k - 1)
+    while j >= 0 and term > 0 and term > total * 1e-17:
+        total += term
+        term *= j / mu
+        j -= 1
+    return max(0.0, 1.0 - total)
+
+
+def cobatch_threshold(expected_pairs: float) -> float:
+    """Largest co-batch ratio a fresh shuffle reaches: ``max(2, (k - 1/2) / expected_pairs)``, with ``k`` the
+    smallest count of re-met pairs whose Poisson(``expected_pairs``) tail is below :data:`TAIL` (1e-9).
+
+    The count is an integer, so ``ratio > threshold`` means ``count >= k``. The floor 2 keeps the finding about a
+    material share of pairs when many pairs are expected.
+
+    Example:
+        >>> cobatch_threshold(1950.0), cobatch_threshold(4.0), cobatch_threshold(0.5)  # 2, 22 and 10 pairs
+        (2.0, 5.375, 19.0)
     """
     if expected_pairs <= 0:
         return float("inf")
-    return max(2.0, 1.0 + Z / float(np.sqrt(expected_pairs)))
+    mu = float(expected_pairs)
+    k = max(1, math.ceil(2.0 * mu))
+    if poisson_tail(k, mu) < TAIL:
+        return 2.0
+    while poisson_tail(k, mu) >= TAIL:
+        k += 1
+    return max(2.0, (k - 0.5) / mu)
 
 
 def successor_threshold(pairs: int) -> float:
@@ -335,6 +386,8 @@ class LabelStats:
         expected_batch_entropy: Mean entropy of a random batch of that size (seeded Monte-Carlo).
         entropy_sd: Standard deviation of a random batch's entropy.
         batches: Full-size batches measured.
+        entropy_floor: The lowest mean entropy a fresh shuffle reaches, from the G-test of batch against label
+            (see :func:`entropy_floor`).
     """
 
     changes: int
@@ -344,6 +397,7 @@ class LabelStats:
     expected_batch_entropy: float
     entropy_sd: float
     batches: int
+    entropy_floor: float = float("nan")
 
     @property
     def change_rate(self) -> float:
@@ -396,7 +450,7 @@ def label_stats(labels: np.ndarray, batches: np.ndarray, draws: int = 256, withi
     per_batch = np.bincount(batches)
     size = int(np.bincount(per_batch[per_batch > 0]).argmax())
     full = np.flatnonzero(per_batch == size)
-    entropy = expected = sd = nan
+    entropy = expected = sd = floor = nan
     if size >= 2 and full.size:
         key_type = np.int32 if per_batch.size * k < 2**31 else np.int64
         table = np.bincount(batches.astype(key_type) * k + codes, minlength=per_batch.size * k)
@@ -407,7 +461,37 @@ def label_stats(labels: np.ndarray, batches: np.ndarray, draws: int = 256, withi
         sample = rng.multivariate_hypergeometric(class_counts.astype(np.int64), size, size=draws)
         random_entropy = _entropy_bits(sample)
         expected, sd = float(random_entropy.mean()), float(random_entropy.std(ddof=1))
-    return LabelStats(changes, pairs, expected_rate, entropy, expected, sd, int(full.size))
+        floor = entropy_floor(table)
+    return LabelStats(changes, pairs, expected_rate, entropy, expected, sd, int(full.size), floor)
+
+
+def entropy_floor(table: np.ndarray) -> float:
+    """Lowest mean batch entropy (bits) a fresh shuffle reaches, for a ``batches x classes`` count table of
+    equal-size batches; -inf when no shuffle could be flagged.
+
+    With equal batches the mean entropy is ``H - I``, ``H`` the entropy of the pooled labels and ``I`` the mutual
+    information of batch and label, and ``G = 2 ln(2) N I`` is the G-test statistic of their independence,
+    chi-square with ``df = (batches - 1)(classes - 1)`` under a shuffle. The floor is
+    ``H - x / (2 ln(2) N)`` with ``x`` the Wilson-Hilferty chi-square quantile at ``Z`` standard deviations
+    (a tail of about 1e-9). Unlike a normal margin on the mean entropy, this follows the heavy lower tail of a few
+    bounded, skewed batch entropies (two batches of two classes are complements: 12 balanced labels in two batches
+    of 6 are both pure with probability 2.2e-3, which the normal margin flagged).
+
+    Example:
+        >>> round(entropy_floor(np.array([[3, 3], [3, 3]])), 2)  # 2 batches of 6: even pure batches are not flagged
+        -1.82
+        >>> round(entropy_floor(np.full((12, 4), 4)), 2)  # 12 batches of 16, 4 classes
+        1.59
+    """
+    table = np.asarray(table, np.float64)
+    n = float(table.sum())
+    totals = table.sum(axis=0)
+    df = (table.shape[0] - 1) * (int(np.count_nonzero(totals)) - 1)
+    if df < 1 or n <= 0:
+        return -float("inf")
+    pooled = float(_entropy_bits(totals))
+    x = df * (1.0 - 2.0 / (9.0 * df) + Z * math.sqrt(2.0 / (9.0 * df))) ** 3
+    return pooled - x / (2.0 * math.log(2.0) * n)
 
 
 def change_rate_flagged(changes: int, pairs: int, expected_rate: float) -> bool:
@@ -426,15 +510,24 @@ def change_rate_flagged(changes: int, pairs: int, expected_rate: float) -> bool:
     return rate < q - Z * float(np.sqrt(2.0 * q * (1.0 - q) / pairs)) and rate < 0.9 * q
 
 
-def entropy_flagged(entropy: float, expected: float, sd: float, batches: int, draws: int = 256) -> bool:
-    """Whether batches are too label-homogeneous: mean entropy below ``E - Z sd sqrt(1/batches + 1/draws)``
-    and below ``0.9 E``.
+def entropy_flagged(
+    entropy: float, expected: float, sd: float, batches: int, draws: int = 256, floor: float = float("nan")
+) -> bool:
+    """Whether batches are too label-homogeneous: mean entropy below ``E - Z sd sqrt(1/batches + 1/draws)``, below
+    ``0.9 E`` and, when given, below ``floor`` (:func:`entropy_floor`, the G-test bound that holds with few batches).
+
+    The normal margin alone is not enough with few batches: a batch's entropy is bounded and skewed (with two
+    batches of two classes they are complements), so a healthy shuffle falls below it with probability ~1e-3.
 
     Example:
         >>> entropy_flagged(0.0, 1.9, 0.2, batches=8), entropy_flagged(1.88, 1.9, 0.2, batches=8)
         (True, False)
+        >>> entropy_flagged(0.0, 1.9, 0.2, batches=8, floor=-0.3)  # below every mean a shuffle could give
+        False
     """
     if batches < 1 or not expected > 0 or np.isnan(entropy):
+        return False
+    if not np.isnan(floor) and not entropy < floor:
         return False
     margin = Z * sd * float(np.sqrt(1.0 / batches + 1.0 / draws))
     return entropy < expected - margin and entropy < 0.9 * expected

@@ -275,7 +275,10 @@ def describe_loader(loader: DataLoader) -> dict[str, Any]:
     shuffle: bool | None = None
     seed: int | None = None
     replacement = False
-    universe = None if iterable else _sized(sampler) or _sized(dataset)
+    # The universe is counted in samples: the data set's length, never a sampler's (a RandomSampler with
+    # num_samples=2N draws every sample twice; a custom batch sampler's len() counts batches). Only an explicit
+    # subset sampler (SubsetRandomSampler) narrows it.
+    universe = None if iterable else _sized(dataset)
     padding = 0
     name = type(sampler).__qualname__
     if isinstance(sampler, DistributedSampler):
@@ -296,6 +299,7 @@ def describe_loader(loader: DataLoader) -> dict[str, Any]:
             seed = int(sampler.generator.initial_seed())
     elif isinstance(sampler, SubsetRandomSampler):
         shuffle = True
+        universe = _sized(sampler.indices)
     elif isinstance(sampler, WeightedRandomSampler):
         shuffle = True
         replacement = bool(sampler.replacement)

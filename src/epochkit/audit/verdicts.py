@@ -137,10 +137,13 @@ def judge_epoch(
             # around cov_fraction * expected.
             slack = F.Z * np.sqrt(expected * cov_fraction * (1 - cov_fraction)) + padding * cov_fraction
             if distinct < kept_expected - slack:
+                never = ""
+                if universe > expected and cov_fraction == 1.0:  # the epoch drew fewer samples than the data holds
+                    never = f"; {universe - distinct} of the data set's {universe} were not drawn at all"
                 add(
                     "incomplete_coverage",
                     f"coverage {metrics['coverage']:.3f}: about {round((kept_expected - distinct) / cov_fraction)}"
-                    f" of {expected} samples never seen this epoch",
+                    f" of {expected} samples never seen this epoch{never}",
                 )
         if world > 1:
             metrics["rank_overlap"] = shared / distinct if distinct else 0.0
@@ -221,9 +224,21 @@ def judge_epoch(
             h = sum(s["batch_entropy"] * s["batches"] for s in with_batches) / nb
             e = sum(s["expected_batch_entropy"] * s["batches"] for s in with_batches) / nb
             sd = max(s["entropy_sd"] for s in with_batches)
+            # Each rank's mean is at or above its floor under a shuffle, so their batch-weighted mean is at or above
+            # the weighted floor; a rank without a floor (many batches) contributes its expectation (no constraint).
+            floors = [s.get("entropy_floor", float("nan")) for s in with_batches]
+            floor = float("nan")
+            if any(not np.isnan(f) for f in floors):
+                floor = (
+                    sum(
+                        (s["expected_batch_entropy"] if np.isnan(f) else f) * s["batches"]
+                        for s, f in zip(with_batches, floors, strict=True)
+                    )
+                    / nb
+                )
             if e > 0:
                 metrics["batch_entropy_ratio"] = h / e
-                if F.entropy_flagged(h, e, sd, nb):
+                if F.entropy_flagged(h, e, sd, nb, floor=floor):
                     add(
                         "class_blocked_batches",
                         f"mean batch label entropy {h:.2f} bits vs {e:.2f} for a random batch",

@@ -141,6 +141,9 @@ def test_sample_ids_from_the_batch_identify_an_iterable_stream() -> None:
         ({"ignore": ["order_changed"]}, r"unknown finding codes \['order_changed'\].*allowed: \["),
         ({"labels": 1.5}, r"labels=1.5.*sequence of labels"),
         ({"sample_ids": [1, 2]}, r"sample_ids=\[1, 2\].*batch key"),
+        ({"ignore": "order_unchanged"}, r"ignore='order_unchanged'\): must be a sequence of finding codes, not a str"),
+        ({"fingerprints": "no"}, r"fingerprints='no'\): must be True or False"),
+        ({"labels": {"a": 1}}, r"labels=\{'a': 1\}.*sequence of labels"),
     ],
 )
 def test_bad_arguments_fail_at_construction_naming_argument_value_and_allowed(kwargs: dict, match: str) -> None:
@@ -151,6 +154,24 @@ def test_bad_arguments_fail_at_construction_naming_argument_value_and_allowed(kw
 def test_a_labels_array_of_the_wrong_length_fails_at_fit_start_naming_both_sizes() -> None:
     with pytest.raises(ValueError, match=r"labels=<10 labels>.*192 samples"):
         fit([ShuffleAudit(labels=list(range(10)))], AuditDataModule(), max_epochs=1)
+
+
+def test_a_labels_key_beyond_the_tensor_dataset_fails_at_fit_start_naming_the_keys(tmp_path: Path) -> None:
+    from tests.helpers import RegressionDataModule, RegressionModule
+
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+        callbacks=[ShuffleAudit(labels=5)],
+    )
+    with pytest.raises(
+        ValueError, match=r"labels=5\): the training TensorDataset has 2 tensors, so a batch has keys 0"
+    ):
+        trainer.fit(RegressionModule(), datamodule=RegressionDataModule())
 
 
 def test_state_key_reflects_settings() -> None:

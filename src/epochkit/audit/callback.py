@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -99,7 +99,9 @@ class ShuffleAudit(Callback):
     ) -> None:
         if on_issue not in ("warn", "raise", "log"):
             raise ValueError(f"ShuffleAudit(on_issue={on_issue!r}): must be one of 'warn', 'raise', 'log'.")
-        if not (labels is None or _is_key(labels) or callable(labels) or hasattr(labels, "__len__")):
+        if isinstance(labels, Mapping) or not (
+            labels is None or _is_key(labels) or callable(labels) or hasattr(labels, "__len__")
+        ):
             raise TypeError(
                 f"ShuffleAudit(labels={labels!r}): must be a sequence of labels, an int/str batch key, "
                 "a function of the batch, or None."
@@ -113,8 +115,15 @@ class ShuffleAudit(Callback):
             isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 100
         ):
             raise ValueError(f"ShuffleAudit(max_samples={max_samples!r}): must be an int >= 100, or None.")
+        if not isinstance(fingerprints, bool):
+            raise TypeError(f"ShuffleAudit(fingerprints={fingerprints!r}): must be True or False.")
+        if isinstance(ignore, str):
+            raise TypeError(
+                f"ShuffleAudit(ignore={ignore!r}): must be a sequence of finding codes, not a str; "
+                f"e.g. ignore=[{ignore!r}]."
+            )
         unknown = [code for code in ignore if code not in CATALOG]
-        if isinstance(ignore, str) or unknown:
+        if unknown:
             raise ValueError(
                 f"ShuffleAudit(ignore={ignore!r}): unknown finding codes {unknown or [ignore]}; "
                 f"allowed: {sorted(CATALOG)}."
@@ -285,6 +294,11 @@ class ShuffleAudit(Callback):
                     f"needed ({size} samples); or pass a batch key (e.g. labels=1) or a function of the batch."
                 )
         elif isinstance(self.labels, int) and isinstance(dataset, TensorDataset):
+            if not -len(dataset.tensors) <= self.labels < len(dataset.tensors):
+                raise ValueError(
+                    f"ShuffleAudit(labels={self.labels}): the training TensorDataset has {len(dataset.tensors)} "
+                    f"tensors, so a batch has keys 0..{len(dataset.tensors) - 1}."
+                )
             labels = dataset.tensors[self.labels]  # batch[k] is tensors[k][indices]: no per-batch work needed
         elif self.labels is None:
             labels = getattr(dataset, "targets", None)

@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from torch.utils.data import DataLoader, TensorDataset
 
 from epochkit import ShuffleAudit
 from epochkit.audit import ShuffleAuditError, ShuffleAuditWarning
@@ -206,3 +208,37 @@ def test_a_fit_after_a_resumed_fit_starts_fresh(tmp_path: Path) -> None:
     assert [v.epoch for v in audit.verdicts_] == [0, 1, 2]
     fit([audit], AuditDataModule(n=64, seed=1), max_epochs=2)  # the same instance, a new fit
     assert [v.epoch for v in audit.verdicts_] == [0, 1]
+
+
+class _TwoLoaderModule(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(8, 2)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return sum(torch.nn.functional.mse_loss(self.layer(x), y) for x, y in batch.values())  # type: ignore[return-value]
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def test_several_train_loaders_are_all_restored_and_the_user_is_told(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    gen = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(32, 8, generator=gen), torch.randn(32, 2, generator=gen))
+    loaders = {"a": DataLoader(data, batch_size=8, shuffle=False), "b": DataLoader(data, batch_size=8, shuffle=True)}
+    originals = {name: loader.batch_sampler for name, loader in loaders.items()}
+    trainer = pl.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+        callbacks=[ShuffleAudit(on_issue="log")],
+    )
+    with caplog.at_level(logging.WARNING, logger="epochkit.audit"):
+        trainer.fit(_TwoLoaderModule(), train_dataloaders=loaders)
+    assert {name: loader.batch_sampler for name, loader in loaders.items()} == originals
+    assert sum("only the last one is audited" in r.getMessage() for r in caplog.records) == 1

@@ -80,6 +80,8 @@ class ShuffleAudit(Callback):
     fit_start_: EpochVerdict | None
     _loader_: DataLoader | None
     _recorder_: RecordingSampler | None
+    _attach_epoch_: int | None
+    _warned_several_: bool
     _configs_: list[dict[str, Any]]
     _labels_array_: np.ndarray | None
     _batches_: int
@@ -161,6 +163,17 @@ class ShuffleAudit(Callback):
         # the strategy's process_dataloader is the last step between the two, so the recorder goes in there.
         def process_dataloader(dataloader: object) -> object:
             if trainer.training and isinstance(dataloader, DataLoader):
+                previous = self._loader_
+                if previous is not None and previous is not dataloader:
+                    # One train loader is audited (the last); leave no recorder behind in any other.
+                    detach(previous)
+                    if self._attach_epoch_ == trainer.current_epoch and not self._warned_several_:
+                        self._warned_several_ = True
+                        log.warning(
+                            "ShuffleAudit audits one train loader, and this fit has several (a CombinedLoader): "
+                            "only the last one is audited."
+                        )
+                self._attach_epoch_ = trainer.current_epoch
                 self._loader_ = dataloader
                 self._recorder_ = attach(dataloader)
             return original(dataloader)
@@ -272,6 +285,8 @@ class ShuffleAudit(Callback):
         self.fit_start_ = None
         self._loader_ = None
         self._recorder_ = None
+        self._attach_epoch_ = None
+        self._warned_several_ = False
         self._configs_ = []
         self._labels_array_ = None
         self._batches_ = 0

@@ -158,18 +158,23 @@ def test_a_labels_array_of_the_wrong_length_fails_at_fit_start_naming_both_sizes
         fit([ShuffleAudit(labels=list(range(10)))], AuditDataModule(), max_epochs=1)
 
 
-def test_a_labels_key_beyond_the_tensor_dataset_fails_at_fit_start_naming_the_keys(tmp_path: Path) -> None:
-    from tests.helpers import RegressionDataModule, RegressionModule
-
-    trainer = pl.Trainer(
-        max_epochs=1,
+def _plain_trainer(root: Path, callbacks: list[pl.Callback], max_epochs: int) -> pl.Trainer:
+    """A CPU Trainer without logger, checkpoints or progress bar, for tests that bring their own data."""
+    return pl.Trainer(
+        max_epochs=max_epochs,
         accelerator="cpu",
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
-        default_root_dir=tmp_path,
-        callbacks=[ShuffleAudit(labels=5)],
+        default_root_dir=root,
+        callbacks=callbacks,
     )
+
+
+def test_a_labels_key_beyond_the_tensor_dataset_fails_at_fit_start_naming_the_keys(tmp_path: Path) -> None:
+    from tests.helpers import RegressionDataModule, RegressionModule
+
+    trainer = _plain_trainer(tmp_path, [ShuffleAudit(labels=5)], max_epochs=1)
     with pytest.raises(
         ValueError, match=r"labels=5\): the training TensorDataset has 2 tensors, so a batch has keys 0"
     ):
@@ -229,15 +234,7 @@ def test_several_train_loaders_are_all_restored_and_the_user_is_told(
     data = TensorDataset(torch.randn(32, 8, generator=gen), torch.randn(32, 2, generator=gen))
     loaders = {"a": DataLoader(data, batch_size=8, shuffle=False), "b": DataLoader(data, batch_size=8, shuffle=True)}
     originals = {name: loader.batch_sampler for name, loader in loaders.items()}
-    trainer = pl.Trainer(
-        max_epochs=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        default_root_dir=tmp_path,
-        callbacks=[ShuffleAudit(on_issue="log")],
-    )
+    trainer = _plain_trainer(tmp_path, [ShuffleAudit(on_issue="log")], max_epochs=2)
     with caplog.at_level(logging.WARNING, logger="epochkit.audit"):
         trainer.fit(_TwoLoaderModule(), train_dataloaders=loaders)
     assert {name: loader.batch_sampler for name, loader in loaders.items()} == originals

@@ -127,8 +127,7 @@ class ShuffleAudit(Callback):
         unknown = [code for code in ignore if code not in CATALOG]
         if unknown:
             raise ValueError(
-                f"ShuffleAudit(ignore={ignore!r}): unknown finding codes {unknown or [ignore]}; "
-                f"allowed: {sorted(CATALOG)}."
+                f"ShuffleAudit(ignore={ignore!r}): unknown finding codes {unknown}; allowed: {sorted(CATALOG)}."
             )
         self.on_issue = on_issue
         self.labels = labels

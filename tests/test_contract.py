@@ -128,12 +128,15 @@ def test_callback_builds_from_lightning_cli_yaml_and_round_trips_its_state(case:
     # The state after a real fit survives a real checkpoint file and loads into a fresh instance.
     ckpt_path = tmp_path / "contract.ckpt"
     cli.trainer.save_checkpoint(ckpt_path)
-    checkpoint = torch.load(ckpt_path, weights_only=False)
+    checkpoint = torch.load(ckpt_path, weights_only=True)  # every callback's state is tensors and plain types
+    if not callback.state_dict():  # a stateless callback: Lightning stores nothing, there is nothing to resume
+        assert callback.state_key not in checkpoint["callbacks"]
+        return
     assert callback.state_key in checkpoint["callbacks"], sorted(checkpoint["callbacks"])
     fresh = case.cls(**case.init_args)
     assert fresh.state_key == callback.state_key
     buffer = io.BytesIO()
     torch.save(checkpoint["callbacks"][callback.state_key], buffer)
     buffer.seek(0)
-    fresh.load_state_dict(torch.load(buffer, weights_only=False))
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
     _assert_same_state(fresh.state_dict(), callback.state_dict())

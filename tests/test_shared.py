@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import lightning.pytorch as pl
-import pytest
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
@@ -43,17 +41,6 @@ def test_scalars_reach_every_logger_and_text_reaches_tensorboard(tmp_path: Path)
 def test_log_dir_falls_back_to_default_root_dir(tmp_path: Path) -> None:
     trainer = pl.Trainer(logger=False, default_root_dir=tmp_path, accelerator="cpu")
     assert _logging.log_dir(trainer) == tmp_path
-
-
-def test_write_json_atomic_leaves_no_partial_file(tmp_path: Path) -> None:
-    target = tmp_path / "sub" / "report.json"
-    _logging.write_json_atomic(target, {"a": [1, 2]})
-    assert json.loads(target.read_text()) == {"a": [1, 2]}
-    with pytest.raises(TypeError):
-        _logging.write_json_atomic(target, {"bad": object()})
-    # The failed write neither replaced the good file nor left its temp file behind.
-    assert json.loads(target.read_text()) == {"a": [1, 2]}
-    assert sorted(p.name for p in target.parent.iterdir()) == ["report.json"]
 
 
 def _collectives(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict:

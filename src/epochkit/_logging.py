@@ -1,19 +1,18 @@
-"""Logger helpers shared by every callback: scalars to all of the Trainer's loggers, text to TensorBoard, atomic
-files in the logger's directory. Tag names are grouped by prefix (``warmup/...``, ``early_stopping/...``).
+"""Logger helpers shared by every callback: scalars to all of the Trainer's loggers, text to TensorBoard, and the
+directory for a callback's files (written through :mod:`epochkit._io`). Tag names are grouped by prefix
+(``warmup/...``, ``early_stopping/...``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import TensorBoardLogger
+
+from epochkit._io import write_json_atomic  # noqa: F401  (re-exported for the callbacks that write reports)
 
 log = logging.getLogger("epochkit")
 
@@ -48,53 +47,3 @@ def log_dir(trainer: pl.Trainer) -> Path:
         if logger.log_dir is not None:
             return Path(logger.log_dir)
     return Path(trainer.default_root_dir)
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write ``obj`` as JSON so that a reader never sees a half-written file (temp file, then ``os.replace``).
-
-    Example:
-        >>> import tempfile, pathlib
-        >>> target = pathlib.Path(tempfile.mkdtemp()) / "report.json"
-        >>> write_json_atomic(target, {"coverage": 1.0})
-        >>> target.read_text()
-        '{\\n  "coverage": 1.0\\n}'
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(obj, handle, indent=2, allow_nan=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_csv_atomic(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Write ``rows`` as CSV (header: every key, in first-seen order) with the same temp-file-then-replace as
-    :func:`write_json_atomic`.
-
-    Example:
-        >>> import tempfile, pathlib
-        >>> target = pathlib.Path(tempfile.mkdtemp()) / "folds.csv"
-        >>> write_csv_atomic(target, [{"fold": 0, "acc": 0.9}, {"fold": 1, "loss": 0.3}])
-        >>> target.read_text().splitlines()
-        ['fold,acc,loss', '0,0.9,', '1,,0.3']
-    """
-    import csv
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fields = list(dict.fromkeys(key for row in rows for key in row))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fields, lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

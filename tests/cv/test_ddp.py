@@ -81,6 +81,6 @@ def test_cv_script_under_ddp(tmp_path: Path) -> None:
     # Rank 0 merged complete, ordered out-of-fold predictions; rank 1 ran the same folds and returned too.
     lines = sorted(line for line in proc.stdout.splitlines() if line.startswith("RESULT"))
     assert lines == ["RESULT 30 False", "RESULT 30 True"], proc.stdout
-    saved = torch.load(tmp_path / "cv" / "oof_predictions.pt", weights_only=False)
-    assert np.array_equal(saved["index"], np.arange(30)) and saved["predictions"].shape == (30, 2)
+    saved = torch.load(tmp_path / "cv" / "oof_predictions.pt", weights_only=True)
+    assert torch.equal(saved["index"], torch.arange(30)) and saved["predictions"].shape == (30, 2)
     assert json.loads((tmp_path / "cv" / "cv_results.json").read_text())["folds_done"] == [0, 1]

@@ -6,7 +6,6 @@ They run on every rank (DDP) and write files from global rank 0 only; the driver
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
 from pathlib import Path
@@ -20,7 +19,8 @@ from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signatu
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from epochkit._distributed import all_ranks, broadcast
-from epochkit._logging import log_scalars, log_text, write_json_atomic
+from epochkit._io import atomic_path, save_torch_atomic, write_json_atomic
+from epochkit._logging import log_scalars, log_text
 from epochkit.cv.data import rebuild_loader
 from epochkit.cv.reset import weights_checksum
 
@@ -169,13 +169,12 @@ class ResumeCheckpoint(Checkpoint):
         if trainer.sanity_checking:
             return
         target = Path(self.path)
-        tmp = target.with_name(f".{target.name}.tmp")
-        if trainer.is_global_zero:
-            target.parent.mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(tmp)  # every rank enters: it is a collective
-        if trainer.is_global_zero:
-            os.replace(tmp, target)
-            write_json_atomic(target.with_suffix(".json"), {"global_step": int(trainer.global_step)})
+        if not trainer.is_global_zero:
+            trainer.save_checkpoint(target)  # a collective: every rank enters; only rank 0 writes
+            return
+        with atomic_path(target) as tmp:
+            trainer.save_checkpoint(tmp)
+        write_json_atomic(target.with_suffix(".json"), {"global_step": int(trainer.global_step)})
 
 
 def _rows(prediction: Any, n: int) -> Any:
@@ -293,11 +292,10 @@ class OOFPredictor(Callback):
                     parts.append(_rows(out, sizes[batch_idx]))
         finally:
             pl_module.train(training)
-        Path(self.out_dir).mkdir(parents=True, exist_ok=True)
-        payload = {
-            "positions": np.asarray(positions, dtype=np.int64),
+        payload = {  # tensors and plain types only: the driver loads it with weights_only=True
+            "positions": torch.as_tensor(positions, dtype=torch.int64),
             "predictions": concat_rows(parts) if parts else None,
             "seconds": time.perf_counter() - start,
         }
-        torch.save(payload, Path(self.out_dir) / f"oof_rank{trainer.global_rank}.pt")
+        save_torch_atomic(payload, Path(self.out_dir) / f"oof_rank{trainer.global_rank}.pt")
         trainer.strategy.barrier("epochkit.cv.oof")  # every rank's file exists before the driver reads them

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from epochkit._logging import write_csv_atomic, write_json_atomic
+from epochkit._io import load_torch, write_csv_atomic, write_json_atomic
 from epochkit.cv.reset import unwrap_compiled
 from epochkit.cv.stats import summarize
 
@@ -267,7 +267,7 @@ class CVResult:
             path = f.best_model_path if weights == "best" and f.best_model_path else f.model_path
             if not path or not Path(path).exists():
                 raise FileNotFoundError(f"fold {f.fold} has no saved weights at {path!r}.")
-            state = torch.load(path, map_location="cpu", weights_only=False)
+            state = load_torch(path, "fold checkpoint")
             state = state.get("state_dict", state)
             member = copy.deepcopy(template)
             unwrap_compiled(member).load_state_dict(state)

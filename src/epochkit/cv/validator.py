@@ -23,7 +23,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch import nn
 
-from epochkit._logging import write_json_atomic
+from epochkit._io import check_writable, load_torch, save_torch_atomic, write_json_atomic
 from epochkit.cv.callbacks import FoldMonitor, OOFPredictor, ResumeCheckpoint, concat_rows, scalar_metrics, take_rows
 from epochkit.cv.data import FoldDataModule, find_labels, find_training_dataset
 from epochkit.cv.reset import WeightReset, WeightResetError, reinit_parameters, unwrap_compiled, weights_checksum
@@ -47,13 +47,6 @@ def _is_rank_zero() -> bool:
 def _stable_repr(value: Any) -> str:
     """``repr`` without memory addresses, so equal settings give equal strings in two runs."""
     return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))
-
-
-def _save_atomic(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def _reset_metric_states(module: nn.Module) -> None:
@@ -231,6 +224,7 @@ class CrossValidator:
                 "(TensorBoard under root_dir/fold_k) or False; for other loggers use `trainer_factory`."
             )
         root = Path(self.root_dir)
+        check_writable(root, "CrossValidator root_dir")  # a read-only or full file system fails before training
         plan = self.plan(datamodule)  # every check on the data happens here, before anything is trained
         dataset = find_training_dataset(datamodule)
 
@@ -452,6 +446,8 @@ class CrossValidator:
         ckpt_path: str | None = None
         purge_step: int | None = None
         if self.resume_checkpoints and resume.exists():
+            # Checked here, in the driver, with a clear error; then Lightning loads it with weights_only=True too.
+            load_torch(resume, "resume checkpoint", mmap=True)
             ckpt_path = str(resume)
             sidecar = resume.with_suffix(".json")
             # Lightning logged up to step global_step - 1 before that checkpoint: TensorBoard drops what the failed
@@ -471,7 +467,7 @@ class CrossValidator:
         getattr(trainer, "callbacks").extend(internal)  # noqa: B009  (set in Trainer.__init__, untyped)
         fold_data = FoldDataModule(datamodule, dataset, plan.train[k], plan.val[k])
 
-        trainer.fit(model, datamodule=fold_data, ckpt_path=ckpt_path)
+        trainer.fit(model, datamodule=fold_data, ckpt_path=ckpt_path, weights_only=True)
         if not trainer.state.finished:
             raise RuntimeError(f"fold {k} did not finish (trainer status {trainer.state.status}); rerun to resume.")
         fitted = time.perf_counter()
@@ -479,7 +475,7 @@ class CrossValidator:
         core = unwrap_compiled(model)
         model_path = fold_dir / "model.pt"
         if _is_rank_zero():
-            _save_atomic(core.state_dict(), model_path)
+            save_torch_atomic(core.state_dict(), model_path)
         history = self._read_history(fold_dir, monitor)
         # A fold restored from a checkpoint written after its last epoch runs no epoch and logs nothing, so
         # `callback_metrics` is empty: the last recorded epoch (restored with FoldMonitor's state) holds the values.
@@ -536,11 +532,11 @@ class CrossValidator:
     def _merge_fold_oof(fold_dir: Path, val_idx: np.ndarray) -> float:
         """Merge the ranks' prediction files into ``fold_dir/oof.pt``; return rank 0's prediction seconds."""
         parts_dir = fold_dir / "oof_parts"
-        parts = [torch.load(p, weights_only=False) for p in sorted(parts_dir.glob("oof_rank*.pt"))]
+        parts = [load_torch(p, "prediction file") for p in sorted(parts_dir.glob("oof_rank*.pt"))]
         parts = [p for p in parts if p["predictions"] is not None]
         if not parts:
             raise RuntimeError(f"no out-of-fold predictions were written to {parts_dir}.")
-        positions = np.concatenate([p["positions"] for p in parts])
+        positions = np.concatenate([p["positions"].numpy() for p in parts])
         predictions = concat_rows([p["predictions"] for p in parts])
         index = val_idx[positions]
         # DistributedSampler pads by repeating samples: keep each dataset index once, in dataset order.
@@ -548,7 +544,8 @@ class CrossValidator:
         missing = np.setdiff1d(val_idx, unique)
         if missing.size:
             raise RuntimeError(f"{fold_dir.name}: no prediction for validation samples {missing[:10].tolist()}.")
-        _save_atomic({"index": unique, "predictions": take_rows(predictions, first)}, fold_dir / "oof.pt")
+        merged = {"index": torch.from_numpy(unique), "predictions": take_rows(predictions, first)}
+        save_torch_atomic(merged, fold_dir / "oof.pt")
         shutil.rmtree(parts_dir)
         return float(parts[0].get("seconds", 0.0))
 
@@ -559,12 +556,14 @@ class CrossValidator:
             if not path.exists():
                 log.warning("CrossValidator: fold %d has no out-of-fold predictions (%s)", k, path)
                 return
-            parts.append(torch.load(path, weights_only=False))
-        index = np.concatenate([p["index"] for p in parts])
+            parts.append(load_torch(path, "out-of-fold prediction file"))
+        index = np.concatenate([p["index"].numpy() for p in parts])
         if np.unique(index).size != index.size:
             log.warning("CrossValidator: samples are validated in several folds; out-of-fold predictions are per fold")
             return
         order = np.argsort(index, kind="stable")
         result.oof_index = index[order]
         result.oof_predictions = take_rows(concat_rows([p["predictions"] for p in parts]), order)
-        _save_atomic({"index": result.oof_index, "predictions": result.oof_predictions}, root / OOF_FILE)
+        save_torch_atomic(
+            {"index": torch.from_numpy(result.oof_index), "predictions": result.oof_predictions}, root / OOF_FILE
+        )

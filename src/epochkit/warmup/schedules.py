@@ -32,6 +32,8 @@ import torch
 from numpy.typing import NDArray
 from torch.optim.lr_scheduler import LambdaLR
 
+from epochkit._io import atomic_path
+
 WarmupShape: TypeAlias = Literal["linear", "cosine"]
 DecayShape: TypeAlias = Literal["linear", "cosine", "1-sqrt"]
 Steps: TypeAlias = "int | NDArray[np.integer] | NDArray[np.floating]"
@@ -515,18 +517,14 @@ def _require_matplotlib() -> None:
 
 
 def _plot(lrs: NDArray[np.float64], path: Path) -> None:
-    import matplotlib
+    # A bare Figure renders without pyplot, so the user's matplotlib backend and open figures are left alone.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3))
+    fig = Figure(figsize=(6, 3))
+    ax = fig.add_subplot()
     ax.plot(np.arange(len(lrs)), lrs)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("learning rate")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png")

@@ -8,15 +8,21 @@ VENV   ?= .venv
 # A CPU build of this torch installs quickly; an unpinned torch pulls several GB of CUDA packages.
 # Override it, e.g. `make test TORCH="torch==2.5.1"`.
 TORCH  ?= torch==2.13.0
+# litdata (the streaming-data tests) requires torchvision, which would replace that torch with a CUDA build of
+# several GB; it needs torchvision only for image and video serializers, so it is installed without its requirements
+# (the others are in the `test` extra).
+LITDATA ?= litdata==0.2.76
 PYTEST_ARGS ?=
+# `make stress N=50`: how many times each test that starts processes runs.
+N ?= 20
 
 BIN := $(VENV)/bin
-# One stamp per (extras, torch spec): changing TORCH reinstalls, re-running does not.
-TORCH_TAG := $(shell printf '%s' '$(TORCH)' | cksum | cut -d' ' -f1)
+# One stamp per (extras, torch and litdata spec): changing TORCH reinstalls, re-running does not.
+TORCH_TAG := $(shell printf '%s' '$(TORCH) $(LITDATA)' | cksum | cut -d' ' -f1)
 DEMO_STAMP := $(VENV)/.installed-demo-$(TORCH_TAG)
 TEST_STAMP := $(VENV)/.installed-test-$(TORCH_TAG)
 
-.PHONY: demo test lint typecheck pytest bench clean
+.PHONY: demo test lint typecheck pytest stress random-order bench clean
 
 demo: $(DEMO_STAMP)
 	$(BIN)/python examples/cv_digits.py
@@ -35,6 +41,16 @@ typecheck: $(TEST_STAMP)
 pytest: $(TEST_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Every test marked `ddp` or `processes` (it starts DDP processes, or kills a run), N times in a row each; prints
+# "N passed, 0 failed" per test and fails if any run failed.
+stress: $(TEST_STAMP)
+	$(BIN)/python tests/stress.py --count $(N)
+
+# The whole suite once in a random order (pytest-randomly prints "Using --randomly-seed=N" first; replay that order
+# with `make random-order PYTEST_ARGS=--randomly-seed=N`).
+random-order: $(TEST_STAMP)
+	$(BIN)/python -m pytest -p randomly $(PYTEST_ARGS)
+
 bench: $(TEST_STAMP)
 	@for f in benchmarks/*.py; do [ -e "$$f" ] || continue; echo "== $$f"; $(BIN)/python "$$f" || exit 1; done
 
@@ -50,6 +66,7 @@ $(DEMO_STAMP): pyproject.toml | $(BIN)/python
 $(TEST_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
 	$(BIN)/python -m pip install --quiet -e ".[test,dev]"
+	$(BIN)/python -m pip install --quiet --no-deps "$(LITDATA)"
 	touch $@
 
 clean:

@@ -55,6 +55,7 @@ CASES: list[Case] = [
         epochkit.EarlyStopping,
         {"monitor": "val_loss", "criterion": "PQ", "alpha": 2.0, "strip_length": 1, "train_monitor": "train_loss"},
     ),
+    Case(epochkit.DestroyProcessGroupAtExit),
     Case(epochkit.ShuffleAudit, {"on_issue": "raise", "labels": 1, "max_samples": 100000, "ignore": ["sorted_labels"]}),
 ]
 

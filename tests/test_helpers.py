@@ -15,6 +15,7 @@ def _rank_facts(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict:
     return {"pid_rank": trainer.strategy.global_rank, "num_train_batches": trainer.num_training_batches}
 
 
+@pytest.mark.ddp
 def test_fit_ddp_runs_two_ranks_that_stay_in_sync(tmp_path) -> None:
     model = RegressionModule()
     start = {k: v.clone() for k, v in model.state_dict().items()}

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
+import pytest
+import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from epochkit import _distributed, _logging
+from epochkit import DestroyProcessGroupAtExit, _distributed, _logging
 from tests.helpers import RegressionDataModule, RegressionModule, fit_ddp, read_tensorboard
 
 
@@ -53,6 +59,7 @@ def _collectives(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict:
     }
 
 
+@pytest.mark.ddp
 def test_collectives_agree_across_two_ddp_ranks(tmp_path: Path) -> None:
     reports = fit_ddp(RegressionModule(), RegressionDataModule(), tmp_path, probe=_collectives)
     for report in reports:
@@ -72,3 +79,64 @@ def test_collectives_on_one_process(tmp_path: Path) -> None:
         "all": False,
         "gathered": [{"rank": 0}],
     }
+
+
+def _write_group_state_at_exit(path: str) -> None:
+    Path(path).write_text("alive" if dist.is_initialized() else "destroyed")
+
+
+class _GroupStateAtExit(Callback):
+    """Registers, before DestroyProcessGroupAtExit does, an exit hook that records whether the group still exists:
+    exit hooks run last-registered first, so it sees the state the interpreter's finalization will find."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = out_dir
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        atexit.register(_write_group_state_at_exit, f"{self.out_dir}/rank{trainer.global_rank}.txt")
+
+
+@pytest.mark.ddp
+def test_ddp_workers_destroy_their_process_group_before_they_exit(tmp_path: Path) -> None:
+    trainer = pl.Trainer(
+        strategy="ddp_spawn",
+        accelerator="cpu",
+        devices=2,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[_GroupStateAtExit(str(tmp_path)), DestroyProcessGroupAtExit()],
+    )
+    trainer.fit(RegressionModule(), datamodule=RegressionDataModule(num_samples=16, batch_size=4))
+    assert [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)] == ["destroyed", "destroyed"]
+
+
+EXIT_SCRIPT = """
+import atexit, os, sys
+from pathlib import Path
+import torch.distributed as dist
+from epochkit._distributed import destroy_process_group_at_exit
+
+out = Path(sys.argv[1])
+dist.init_process_group("gloo", init_method=f"file://{out}.store", rank=0, world_size=1)
+atexit.register(lambda: out.write_text("alive" if dist.is_initialized() else "destroyed"))
+if sys.argv[2] == "hook":
+    destroy_process_group_at_exit()
+    destroy_process_group_at_exit()  # registered once however often it is asked
+"""
+
+
+@pytest.mark.parametrize(("hook", "expected"), [("hook", "destroyed"), ("none", "alive")])
+def test_the_exit_hook_destroys_the_group_while_the_interpreter_is_alive(
+    hook: str, expected: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "state.txt"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run(
+        [sys.executable, "-c", EXIT_SCRIPT, str(out), hook], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_text() == expected

@@ -5,6 +5,7 @@ CPU, one GPU or many (DDP).
 """
 
 from epochkit import schedules
+from epochkit._distributed import DestroyProcessGroupAtExit
 from epochkit.audit import ShuffleAudit
 from epochkit.cv import CrossValidator, CVResult, WeightReset
 from epochkit.stopping import EarlyStopping
@@ -15,6 +16,7 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "CVResult",
     "CrossValidator",
+    "DestroyProcessGroupAtExit",
     "EarlyStopping",
     "LRWarmup",
     "ShuffleAudit",

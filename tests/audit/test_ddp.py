@@ -12,6 +12,8 @@ from tests.audit import _data
 from tests.audit._data import AuditDataModule
 from tests.helpers import RankReport, fit_ddp
 
+pytestmark = pytest.mark.ddp  # every test here starts DDP processes
+
 
 def _states(reports: list[RankReport], audit: ShuffleAudit) -> list[dict[str, Any]]:
     assert all(r.error is None for r in reports), [r.error for r in reports]

@@ -35,6 +35,7 @@ def test_healthy_fits_flag_nothing_over_20_seeds(seed: int) -> None:
     assert "spearman" in audit.verdicts_[2].metrics or batch_size * 3 < 10
 
 
+@pytest.mark.ddp
 @pytest.mark.parametrize("num_workers", [0, 1])
 def test_healthy_ddp_fits_flag_nothing(num_workers: int, tmp_path: Path) -> None:
     audit = ShuffleAudit(on_issue="raise", labels=1)

@@ -10,11 +10,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from epochkit import CrossValidator
 from epochkit.cv import weights_checksum
 from tests.helpers import RegressionDataModule, RegressionModule, read_tensorboard
+
+pytestmark = pytest.mark.ddp  # every test here starts DDP processes
 
 
 def test_cv_under_ddp_spawn(tmp_path: Path) -> None:

@@ -15,7 +15,11 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from epochkit import DestroyProcessGroupAtExit
+
 Probe = Callable[[pl.Trainer, pl.LightningModule], dict[str, Any]]
+
+current_test: Any = None  # the running pytest item, set by tests/conftest.py
 
 
 @dataclass
@@ -86,6 +90,8 @@ def fit_ddp(
     Raises:
         AssertionError: If a rank wrote no report, so a silent worker cannot pass a test.
     """
+    if current_test is not None and current_test.get_closest_marker("ddp") is None:
+        raise AssertionError(f"{current_test.nodeid} starts DDP processes: mark it `@pytest.mark.ddp` (make stress)")
     out_dir = Path(root) / "rank_reports"
     out_dir.mkdir(parents=True, exist_ok=True)
     kwargs: dict[str, Any] = {
@@ -100,7 +106,8 @@ def fit_ddp(
         "default_root_dir": str(root),
     }
     kwargs.update(trainer_kwargs)
-    trainer = pl.Trainer(callbacks=[*callbacks, _RankReporter(str(out_dir), probe)], **kwargs)
+    cleanup = DestroyProcessGroupAtExit()  # else gloo can abort a finished worker at exit (see its docstring)
+    trainer = pl.Trainer(callbacks=[*callbacks, _RankReporter(str(out_dir), probe), cleanup], **kwargs)
     trainer.fit(model, datamodule=datamodule)
     reports = []
     for rank in range(kwargs["devices"]):

@@ -15,6 +15,8 @@ from epochkit.stopping import StoppingReason
 from tests.helpers import RegressionDataModule, fit_ddp
 from tests.stopping.scripted import ScriptedModule, Trace
 
+pytestmark = pytest.mark.ddp  # every test here starts DDP processes
+
 
 def _probe(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
     es = trainer.early_stopping_callback

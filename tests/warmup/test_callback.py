@@ -350,6 +350,7 @@ def test_hooks_are_removed_when_fit_ends(tmp_path: Path) -> None:
     assert optimizer.param_groups[0]["lr"] == BASE_LR
 
 
+@pytest.mark.ddp
 def test_ddp_ranks_warm_up_identically(tmp_path: Path) -> None:
     reports = fit_ddp(
         SchedModule("lambda_step"),

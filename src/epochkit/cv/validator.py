@@ -23,6 +23,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch import nn
 
+from epochkit._distributed import DestroyProcessGroupAtExit
 from epochkit._io import check_writable, load_torch, save_torch_atomic, write_json_atomic
 from epochkit.cv.callbacks import FoldMonitor, OOFPredictor, ResumeCheckpoint, concat_rows, scalar_metrics, take_rows
 from epochkit.cv.data import FoldDataModule, find_labels, find_training_dataset
@@ -459,7 +460,8 @@ class CrossValidator:
 
         trainer = self._make_trainer(k, fold_dir, trainer_kwargs, trainer_factory, purge_step, seen)
         monitor = FoldMonitor(k, plan.hash, checksum, str(fold_dir / "history.json"))
-        internal: list[Callback] = [monitor]
+        # The fold's DDP processes (ddp_spawn workers) exit right after it: without this, gloo may abort them.
+        internal: list[Callback] = [monitor, DestroyProcessGroupAtExit()]
         if self.resume_checkpoints:
             internal.append(ResumeCheckpoint(str(resume)))
         if predict:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib.metadata
 import re
+import subprocess
+import sys
+import tarfile
 from pathlib import Path
 
 import epochkit
@@ -26,3 +29,22 @@ def test_public_api_names_exist() -> None:
 
 def test_package_is_typed() -> None:
     assert (Path(epochkit.__file__).parent / "py.typed").is_file()
+
+
+def test_the_sdist_holds_the_package_its_tests_examples_benchmarks_and_docs_only(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "build", "--sdist", "--no-isolation", "--outdir", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (sdist,) = tmp_path.glob("epochkit-*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        names = [name.split("/", 1)[1] for name in tar.getnames() if "/" in name]
+    allowed = ("src/epochkit/", "tests/", "examples/", "benchmarks/", "docs/")
+    top = {"README.md", "CHANGELOG.md", "LICENSE", "pyproject.toml", "PKG-INFO", ".gitignore"}
+    stray = [n for n in names if not n.startswith(allowed) and n not in top]
+    assert not stray, stray
+    assert not [n for n in names if n.endswith((".ckpt", ".pyc")) or "lightning_logs" in n]
+    assert "src/epochkit/__init__.py" in names and "tests/conftest.py" in names

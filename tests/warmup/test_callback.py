@@ -341,6 +341,44 @@ def test_tensor_lr_is_scaled_in_place_and_restored(tmp_path: Path) -> None:
     assert group_lr is model.lr_tensor and float(group_lr) == BASE_LR
 
 
+class SharedTensorLR(SchedModule):
+    """Two param groups that inherit one LR tensor from the optimizer's defaults (as ``AdamW(groups, lr=tensor)``
+    with weight-decay groups does)."""
+
+    def configure_optimizers(self) -> Any:
+        self.lr_tensor = torch.tensor(BASE_LR, dtype=torch.float64)
+        groups = [{"params": [self.layer.weight]}, {"params": [self.layer.bias]}]
+        return torch.optim.SGD(groups, lr=self.lr_tensor)
+
+
+def test_groups_sharing_one_tensor_lr_are_scaled_once(tmp_path: Path) -> None:
+    model, probe = SharedTensorLR(), EffectiveLR()
+    _trainer(tmp_path, [LRWarmup(steps=4), probe], max_epochs=2).fit(model, datamodule=_data())
+    expected = [BASE_LR * _w(k, 4) for k in range(8)]
+    assert [u[0] for u in probe.used[0]] == pytest.approx(expected, rel=1e-9)
+    assert [u[1] for u in probe.used[0]] == pytest.approx(expected, rel=1e-9)
+    assert float(model.lr_tensor) == BASE_LR  # restored exactly, not left scaled
+
+
+def test_groups_sharing_one_tensor_lr_but_needing_different_factors_fail_clearly(tmp_path: Path) -> None:
+    class Unfreezes(SharedTensorLR):
+        def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+            if self.trainer.global_step == 2:  # a new group inherits the shared tensor in the middle of warmup
+                extra = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
+                self.extra = extra
+                self.trainer.optimizers[0].add_param_group({"params": [extra]})
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            loss = super().training_step(batch, batch_idx)
+            extra = getattr(self, "extra", None)
+            return loss if extra is None else loss + extra.sum() ** 2
+
+    model = Unfreezes()
+    with pytest.raises(ValueError, match=r"param groups 0 and 2 of optimizer 0 share one LR tensor but need different"):
+        _trainer(tmp_path, [LRWarmup(steps=4)], max_epochs=1).fit(model, datamodule=_data())
+    assert float(model.lr_tensor) == BASE_LR  # nothing was left scaled
+
+
 def test_hooks_are_removed_when_fit_ends(tmp_path: Path) -> None:
     model = SchedModule()
     trainer = _trainer(tmp_path, [LRWarmup(steps=100)], max_epochs=1)

@@ -226,23 +226,40 @@ class LRWarmup(Callback):
         lengths, starts = self.warmup_steps_[i], self.group_starts_[i]
         if len(lengths) < len(optimizer.param_groups):
             self._add_groups(i, optimizer)
+        groups = optimizer.param_groups
+        factors = [self._factor(k - starts[j], lengths[j]) for j in range(len(groups))]
+        # Groups that inherit a tensor LR from the optimizer's defaults share one tensor: scale it once, and only
+        # when they need the same factor (checked before anything is scaled).
+        first_of: dict[int, int] = {}
+        for j, group in enumerate(groups):
+            lr = group["lr"]
+            if isinstance(lr, torch.Tensor):
+                first = first_of.setdefault(id(lr), j)
+                if factors[first] != factors[j]:
+                    raise ValueError(
+                        f"LRWarmup: param groups {first} and {j} of optimizer {i} share one LR tensor but need "
+                        f"different warmup factors at this step ({factors[first]} and {factors[j]}: a group added "
+                        "during warmup, or different betas with steps='untuned'). Give each param group its own LR "
+                        "tensor, e.g. {'params': ..., 'lr': torch.tensor(0.001)}."
+                    )
         saved: list[tuple[Any, Any]] = []
         used: list[Any] = []
-        factor = 1.0
-        for j, group in enumerate(optimizer.param_groups):
-            w = self._factor(k - starts[j], lengths[j])
+        factor = factors[0] if factors else 1.0
+        for j, group in enumerate(groups):
+            w = factors[j]
             lr = group["lr"]
             if isinstance(lr, torch.Tensor):
                 # Tensor LRs (capturable/fused optimizers) are scaled in place, on device, with no host sync.
-                saved.append((lr.clone(), None))
-                lr.mul_(w)
+                if first_of[id(lr)] == j:
+                    saved.append((lr.clone(), None))
+                    lr.mul_(w)
+                else:
+                    saved.append((None, None))  # already scaled (and restored) through an earlier group
                 used.append(lr.detach().clone())
             else:
                 group["lr"] = written = lr * w
                 saved.append((lr, written))
                 used.append(written)
-            if j == 0:
-                factor = w
         self._saved[i] = saved
         self._used[i] = (factor, used)
 
@@ -259,7 +276,8 @@ class LRWarmup(Callback):
     def _restore(optimizer: torch.optim.Optimizer, saved: list[tuple[Any, Any]]) -> None:
         for group, (lr, written) in zip(optimizer.param_groups, saved, strict=False):
             if isinstance(group["lr"], torch.Tensor):
-                group["lr"].copy_(lr)
+                if lr is not None:
+                    group["lr"].copy_(lr)
             elif group["lr"] == written:  # something else set a new LR during the step: keep it
                 group["lr"] = lr
 

@@ -379,6 +379,44 @@ def test_groups_sharing_one_tensor_lr_but_needing_different_factors_fail_clearly
     assert float(model.lr_tensor) == BASE_LR  # nothing was left scaled
 
 
+class EpochOfLogging(TensorBoardLogger):
+    """A real TensorBoard logger that also notes the epoch and batch each ``warmup/lr`` value reached it in."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.arrivals: list[tuple[int, int, int]] = []  # (step logged at, epoch, batches done when it arrived)
+        self.trainer: pl.Trainer | None = None
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if "warmup/lr" in metrics and self.trainer is not None:
+            loop = self.trainer.fit_loop.epoch_loop
+            self.arrivals.append((int(step or 0), self.trainer.current_epoch, loop.batch_progress.current.completed))
+        super().log_metrics(metrics, step)
+
+
+def test_tensor_lrs_are_logged_at_their_steps_with_one_host_read_per_epoch(tmp_path: Path) -> None:
+    class TensorLR(SchedModule):
+        def configure_optimizers(self) -> Any:
+            groups = [
+                {"params": [self.layer.weight], "lr": torch.tensor(BASE_LR, dtype=torch.float64)},
+                {"params": [self.layer.bias], "lr": torch.tensor(BASE_LR / 10, dtype=torch.float64)},
+            ]
+            return torch.optim.SGD(groups)
+
+    logger = EpochOfLogging(tmp_path)
+    trainer = _trainer(tmp_path, [LRWarmup(steps=6)], max_epochs=2, logger=logger, log_every_n_steps=1)
+    logger.trainer = trainer
+    trainer.fit(TensorLR(), datamodule=_data())
+    run = read_tensorboard(tmp_path)
+    # The same steps and values as with float LRs, for every param group.
+    for tag, base in (("warmup/lr", BASE_LR), ("warmup/lr/pg1", BASE_LR / 10)):
+        assert [step for step, _ in run.scalars[tag]] == [0, 1, 2, 3, 4, 5], tag
+        assert run.scalar_values(tag) == pytest.approx([base * _w(k, 6) for k in range(6)], rel=1e-6)  # float32
+    assert [step for step, _ in run.scalars["warmup/factor"]] == [0, 1, 2, 3, 4, 5]
+    # ...read from the device once per epoch: all of an epoch's values arrive after its last batch (4 an epoch).
+    assert logger.arrivals == [(0, 0, 4), (1, 0, 4), (2, 0, 4), (3, 0, 4), (4, 1, 4), (5, 1, 4)]
+
+
 def test_hooks_are_removed_when_fit_ends(tmp_path: Path) -> None:
     model = SchedModule()
     trainer = _trainer(tmp_path, [LRWarmup(steps=100)], max_epochs=1)

@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.hooks import RemovableHandle
 
-from epochkit._logging import log_scalars
+from epochkit._logging import current_step, log_scalars
 from epochkit.warmup.schedules import WarmupShape, check_warmup, warmup_factor
 
 log = logging.getLogger("epochkit.warmup")
@@ -126,6 +126,7 @@ class LRWarmup(Callback):
         self._saved: dict[int, list[tuple[Any, Any]]] = {}
         self._used: dict[int, tuple[float, list[Any]]] = {}
         self._finished: list[int] = []
+        self._pending_lrs: list[tuple[int, dict[str, torch.Tensor]]] = []
         self._length: int | str = 0
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -173,12 +174,35 @@ class LRWarmup(Callback):
         if not (self.log_lr and trainer.loggers and trainer._logger_connector.should_update_logs):
             return
         metrics: dict[str, float] = {}
+        deferred: dict[str, torch.Tensor] = {}
         for i, (factor, lrs) in used.items():
             prefix = "warmup" if i == 0 else f"warmup/opt{i}"
             metrics[f"{prefix}/factor"] = factor
             for j, lr in enumerate(lrs):
-                metrics[f"{prefix}/lr" if j == 0 else f"{prefix}/lr/pg{j}"] = float(lr)
+                tag = f"{prefix}/lr" if j == 0 else f"{prefix}/lr/pg{j}"
+                if isinstance(lr, torch.Tensor):
+                    deferred[tag] = lr  # read on the host once per epoch (float() here would sync with the device)
+                else:
+                    metrics[tag] = float(lr)
         log_scalars(trainer, metrics)
+        if deferred:
+            self._pending_lrs.append((current_step(trainer), deferred))
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._log_tensor_lrs(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._log_tensor_lrs(trainer)
+
+    def _log_tensor_lrs(self, trainer: pl.Trainer) -> None:
+        """Log the tensor LRs kept since the last call at the steps they were used, with one host transfer."""
+        pending, self._pending_lrs = getattr(self, "_pending_lrs", []), []
+        if not pending or not trainer.is_global_zero:
+            return
+        flat = [lr for _, tensors in pending for lr in tensors.values()]
+        values = iter(torch.stack([lr.to(flat[0].device, torch.float64) for lr in flat]).cpu().tolist())
+        for step, tensors in pending:
+            log_scalars(trainer, {tag: next(values) for tag in tensors}, step=step)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._release(trainer)

@@ -341,6 +341,82 @@ def test_tensor_lr_is_scaled_in_place_and_restored(tmp_path: Path) -> None:
     assert group_lr is model.lr_tensor and float(group_lr) == BASE_LR
 
 
+class SharedTensorLR(SchedModule):
+    """Two param groups that inherit one LR tensor from the optimizer's defaults (as ``AdamW(groups, lr=tensor)``
+    with weight-decay groups does)."""
+
+    def configure_optimizers(self) -> Any:
+        self.lr_tensor = torch.tensor(BASE_LR, dtype=torch.float64)
+        groups = [{"params": [self.layer.weight]}, {"params": [self.layer.bias]}]
+        return torch.optim.SGD(groups, lr=self.lr_tensor)
+
+
+def test_groups_sharing_one_tensor_lr_are_scaled_once(tmp_path: Path) -> None:
+    model, probe = SharedTensorLR(), EffectiveLR()
+    _trainer(tmp_path, [LRWarmup(steps=4), probe], max_epochs=2).fit(model, datamodule=_data())
+    expected = [BASE_LR * _w(k, 4) for k in range(8)]
+    assert [u[0] for u in probe.used[0]] == pytest.approx(expected, rel=1e-9)
+    assert [u[1] for u in probe.used[0]] == pytest.approx(expected, rel=1e-9)
+    assert float(model.lr_tensor) == BASE_LR  # restored exactly, not left scaled
+
+
+def test_groups_sharing_one_tensor_lr_but_needing_different_factors_fail_clearly(tmp_path: Path) -> None:
+    class Unfreezes(SharedTensorLR):
+        def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+            if self.trainer.global_step == 2:  # a new group inherits the shared tensor in the middle of warmup
+                extra = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
+                self.extra = extra
+                self.trainer.optimizers[0].add_param_group({"params": [extra]})
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            loss = super().training_step(batch, batch_idx)
+            extra = getattr(self, "extra", None)
+            return loss if extra is None else loss + extra.sum() ** 2
+
+    model = Unfreezes()
+    with pytest.raises(ValueError, match=r"param groups 0 and 2 of optimizer 0 share one LR tensor but need different"):
+        _trainer(tmp_path, [LRWarmup(steps=4)], max_epochs=1).fit(model, datamodule=_data())
+    assert float(model.lr_tensor) == BASE_LR  # nothing was left scaled
+
+
+class EpochOfLogging(TensorBoardLogger):
+    """A real TensorBoard logger that also notes the epoch and batch each ``warmup/lr`` value reached it in."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.arrivals: list[tuple[int, int, int]] = []  # (step logged at, epoch, batches done when it arrived)
+        self.trainer: pl.Trainer | None = None
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if "warmup/lr" in metrics and self.trainer is not None:
+            loop = self.trainer.fit_loop.epoch_loop
+            self.arrivals.append((int(step or 0), self.trainer.current_epoch, loop.batch_progress.current.completed))
+        super().log_metrics(metrics, step)
+
+
+def test_tensor_lrs_are_logged_at_their_steps_with_one_host_read_per_epoch(tmp_path: Path) -> None:
+    class TensorLR(SchedModule):
+        def configure_optimizers(self) -> Any:
+            groups = [
+                {"params": [self.layer.weight], "lr": torch.tensor(BASE_LR, dtype=torch.float64)},
+                {"params": [self.layer.bias], "lr": torch.tensor(BASE_LR / 10, dtype=torch.float64)},
+            ]
+            return torch.optim.SGD(groups)
+
+    logger = EpochOfLogging(tmp_path)
+    trainer = _trainer(tmp_path, [LRWarmup(steps=6)], max_epochs=2, logger=logger, log_every_n_steps=1)
+    logger.trainer = trainer
+    trainer.fit(TensorLR(), datamodule=_data())
+    run = read_tensorboard(tmp_path)
+    # The same steps and values as with float LRs, for every param group.
+    for tag, base in (("warmup/lr", BASE_LR), ("warmup/lr/pg1", BASE_LR / 10)):
+        assert [step for step, _ in run.scalars[tag]] == [0, 1, 2, 3, 4, 5], tag
+        assert run.scalar_values(tag) == pytest.approx([base * _w(k, 6) for k in range(6)], rel=1e-6)  # float32
+    assert [step for step, _ in run.scalars["warmup/factor"]] == [0, 1, 2, 3, 4, 5]
+    # ...read from the device once per epoch: all of an epoch's values arrive after its last batch (4 an epoch).
+    assert logger.arrivals == [(0, 0, 4), (1, 0, 4), (2, 0, 4), (3, 0, 4), (4, 1, 4), (5, 1, 4)]
+
+
 def test_hooks_are_removed_when_fit_ends(tmp_path: Path) -> None:
     model = SchedModule()
     trainer = _trainer(tmp_path, [LRWarmup(steps=100)], max_epochs=1)

@@ -188,7 +188,11 @@ def _weights(width: int, device: torch.device) -> torch.Tensor:
             z = np.arange(1, width + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
             z = (z ^ (z >> np.uint64(31))) * np.uint64(0xBF58476D1CE4E5B9)
             z = z | np.uint64(1)
-        _WEIGHTS[key] = torch.from_numpy(z.view(np.int64).copy()).to(device)
+        table = torch.from_numpy(z.view(np.int64).copy())
+        if device.type == "cuda":
+            # From pinned memory the upload is asynchronous: no host synchronisation, even on the first batch.
+            table = table.pin_memory()
+        _WEIGHTS[key] = table.to(device, non_blocking=device.type == "cuda")
     return _WEIGHTS[key]
 
 

@@ -44,7 +44,20 @@ def _digest(tensor: torch.Tensor) -> str:
     return h.hexdigest()
 
 
+def _check_unsharded(module: nn.Module) -> None:
+    # DTensors (FSDP2 fully_shard, tensor parallelism) hold one shard per rank: whole-tensor copies and byte
+    # checksums fail on them inside torch with errors that do not say why.
+    sharded = [name for name, t, _ in _named_tensors(module) if type(t).__name__ == "DTensor"]
+    if sharded:
+        raise WeightResetError(
+            f"the module has sharded (DTensor) parameters or buffers {sharded}: WeightReset copies and checksums "
+            "whole tensors, so snapshot, restore and verify the module before it is sharded (before fit, which "
+            "runs configure_model), or save and reload a distributed checkpoint instead."
+        )
+
+
 def _check_materialised(module: nn.Module) -> None:
+    _check_unsharded(module)
     lazy = [name for name, t, _ in _named_tensors(module) if is_lazy(t)]
     if lazy:
         raise WeightResetError(
@@ -152,7 +165,7 @@ class WeightReset:
         """Copy every parameter and buffer of ``module``; return the checksum of the snapshot.
 
         Raises:
-            WeightResetError: If the module has lazy (unmaterialised) parameters or buffers.
+            WeightResetError: If the module has lazy (unmaterialised) or sharded (DTensor) parameters or buffers.
         """
         module = unwrap_compiled(module)
         _check_materialised(module)
@@ -177,12 +190,13 @@ class WeightReset:
         """Copy the snapshot back into ``module`` in place and drop its gradients.
 
         Raises:
-            WeightResetError: Before any copy, if no snapshot was taken or the module's tensors do not match the
-                snapshot's names and shapes.
+            WeightResetError: Before any copy, if no snapshot was taken, the module's tensors do not match the
+                snapshot's names and shapes, or they are sharded (DTensor).
         """
         if self.checksum_ is None:
             raise WeightResetError("restore() called before snapshot(): there is nothing to restore.")
         module = unwrap_compiled(module)
+        _check_unsharded(module)
         self._retie(module)
         current = {name: tensor for name, tensor, _ in _named_tensors(module)}
         problems = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
+from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy, Strategy
 from torch import Tensor, nn
 
 
@@ -100,3 +101,39 @@ class HostWeights:
             and len(self._buffers) == len(sources)
             and all(b.shape == t.shape and b.dtype == t.dtype for b, t in zip(self._buffers, sources, strict=True))
         )
+
+
+def host_copy_problem(strategy: Strategy, world_size: int) -> str | None:
+    """Why a :class:`HostWeights` copy of the LightningModule cannot hold its weights under ``strategy``, or None.
+
+    The copy holds whole tensors of ``module.state_dict()``. That fails under sharding: a ``ModelParallelStrategy``
+    module (FSDP2 ``fully_shard``, tensor parallelism) has DTensor parameters; ``FSDPStrategy(use_orig_params=False)``
+    keeps the weights in FSDP's flat parameters, outside the LightningModule's ``state_dict``; and ``FSDPStrategy``
+    sharding over several processes leaves each rank a shard (a full copy would be gathered on every rank).
+    On one process FSDP does not shard (torch switches it to ``NO_SHARD``), so the copy works there.
+
+    Example:
+        >>> from lightning.pytorch.strategies import SingleDeviceStrategy
+        >>> host_copy_problem(SingleDeviceStrategy("cpu"), world_size=1) is None
+        True
+        >>> print(host_copy_problem(FSDPStrategy(use_orig_params=False), world_size=1))  # doctest: +ELLIPSIS
+        FSDPStrategy(use_orig_params=False) keeps the weights in flat FSDP parameters, outside the ...
+    """
+    if isinstance(strategy, ModelParallelStrategy):
+        return (
+            "ModelParallelStrategy shards the parameters into DTensors (fully_shard, tensor parallelism), and a copy "
+            "of whole tensors cannot hold them"
+        )
+    if isinstance(strategy, FSDPStrategy):
+        if not strategy.kwargs.get("use_orig_params", True):
+            return (
+                "FSDPStrategy(use_orig_params=False) keeps the weights in flat FSDP parameters, outside the "
+                "LightningModule's state_dict"
+            )
+        sharding = getattr(strategy.sharding_strategy, "name", str(strategy.sharding_strategy))
+        if world_size > 1 and sharding != "NO_SHARD":
+            return (
+                f"FSDPStrategy(sharding_strategy={sharding!r}) on {world_size} processes leaves each rank a shard of "
+                "the weights (a full copy would be gathered on every rank)"
+            )
+    return None

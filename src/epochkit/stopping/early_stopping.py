@@ -23,7 +23,7 @@ from torch import Tensor
 
 from epochkit import _distributed, _logging
 from epochkit.stopping import criteria
-from epochkit.stopping.best_weights import HostWeights
+from epochkit.stopping.best_weights import HostWeights, host_copy_problem
 
 log = logging.getLogger("epochkit.stopping")
 
@@ -92,7 +92,10 @@ class EarlyStopping(LightningEarlyStopping):
         restore_best_weights: ``True`` keeps a host-memory copy of the weights at the best check and loads it into the
             module when fit ends (stopped early or not), identical on every rank. ``"checkpoint"`` instead reloads
             the best file of a ``ModelCheckpoint`` that monitors the same metric in the same mode (a clear error at
-            setup if there is none). ``False``: keep the final weights.
+            setup if there is none); it is the one that works with sharded models, where ``True`` fails at setup
+            (``ModelParallelStrategy``, ``FSDPStrategy(use_orig_params=False)`` or ``FSDPStrategy`` sharding over
+            several processes: see :func:`~epochkit.stopping.best_weights.host_copy_problem`). ``False``: keep the
+            final weights.
         start_from_epoch: Checks in epochs before this one are ignored: they neither count toward patience, nor set
             the best value, nor stop.
         baseline: Keras' baseline: stop (``BASELINE_NOT_REACHED``) if the metric has not beaten it (by ``min_delta``)
@@ -311,6 +314,16 @@ class EarlyStopping(LightningEarlyStopping):
         super().setup(trainer, pl_module, stage)
         if self.restore_best_weights == "checkpoint" and stage == "fit":
             self._matching_checkpoint(trainer)
+        if self.restore_best_weights is True and stage == "fit":
+            problem = host_copy_problem(trainer.strategy, trainer.world_size)
+            if problem is not None:
+                raise MisconfigurationException(
+                    "EarlyStopping(restore_best_weights=True) keeps a host-memory copy of the LightningModule's"
+                    f" state_dict, which cannot hold the weights here: {problem}. Use"
+                    f" restore_best_weights='checkpoint' with a ModelCheckpoint(monitor={self.monitor!r},"
+                    f" mode={self.mode!r}) (the strategy saves and reloads sharded weights), or"
+                    " restore_best_weights=False."
+                )
         if self.criterion == "PQ" and stage == "fit" and not self._check_on_train_epoch_end:
             # At validation end Lightning has not yet computed this epoch's training metrics: P_k would read a
             # missing or one-epoch-old training loss.

@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.hooks import RemovableHandle
 
-from epochkit._logging import log_scalars
+from epochkit._logging import current_step, log_scalars
 from epochkit.warmup.schedules import WarmupShape, check_warmup, warmup_factor
 
 log = logging.getLogger("epochkit.warmup")
@@ -126,6 +126,7 @@ class LRWarmup(Callback):
         self._saved: dict[int, list[tuple[Any, Any]]] = {}
         self._used: dict[int, tuple[float, list[Any]]] = {}
         self._finished: list[int] = []
+        self._pending_lrs: list[tuple[int, dict[str, torch.Tensor]]] = []
         self._length: int | str = 0
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -173,12 +174,35 @@ class LRWarmup(Callback):
         if not (self.log_lr and trainer.loggers and trainer._logger_connector.should_update_logs):
             return
         metrics: dict[str, float] = {}
+        deferred: dict[str, torch.Tensor] = {}
         for i, (factor, lrs) in used.items():
             prefix = "warmup" if i == 0 else f"warmup/opt{i}"
             metrics[f"{prefix}/factor"] = factor
             for j, lr in enumerate(lrs):
-                metrics[f"{prefix}/lr" if j == 0 else f"{prefix}/lr/pg{j}"] = float(lr)
+                tag = f"{prefix}/lr" if j == 0 else f"{prefix}/lr/pg{j}"
+                if isinstance(lr, torch.Tensor):
+                    deferred[tag] = lr  # read on the host once per epoch (float() here would sync with the device)
+                else:
+                    metrics[tag] = float(lr)
         log_scalars(trainer, metrics)
+        if deferred:
+            self._pending_lrs.append((current_step(trainer), deferred))
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._log_tensor_lrs(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._log_tensor_lrs(trainer)
+
+    def _log_tensor_lrs(self, trainer: pl.Trainer) -> None:
+        """Log the tensor LRs kept since the last call at the steps they were used, with one host transfer."""
+        pending, self._pending_lrs = getattr(self, "_pending_lrs", []), []
+        if not pending or not trainer.is_global_zero:
+            return
+        flat = [lr for _, tensors in pending for lr in tensors.values()]
+        values = iter(torch.stack([lr.to(flat[0].device, torch.float64) for lr in flat]).cpu().tolist())
+        for step, tensors in pending:
+            log_scalars(trainer, {tag: next(values) for tag in tensors}, step=step)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._release(trainer)
@@ -226,23 +250,40 @@ class LRWarmup(Callback):
         lengths, starts = self.warmup_steps_[i], self.group_starts_[i]
         if len(lengths) < len(optimizer.param_groups):
             self._add_groups(i, optimizer)
+        groups = optimizer.param_groups
+        factors = [self._factor(k - starts[j], lengths[j]) for j in range(len(groups))]
+        # Groups that inherit a tensor LR from the optimizer's defaults share one tensor: scale it once, and only
+        # when they need the same factor (checked before anything is scaled).
+        first_of: dict[int, int] = {}
+        for j, group in enumerate(groups):
+            lr = group["lr"]
+            if isinstance(lr, torch.Tensor):
+                first = first_of.setdefault(id(lr), j)
+                if factors[first] != factors[j]:
+                    raise ValueError(
+                        f"LRWarmup: param groups {first} and {j} of optimizer {i} share one LR tensor but need "
+                        f"different warmup factors at this step ({factors[first]} and {factors[j]}: a group added "
+                        "during warmup, or different betas with steps='untuned'). Give each param group its own LR "
+                        "tensor, e.g. {'params': ..., 'lr': torch.tensor(0.001)}."
+                    )
         saved: list[tuple[Any, Any]] = []
         used: list[Any] = []
-        factor = 1.0
-        for j, group in enumerate(optimizer.param_groups):
-            w = self._factor(k - starts[j], lengths[j])
+        factor = factors[0] if factors else 1.0
+        for j, group in enumerate(groups):
+            w = factors[j]
             lr = group["lr"]
             if isinstance(lr, torch.Tensor):
                 # Tensor LRs (capturable/fused optimizers) are scaled in place, on device, with no host sync.
-                saved.append((lr.clone(), None))
-                lr.mul_(w)
+                if first_of[id(lr)] == j:
+                    saved.append((lr.clone(), None))
+                    lr.mul_(w)
+                else:
+                    saved.append((None, None))  # already scaled (and restored) through an earlier group
                 used.append(lr.detach().clone())
             else:
                 group["lr"] = written = lr * w
                 saved.append((lr, written))
                 used.append(written)
-            if j == 0:
-                factor = w
         self._saved[i] = saved
         self._used[i] = (factor, used)
 
@@ -259,7 +300,8 @@ class LRWarmup(Callback):
     def _restore(optimizer: torch.optim.Optimizer, saved: list[tuple[Any, Any]]) -> None:
         for group, (lr, written) in zip(optimizer.param_groups, saved, strict=False):
             if isinstance(group["lr"], torch.Tensor):
-                group["lr"].copy_(lr)
+                if lr is not None:
+                    group["lr"].copy_(lr)
             elif group["lr"] == written:  # something else set a new LR during the step: keep it
                 group["lr"] = lr
 

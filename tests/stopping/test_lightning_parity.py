@@ -258,6 +258,26 @@ def test_a_patched_lightning_method_decides_for_both_classes(monkeypatch: pytest
     assert (ours.stopped_epoch, ours.stopping_reason_message) == (2, "check 3")
 
 
+def test_an_override_of_lightnings_metric_check_is_honoured(tmp_path: Path) -> None:
+    """Lightning checks the metric through ``_validate_condition_metric``; a subclass may override it (here: skip
+    the checks of epochs 1 and 2) and must see the same effect with both classes."""
+    runs = {}
+    for name, base in CLASSES.items():
+
+        class SkipEpochsOneAndTwo(base):  # type: ignore[valid-type, misc]
+            def _validate_condition_metric(self, logs: dict[str, torch.Tensor]) -> bool:
+                return self._epoch not in (1, 2) and super()._validate_condition_metric(logs)
+
+            def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+                self._epoch = trainer.current_epoch
+                super().on_train_epoch_end(trainer, pl_module)
+
+        callback = SkipEpochsOneAndTwo(monitor="val_loss", patience=1)
+        trainer, trace, _ = fit(callback, [1.0, 1.1, 1.2, 1.3, 1.4], tmp_path / name)
+        runs[name] = (trainer.current_epoch, callback.stopped_epoch, [row["wait_count"] for row in trace.rows])
+    assert runs["epochkit"] == runs["lightning"] == (4, 3, [0, 0, 0, 1])
+
+
 class _StopWhenAboveOne(epochkit.EarlyStopping):
     """A subclass written against Lightning's signature, as users do."""
 
@@ -531,7 +551,7 @@ def test_difference_strict_false_warns_once_at_the_first_check_that_misses_the_m
         trainer, _, _ = fit(epochkit.EarlyStopping(monitor="val_los", strict=False), [1.0, 0.9, 0.8], tmp_path)
     ours = [str(w.message) for w in record if "val_los" in str(w.message)]
     assert len(ours) == 1 and trainer.current_epoch == 3  # three checks missed it, one warning
-    assert ours[0].startswith("EarlyStopping(strict=False): the check at epoch 0 found no `val_los` and was skipped")
+    assert ours[0].startswith("EarlyStopping(strict=False): a check found no `val_los` and was skipped")
     assert ours[0].endswith("Did you mean `val_loss`?")
 
 

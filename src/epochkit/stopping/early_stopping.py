@@ -542,15 +542,18 @@ class EarlyStopping(LightningEarlyStopping):
         if value is not None:
             value = value.squeeze()  # as Lightning does: a shape-[1] metric is a scalar
         if trainer.world_size <= 1:
+            if name == self.monitor:
+                # Lightning's own hook (a subclass may override it), here with the closest-name hint and warning.
+                return value if self._validate_condition_metric(logs) else None
             if value is None:
-                self._missing_metric(trainer, name, logs, missing_on=None)
+                self._missing_metric(name, logs, missing_on=None)
             return value
         local = None if value is None else value.detach().to("cpu", copy=True)
         values = _distributed.gather_objects(trainer, local)  # [local] when no process group is up
         missing = [rank for rank, v in enumerate(values) if v is None]
         present = [v for v in values if v is not None]
         if missing:
-            self._missing_metric(trainer, name, logs, missing_on=missing if present else None)
+            self._missing_metric(name, logs, missing_on=missing if present else None)
             if not present or self.strict:
                 return None
         if len(values) == 1:
@@ -567,9 +570,14 @@ class EarlyStopping(LightningEarlyStopping):
             )
         return chosen
 
-    def _missing_metric(
-        self, trainer: pl.Trainer, name: str, logs: dict[str, Tensor], missing_on: list[int] | None
-    ) -> None:
+    def _validate_condition_metric(self, logs: dict[str, Tensor]) -> bool:
+        """Lightning's check that the monitored metric was logged (raise, warn or skip), with the closest name."""
+        if logs.get(self.monitor) is not None:
+            return True
+        self._missing_metric(self.monitor, logs, missing_on=None)
+        return False
+
+    def _missing_metric(self, name: str, logs: dict[str, Tensor], missing_on: list[int] | None) -> None:
         error_msg = (
             f"Early stopping conditioned on metric `{name}` which is not available."
             " Pass in or modify your `EarlyStopping` callback to use any of the following:"
@@ -588,8 +596,8 @@ class EarlyStopping(LightningEarlyStopping):
             # Lightning says nothing here unless verbose: a misspelled monitor would silently never stop.
             self._warned_missing = True
             rank_zero_warn(
-                f"EarlyStopping(strict=False): the check at epoch {trainer.current_epoch} found no `{name}` and was"
-                f" skipped, as every later check that misses it will be (warned once). {error_msg}",
+                f"EarlyStopping(strict=False): a check found no `{name}` and was skipped, as every later check that"
+                f" misses it will be (warned once). {error_msg}",
                 category=RuntimeWarning,
             )
 

@@ -37,6 +37,10 @@ class ScriptedModule(RegressionModule):
         # A buffer that differs across DDP ranks (each sees its own shard), as BatchNorm statistics do.
         self.register_buffer("seen_sum", torch.zeros(()))
 
+    def configure_optimizers(self) -> Any:
+        # Built by LightningCLI, the hyperparameters are the CLI's init_args only (no `lr`).
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.get("lr", 0.05))
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         self.seen_sum += batch[0].detach().sum()
         return super().training_step(batch, batch_idx)
@@ -119,9 +123,11 @@ def fit(
     train: Script | None = None,
     extra_callbacks: Sequence[Callback] = (),
     ckpt_path: str | None = None,
+    batches: int = 2,
     **trainer_kwargs: Any,
 ) -> tuple[pl.Trainer, Trace, ScriptedModule]:
-    """Fit a ScriptedModule with ``callback`` (first in the list, then a Trace) for up to ``len(val)`` epochs."""
+    """Fit a ScriptedModule with ``callback`` (first in the list, then a Trace) for up to ``len(val)`` epochs, on
+    ``batches`` training batches of 8 samples an epoch (``limit_train_batches`` may use fewer)."""
     trace = Trace()
     kwargs = {**FAST, "default_root_dir": str(root), **trainer_kwargs}
     trainer = pl.Trainer(
@@ -131,5 +137,5 @@ def fit(
     )
     pl.seed_everything(0, verbose=False)
     model = ScriptedModule(val, train)
-    trainer.fit(model, datamodule=RegressionDataModule(num_samples=16, batch_size=8), ckpt_path=ckpt_path)
+    trainer.fit(model, datamodule=RegressionDataModule(num_samples=8 * batches, batch_size=8), ckpt_path=ckpt_path)
     return trainer, trace, model

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import torch
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 import epochkit
@@ -15,9 +18,16 @@ from tests.stopping.scripted import fit
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"patience": -1}, r"`patience=-1` is invalid; it must be an int >= 0"),
-        ({"patience": 2.5}, r"`patience=2.5` is invalid"),
-        ({"min_delta": -0.1}, r"`min_delta=-0.1` is invalid; it must be a finite number >= 0"),
+        # Lightning's arguments: only what cannot work in Lightning's class either (it would fail at a check)
+        ({"patience": "3"}, r"`patience='3'` is invalid; it must be a real number \(int, float, numpy scalar or one-"),
+        ({"patience": None}, r"`patience=None` is invalid; it must be a real number"),
+        ({"min_delta": [0.1]}, r"`min_delta=\[0.1\]` is invalid; it must be a real number"),
+        ({"min_delta": torch.tensor([0.1, 0.2])}, r"`min_delta=tensor\(\[0.1000, 0.2000\]\)` is invalid"),
+        ({"stopping_threshold": "0.1"}, r"`stopping_threshold='0.1'` is invalid; it must be a real number .* or None"),
+        ({"divergence_threshold": 1j}, r"`divergence_threshold=1j` is invalid"),
+        ({"monitor": ""}, r"`monitor=''` is invalid; it must be the name of a logged metric"),
+        ({"monitor": None}, r"`monitor=None` is invalid"),
+        # epochkit's arguments
         ({"min_delta_mode": "pct"}, r"`min_delta_mode='pct'` is invalid; allowed: \['abs', 'rel'\]"),
         (
             {"restore_best_weights": "best"},
@@ -44,7 +54,33 @@ from tests.stopping.scripted import fit
 )
 def test_bad_arguments_fail_at_construction(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        epochkit.EarlyStopping(monitor="val_loss", **kwargs)
+        epochkit.EarlyStopping(**{"monitor": "val_loss", **kwargs})
+
+
+@pytest.mark.parametrize(
+    ("name", "effect"),
+    [
+        ("patience", "patience never runs out"),
+        ("min_delta", "no check ever counts as an improvement"),
+        ("stopping_threshold", "the threshold is never reached"),
+        ("divergence_threshold", "the threshold is never reached"),
+    ],
+)
+def test_a_nan_argument_works_as_in_lightning_with_a_warning(name: str, effect: str) -> None:
+    with pytest.warns(
+        UserWarning, match=rf"EarlyStopping\({name}=nan\): every comparison with NaN is False, so {effect}"
+    ):
+        es = epochkit.EarlyStopping(monitor="val_loss", **{name: float("nan")})
+    assert math.isnan(getattr(es, name))
+
+
+def test_epochkit_int_arguments_take_numpy_ints() -> None:
+    es = epochkit.EarlyStopping(
+        monitor="val_loss", start_from_epoch=np.int64(2), smoothing="mean", smoothing_window=np.int32(3)
+    )
+    assert (es.start_from_epoch, es.smoothing_window) == (2, 3)
+    with pytest.raises(ValueError, match=r"`start_from_epoch=True` is invalid; it must be an int >= 0"):
+        epochkit.EarlyStopping(monitor="val_loss", start_from_epoch=True)
 
 
 def test_unknown_mode_fails_as_in_lightning() -> None:

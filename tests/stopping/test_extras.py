@@ -45,7 +45,9 @@ def test_a_stop_decided_before_min_epochs_does_not_fire_after_the_metric_recover
     trainer, trace, _ = fit(ours, seq, tmp_path / "ours", min_epochs=4)
     assert trainer.current_epoch == len(seq)  # the metric recovered at epoch 2: no stop
     assert ours.stopping_reason is EarlyStoppingReason.NOT_STOPPED
-    assert not any(row["should_stop"] for row in trace.rows[:-1])
+    assert (ours.stopped_epoch, ours.stopping_reason_message) == (0, None)  # as if never signalled
+    # Signalled at epoch 1 exactly as Lightning does, withdrawn by the check of epoch 2.
+    assert [row["should_stop"] for row in trace.rows] == [False, True, False, False, False, False, False]
 
 
 def test_a_stop_before_min_epochs_still_fires_at_min_epochs_without_recovery(tmp_path: Path) -> None:

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Any
 
+import lightning.pytorch as pl
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+import yaml
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
 import epochkit
 from epochkit.stopping import HostWeights
-from tests.helpers import read_tensorboard
-from tests.stopping.scripted import fit
+from tests.helpers import RegressionDataModule, read_tensorboard
+from tests.stopping.scripted import FAST, ScriptedModule, fit
 
 
 def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -32,12 +37,14 @@ def test_host_copy_is_loaded_at_fit_end(
     seq: list[float], patience: int, best_epoch: int, stops: bool, tmp_path: Path
 ) -> None:
     es = epochkit.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
-    _, trace, model = fit(es, seq, tmp_path)
+    trainer, trace, model = fit(es, seq, tmp_path)
     last = max(trace.weights)
     assert (last < len(seq) - 1) is stops
     assert not _same(trace.weights[last], trace.weights[best_epoch])  # the weights did move after the best
     assert _same(model.state_dict(), trace.weights[best_epoch])
     assert es.restored_epoch == es.best_epoch == best_epoch
+    trainer.save_checkpoint(tmp_path / "restored.ckpt")  # the README's recipe for the restored model on disk
+    assert _same(torch.load(tmp_path / "restored.ckpt", weights_only=True)["state_dict"], trace.weights[best_epoch])
 
 
 def test_without_restore_the_final_weights_stay(tmp_path: Path) -> None:
@@ -114,3 +121,130 @@ def test_host_weights_reuses_its_buffers_and_stores_tied_weights_once() -> None:
     restored = HostWeights()
     restored.load_state(copy.state())
     assert restored.nbytes == copy.nbytes and _same(restored.state(), copy.state())
+
+
+class _CountingModule(ScriptedModule):
+    """Counts its training steps in a non-persistent buffer: not in ``state_dict()``, but part of the module."""
+
+    def __init__(self, val: list[float]) -> None:
+        super().__init__(val)
+        self.register_buffer("steps_seen", torch.zeros(()), persistent=False)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        self.steps_seen += 1
+        return super().training_step(batch, batch_idx)
+
+
+def test_non_persistent_buffers_are_restored_too(tmp_path: Path) -> None:
+    es = epochkit.EarlyStopping(monitor="val_loss", patience=3, restore_best_weights=True)
+    seen: dict[int, float] = {}
+
+    class Record(Callback):
+        def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            seen[trainer.current_epoch] = float(pl_module.steps_seen)
+
+    trainer = pl.Trainer(**{**FAST, "default_root_dir": str(tmp_path)}, max_epochs=7, callbacks=[Record(), es])
+    model = _CountingModule([1.0, 0.8, 0.5, 0.6, 0.7, 0.65, 0.9])
+    trainer.fit(model, datamodule=RegressionDataModule(num_samples=16, batch_size=8))
+    assert "steps_seen" not in model.state_dict()
+    assert seen == {0: 1.0, 1: 2.0, 2: 3.0, 3: 4.0, 4: 5.0, 5: 6.0}
+    assert es.restored_epoch == 2 and float(model.steps_seen) == 3.0
+
+
+def test_the_restore_is_logged_where_lightnings_messages_go(tmp_path: Path) -> None:
+    lines: list[str] = []
+
+    class Lines(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    handler = Lines(logging.INFO)
+    logger = logging.getLogger("lightning.pytorch")  # Lightning's own console handler hangs here
+    logger.addHandler(handler)
+    try:
+        es = epochkit.EarlyStopping(monitor="val_loss", patience=3, restore_best_weights=True)  # verbose=False
+        fit(es, [1.0, 0.8, 0.5, 0.6, 0.7, 0.65, 0.9], tmp_path)
+    finally:
+        logger.removeHandler(handler)
+    assert "EarlyStopping: restored the weights of epoch 2, the best `val_loss` = 0.5." in lines
+    assert logger.getEffectiveLevel() <= logging.INFO  # shown by default, like "`Trainer.fit` stopped: ..."
+
+
+def _touch(path: str) -> None:
+    Path(path).touch()
+
+
+class _Planted:
+    """Unpickling this runs ``_touch(marker)``: what a planted file in a shared checkpoint directory could do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return _touch, (str(self.marker),)
+
+
+def test_checkpoint_restore_refuses_a_planted_pickle_and_runs_nothing(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val_loss", save_top_k=1)
+
+    class Plant(Callback):  # runs before EarlyStopping's on_train_end: swaps the best file for a planted one
+        def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            torch.save({"state_dict": {}, "epoch": 2, "payload": _Planted(marker)}, checkpoint.best_model_path)
+
+    es = epochkit.EarlyStopping(monitor="val_loss", patience=3, restore_best_weights="checkpoint")
+    trainer = pl.Trainer(
+        **{**FAST, "default_root_dir": str(tmp_path), "enable_checkpointing": True},
+        max_epochs=5,
+        callbacks=[Plant(), es, checkpoint],
+    )
+    with pytest.raises(RuntimeError, match=r"refused to load .*ckpt.epoch=2-step=3\.ckpt: it holds objects") as err:
+        trainer.fit(ScriptedModule([1.0, 0.8, 0.5, 0.6, 0.7]), RegressionDataModule(num_samples=16, batch_size=8))
+    assert checkpoint.best_model_path in str(err.value)
+    assert "(WeightsUnpickler error: Unsupported global: GLOBAL tests.stopping.test_restore._touch was not" in str(
+        err.value
+    )
+    assert not marker.exists()
+    # The plant is real: an unrestricted load would have run it.
+    torch.load(checkpoint.best_model_path, weights_only=False)
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("restore", [True, "checkpoint"])
+def test_lightning_cli_users_find_the_restored_weights_in_the_best_checkpoint(restore: Any, tmp_path: Path) -> None:
+    """The README's recipe: a ModelCheckpoint on the same monitor and mode keeps the best weights on disk; they are
+    the weights EarlyStopping restored into the model (``fit`` under LightningCLI ends there)."""
+    config = {
+        "seed_everything": 0,
+        "trainer": {
+            **{k: v for k, v in FAST.items() if k != "enable_checkpointing"},
+            "max_epochs": 7,
+            "default_root_dir": str(tmp_path),
+            "callbacks": [
+                {
+                    "class_path": "epochkit.EarlyStopping",
+                    "init_args": {"monitor": "val_loss", "patience": 3, "restore_best_weights": restore},
+                },
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {"monitor": "val_loss", "mode": "min", "dirpath": str(tmp_path / "ckpt")},
+                },
+            ],
+        },
+        "model": {
+            "class_path": "tests.stopping.scripted.ScriptedModule",
+            "init_args": {"val": [1.0, 0.8, 0.5, 0.6, 0.7, 0.65, 0.9]},
+        },
+        "data": {"class_path": "tests.helpers.RegressionDataModule", "init_args": {"num_samples": 16}},
+    }
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    cli = LightningCLI(args=["fit", "--config", str(config_path)], save_config_kwargs={"overwrite": True})
+    es = cli.trainer.early_stopping_callback
+    assert isinstance(es, epochkit.EarlyStopping) and (es.stopped_epoch, es.restored_epoch) == (5, 2)
+    best = cli.trainer.checkpoint_callback.best_model_path  # type: ignore[union-attr]
+    assert Path(best).name == "epoch=2-step=6.ckpt"
+    on_disk = torch.load(best, weights_only=True)["state_dict"]
+    assert _same(cli.model.state_dict(), on_disk)
+    last = sorted((tmp_path / "ckpt").glob("*.ckpt"))
+    assert [p.name for p in last] == ["epoch=2-step=6.ckpt"]

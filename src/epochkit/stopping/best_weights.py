@@ -9,28 +9,56 @@ from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy, St
 from torch import Tensor, nn
 
 
-class HostWeights:
-    """Keeps one copy of ``module.state_dict()`` (parameters and buffers) in host memory.
+def _named_tensors(module: nn.Module) -> dict[str, Tensor]:
+    """Every parameter and every buffer (non-persistent ones too) under every name, tied aliases included."""
+    named: dict[str, Tensor] = dict(module.named_parameters(remove_duplicate=False))
+    named.update(module.named_buffers(remove_duplicate=False))
+    return named
 
-    The first :meth:`capture` allocates one host buffer per distinct tensor (tied weights share one; pinned when the
-    source is on a GPU); later captures copy into the same buffers with ``copy_``, so an improvement costs one memcpy
-    of the model and no allocation.
+
+class HostWeights:
+    """Keeps one copy of every parameter and buffer of a module in host memory, and puts it back in place.
+
+    "Every buffer" includes non-persistent ones (``register_buffer(..., persistent=False)``), which
+    ``module.state_dict()`` leaves out; the names are the module's own (``state_dict`` keys for everything
+    ``state_dict`` holds). The first :meth:`capture` allocates one host buffer per distinct tensor (tied weights share
+    one; pinned when the source is on a GPU); later captures copy into the same buffers with ``copy_``, so an
+    improvement costs one memcpy of the model and no allocation. :meth:`load_into` copies the values back into the
+    module's own tensors (``copy_``, the same tensor objects, so optimizers and tied weights keep pointing at them).
 
     Example:
         >>> layer = nn.Linear(2, 1)
+        >>> layer.register_buffer("calls", torch.zeros(()), persistent=False)
         >>> copy = HostWeights()
         >>> copy.capture(layer)
         >>> with torch.no_grad():
         ...     _ = layer.weight.fill_(7.0)
+        ...     _ = layer.calls.fill_(3.0)
         >>> copy.load_into(layer)
-        >>> bool((layer.weight == 7.0).any())
-        False
+        >>> bool((layer.weight == 7.0).any()), float(layer.calls)
+        (False, 0.0)
     """
 
     def __init__(self) -> None:
         self._keys: list[str] = []
         self._slot_of: dict[str, int] = {}
         self._buffers: list[Tensor] = []
+
+    def __eq__(self, other: object) -> bool:
+        """Equal by value: the same names, tie structure and bytes (so a pickled callback equals its original)."""
+        if not isinstance(other, HostWeights):
+            return NotImplemented
+        return (
+            self._keys == other._keys
+            and self._slot_of == other._slot_of
+            and len(self._buffers) == len(other._buffers)
+            and all(
+                a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+                for a, b in zip(self._buffers, other._buffers, strict=True)
+            )
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, equal by value
 
     @property
     def empty(self) -> bool:
@@ -43,11 +71,12 @@ class HostWeights:
         return sum(b.numel() * b.element_size() for b in self._buffers)
 
     def capture(self, module: nn.Module) -> None:
-        """Copy the module's current state into the host buffers (allocating them on first use or a shape change)."""
-        state = module.state_dict()
-        slots, sources = self._layout(state)
-        if not self._fits(state, slots, sources):
-            self._keys = list(state)
+        """Copy the module's current parameters and buffers into the host buffers (allocating them on first use or a
+        change of names, shapes or dtypes)."""
+        named = _named_tensors(module)
+        slots, sources = self._layout(named)
+        if not self._fits(named, slots, sources):
+            self._keys = list(named)
             self._slot_of = slots
             self._buffers = [
                 torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=t.is_cuda and torch.cuda.is_available())
@@ -57,13 +86,38 @@ class HostWeights:
             torch._foreach_copy_(self._buffers, [t.detach() for t in sources])
 
     def load_into(self, module: nn.Module) -> None:
-        """Load the copy into ``module`` (strict: same keys and shapes)."""
+        """Copy the held values into ``module``'s tensors, in place.
+
+        Raises:
+            RuntimeError: Before any copy, if nothing was captured or the module's names, shapes or dtypes differ from
+                the copy's; the message names every tensor that differs.
+        """
         if self.empty:
             raise RuntimeError("HostWeights.load_into: nothing was captured.")
-        module.load_state_dict(self.state(), strict=True)
+        named = _named_tensors(module)
+        problems = [f"{k}: missing from the module" for k in self._keys if k not in named]
+        problems += [f"{k}: not in the copy" for k in named if k not in self._slot_of]
+        pairs: dict[int, tuple[Tensor, Tensor]] = {}  # one copy per distinct module tensor (a tie is copied once)
+        for key in self._keys:
+            tensor = named.get(key)
+            if tensor is None:
+                continue
+            held = self._buffers[self._slot_of[key]]
+            if tensor.shape != held.shape or tensor.dtype != held.dtype:
+                problems.append(f"{key}: {tuple(tensor.shape)} {tensor.dtype}, copy {tuple(held.shape)} {held.dtype}")
+            pairs.setdefault(id(tensor), (tensor, held))
+        if problems:
+            raise RuntimeError("HostWeights.load_into: the module does not match the copy: " + "; ".join(problems))
+        on_host = [pair for pair in pairs.values() if pair[0].device.type == "cpu"]
+        with torch.no_grad():
+            if on_host:  # one fused call for everything on the host
+                torch._foreach_copy_([dst for dst, _ in on_host], [src for _, src in on_host])
+            for dst, src in pairs.values():
+                if dst.device.type != "cpu":
+                    dst.copy_(src)
 
     def state(self) -> dict[str, Tensor]:
-        """The copy as a state dict whose values are the host buffers themselves (not copies)."""
+        """The copy as a name -> tensor dict whose values are the host buffers themselves (not copies)."""
         return {key: self._buffers[self._slot_of[key]] for key in self._keys}
 
     def load_state(self, state: Mapping[str, Tensor]) -> None:
@@ -74,12 +128,12 @@ class HostWeights:
         self._buffers = [t.detach().to("cpu", copy=True) for t in sources]
 
     @staticmethod
-    def _layout(state: Mapping[str, Tensor]) -> tuple[dict[str, int], list[Tensor]]:
-        # Tied weights appear under several keys with one storage: copy and keep them once.
+    def _layout(named: Mapping[str, Tensor]) -> tuple[dict[str, int], list[Tensor]]:
+        # Tied weights appear under several names with one storage: copy and keep them once.
         slots: dict[str, int] = {}
         seen: dict[tuple, int] = {}
         sources: list[Tensor] = []
-        for key, tensor in state.items():
+        for key, tensor in named.items():
             ident = (
                 tensor.device,
                 tensor.untyped_storage().data_ptr(),
@@ -94,9 +148,9 @@ class HostWeights:
             slots[key] = seen[ident]
         return slots, sources
 
-    def _fits(self, state: Mapping[str, Tensor], slots: dict[str, int], sources: list[Tensor]) -> bool:
+    def _fits(self, named: Mapping[str, Tensor], slots: dict[str, int], sources: list[Tensor]) -> bool:
         return (
-            self._keys == list(state)
+            self._keys == list(named)
             and self._slot_of == slots
             and len(self._buffers) == len(sources)
             and all(b.shape == t.shape and b.dtype == t.dtype for b, t in zip(self._buffers, sources, strict=True))

@@ -33,7 +33,7 @@ def improvement_margin(best: Any, min_delta: float, min_delta_mode: str = "abs")
 
     Args:
         best: The best value so far (float or 0-dim tensor).
-        min_delta: A non-negative amount (``"abs"``) or fraction (``"rel"``).
+        min_delta: An amount (``"abs"``) or fraction (``"rel"``); a negative one is a tolerance, as in Lightning.
         min_delta_mode: ``"abs"`` or ``"rel"``.
 
     Example:
@@ -59,10 +59,14 @@ def is_improvement(
     """Whether ``current`` beats ``best`` by more than the margin (:func:`improvement_margin`).
 
     ``"min"``: ``current + margin < best``; ``"max"``: ``current - margin > best``. A change of exactly the margin is
-    no improvement, as in Lightning and Keras. Works on floats and on 0-dim tensors (then it returns a bool tensor).
+    no improvement, as in Lightning and Keras. A negative ``min_delta`` is Lightning's tolerance: a value worse than
+    the best by less than ``-min_delta`` still counts. Works on floats and on 0-dim tensors (then it returns a bool
+    tensor).
 
     Example:
         >>> is_improvement(0.85, 1.0, min_delta=0.1), is_improvement(0.9, 1.0, min_delta=0.1)
+        (True, False)
+        >>> is_improvement(1.02, 1.0, min_delta=-0.05), is_improvement(1.06, 1.0, min_delta=-0.05)
         (True, False)
         >>> is_improvement(-10.5, -10.0, min_delta=0.05, min_delta_mode="rel")
         False

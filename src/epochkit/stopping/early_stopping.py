@@ -1,31 +1,37 @@
 """``epochkit.EarlyStopping``: Lightning's ``EarlyStopping`` plus best-weight restore, warm-up, baseline, relative
 ``min_delta``, smoothing and Prechelt's criteria. The rules live in :mod:`epochkit.stopping.criteria`; this module is
 the Lightning glue: read the metric, agree on it across ranks, apply the rules, tell the Trainer, log.
+
+With only Lightning's arguments the decision is Lightning's own code (``_evaluate_stopping_criteria`` of Lightning's
+class, called with exactly Lightning's arguments); epochkit's work (rank agreement, best-epoch tracking, withdrawing a
+deferred stop, logging, restoring weights) runs around it.
 """
 
 from __future__ import annotations
 
-import logging
+import difflib
+import itertools
 import math
+import pickle
 from enum import Enum
+from numbers import Integral
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.trainer.states import TrainerFn, TrainerStatus
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
-from torch import Tensor
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from torch import Tensor, nn
 
 from epochkit import _distributed, _logging
 from epochkit.stopping import criteria
 from epochkit.stopping.best_weights import HostWeights, host_copy_problem
-
-log = logging.getLogger("epochkit.stopping")
 
 
 class StoppingReason(Enum):
@@ -78,24 +84,63 @@ _EXTRA_DEFAULTS: dict[str, Any] = {
     "train_monitor": None,
 }
 
+# What a NaN in one of Lightning's numeric arguments does there (every comparison with NaN is False).
+_NAN_EFFECT = {
+    "patience": "patience never runs out",
+    "min_delta": "no check ever counts as an improvement",
+    "stopping_threshold": "the threshold is never reached",
+    "divergence_threshold": "the threshold is never reached",
+}
+
+
+def _as_real(value: Any) -> float | None:
+    """``float(value)`` for what Lightning's arithmetic takes as a number (int, float, bool, a numpy scalar, a
+    one-element tensor), else None (a string, None, a sequence, a complex number)."""
+    if isinstance(value, str | bytes) or value is None:
+        return None
+    if isinstance(value, Tensor) and (value.numel() != 1 or value.is_complex()):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _fit_is_running(trainer: pl.Trainer) -> bool:
+    """True inside ``Trainer.fit`` (its loggers' runs are live); False for a bare Trainer or another stage."""
+    return trainer.state.fn == TrainerFn.FITTING and trainer.state.status == TrainerStatus.RUNNING
+
 
 class EarlyStopping(LightningEarlyStopping):
     r"""Lightning's ``EarlyStopping`` with what its users have asked for; a drop-in replacement.
 
-    With only Lightning's arguments it decides exactly as Lightning's does, with the same ``state_key``,
-    ``state_dict`` keys, ``stopping_reason`` values and messages; the one deliberate difference is the fix of the
-    ``min_epochs`` latch (below). Every epochkit argument is keyword-only and off by default.
+    With only Lightning's arguments it decides with Lightning's own ``_evaluate_stopping_criteria`` (so a subclass or
+    patch of Lightning's method reaches it), and has Lightning's ``state_key``, ``state_dict``, ``stopping_reason``
+    members, messages, stop step and epoch. The deliberate differences, each listed in the README: a stop signalled
+    before the Trainer's ``min_epochs``/``min_steps`` is withdrawn if a later check no longer asks for it; a metric
+    missing at a check names the closest logged metric and, with ``strict=False``, warns at the first miss; a
+    non-numeric ``monitor``/``patience``/``min_delta``/threshold fails at construction instead of at a check; under DDP
+    every rank decides on the same value. Every epochkit argument is keyword-only and off by default.
 
     Args:
         monitor, min_delta, patience, verbose, mode, strict, check_finite, stopping_threshold, divergence_threshold,
-            check_on_train_epoch_end, log_rank_zero_only: As in Lightning's ``EarlyStopping``.
-        restore_best_weights: ``True`` keeps a host-memory copy of the weights at the best check and loads it into the
-            module when fit ends (stopped early or not), identical on every rank. ``"checkpoint"`` instead reloads
-            the best file of a ``ModelCheckpoint`` that monitors the same metric in the same mode (a clear error at
-            setup if there is none); it is the one that works with sharded models, where ``True`` fails at setup
-            (``ModelParallelStrategy``, ``FSDPStrategy(use_orig_params=False)`` or ``FSDPStrategy`` sharding over
-            several processes: see :func:`~epochkit.stopping.best_weights.host_copy_problem`). ``False``: keep the
-            final weights.
+            check_on_train_epoch_end, log_rank_zero_only: As in Lightning's ``EarlyStopping``, with its meaning for
+            every number it accepts (a numpy scalar, a one-element tensor, a float ``patience``, a negative
+            ``min_delta``, which is a tolerance: a check that is worse than the best by less than ``-min_delta``
+            still counts as an improvement).
+        restore_best_weights: ``True`` keeps a host-memory copy of every parameter and buffer (non-persistent buffers
+            too) at the best check and loads it into the module when fit ends (stopped early or not), identical on
+            every rank. With a ``WeightAveraging`` callback (e.g. ``EMAWeightAveraging``) the copy holds the averaged
+            weights validation ran with, and they are restored into the module and into the averaging callback's
+            model. ``"checkpoint"`` instead reloads the best file of a ``ModelCheckpoint`` that monitors the same
+            metric in the same mode (a clear error at setup if there is none), with ``torch.load(weights_only=True)``;
+            it is the one that works with sharded models, where ``True`` fails at setup (``ModelParallelStrategy``,
+            ``FSDPStrategy(use_orig_params=False)`` or ``FSDPStrategy`` sharding over several processes: see
+            :func:`~epochkit.stopping.best_weights.host_copy_problem`). ``False``: keep the final weights.
         start_from_epoch: Checks in epochs before this one are ignored: they neither count toward patience, nor set
             the best value, nor stop.
         baseline: Keras' baseline: stop (``BASELINE_NOT_REACHED``) if the metric has not beaten it (by ``min_delta``)
@@ -121,13 +166,20 @@ class EarlyStopping(LightningEarlyStopping):
 
     Attributes:
         best_epoch: The epoch of the best check so far (-1 before the first).
-        restored_epoch: The epoch whose weights were loaded at fit end (-1 if none).
+        restored_epoch: The epoch whose weights were loaded at the end of the last fit (-1 if none).
 
     Raises:
-        ValueError: At construction, for an argument out of range; the message names the argument, the value and
-            what is allowed.
+        ValueError: At construction, for an argument of the wrong type or out of range; the message names the
+            argument, the value and what is allowed.
         MisconfigurationException: For an unknown ``mode`` (as Lightning), or at setup for ``"checkpoint"`` restore
             without a matching ``ModelCheckpoint``.
+
+    Example:
+        >>> es = EarlyStopping(monitor="val_loss", patience=5, restore_best_weights=True)
+        >>> es.state_key
+        "EarlyStopping{'monitor': 'val_loss', 'mode': 'min'}"
+        >>> EarlyStopping(monitor="val_loss", patience=2.0, min_delta=-0.01).patience  # Lightning's values work
+        2.0
     """
 
     def __init__(
@@ -156,6 +208,13 @@ class EarlyStopping(LightningEarlyStopping):
         successive_strips: int | None = None,
         train_monitor: str | None = None,
     ) -> None:
+        self._validate_lightning_arguments(
+            monitor=monitor,
+            min_delta=min_delta,
+            patience=patience,
+            stopping_threshold=stopping_threshold,
+            divergence_threshold=divergence_threshold,
+        )
         super().__init__(
             monitor=monitor,
             min_delta=min_delta,
@@ -180,50 +239,64 @@ class EarlyStopping(LightningEarlyStopping):
         self.strip_length = strip_length
         self.successive_strips = successive_strips
         self.train_monitor = train_monitor
-        self._validate_arguments(min_delta)
+        self._validate_extra_arguments()
         # Lightning's __init__ already made its own training state (wait_count, best_score, ...); ours is fresh
-        # state of the same kind, kept beside it so that state_dict/load_state_dict see it before any setup.
+        # state of the same kind, plain values that compare equal after a pickle round trip, kept beside it so that
+        # state_dict/load_state_dict see it before any setup.
         self._reset_extra_state()
 
     # ------------------------------------------------------------------ arguments
 
-    def _validate_arguments(self, min_delta: float) -> None:
-        def bad(name: str, value: Any, allowed: str) -> ValueError:
-            return ValueError(f"EarlyStopping: `{name}={value!r}` is invalid; {allowed}.")
+    @staticmethod
+    def _bad(name: str, value: Any, allowed: str) -> ValueError:
+        return ValueError(f"EarlyStopping: `{name}={value!r}` is invalid; {allowed}.")
 
-        def is_int(value: Any) -> bool:
-            return isinstance(value, int) and not isinstance(value, bool)
+    @classmethod
+    def _validate_lightning_arguments(cls, monitor: Any, **numbers: Any) -> None:
+        """Lightning's arguments: every number Lightning's arithmetic accepts, with its meaning; only what cannot
+        work there (a non-string monitor, a non-numeric value) fails here, at construction instead of at a check."""
+        if not isinstance(monitor, str) or not monitor:
+            raise cls._bad("monitor", monitor, "it must be the name of a logged metric (a non-empty str)")
+        for name, value in numbers.items():
+            optional = name.endswith("_threshold")
+            if value is None and optional:
+                continue
+            real = _as_real(value)
+            if real is None:
+                allowed = "a real number (int, float, numpy scalar or one-element tensor)"
+                raise cls._bad(name, value, f"it must be {allowed}{' or None' if optional else ''}, as in Lightning")
+            if math.isnan(real):
+                rank_zero_warn(
+                    f"EarlyStopping({name}={value!r}): every comparison with NaN is False, so {_NAN_EFFECT[name]}"
+                    " (Lightning's EarlyStopping does the same). Pass a number to mean something.",
+                    category=UserWarning,
+                )
 
-        if not isinstance(self.monitor, str) or not self.monitor:
-            raise bad("monitor", self.monitor, "it must be the name of a logged metric")
-        if not is_int(self.patience) or self.patience < 0:
-            raise bad("patience", self.patience, "it must be an int >= 0 (checks without improvement)")
-        if not isinstance(min_delta, int | float) or not min_delta >= 0 or not math.isfinite(min_delta):
-            raise bad("min_delta", min_delta, "it must be a finite number >= 0")
+    def _validate_extra_arguments(self) -> None:
+        bad = self._bad
         if self.min_delta_mode not in criteria.MIN_DELTA_MODES:
             raise bad("min_delta_mode", self.min_delta_mode, f"allowed: {list(criteria.MIN_DELTA_MODES)}")
         if self.restore_best_weights not in (True, False, "checkpoint") or (
             isinstance(self.restore_best_weights, int) and not isinstance(self.restore_best_weights, bool)
         ):
             raise bad("restore_best_weights", self.restore_best_weights, "allowed: True, False, 'checkpoint'")
-        if not is_int(self.start_from_epoch) or self.start_from_epoch < 0:
+        if not _is_int(self.start_from_epoch) or self.start_from_epoch < 0:
             raise bad("start_from_epoch", self.start_from_epoch, "it must be an int >= 0")
         if self.baseline is not None and (
-            not isinstance(self.baseline, int | float)
-            or isinstance(self.baseline, bool)
-            or not math.isfinite(self.baseline)
+            isinstance(self.baseline, bool) or _as_real(self.baseline) is None or not math.isfinite(self.baseline)
         ):
             raise bad("baseline", self.baseline, "it must be a finite number or None")
         if self.smoothing is not None and self.smoothing not in criteria.SMOOTHINGS:
             raise bad("smoothing", self.smoothing, f"allowed: {list(criteria.SMOOTHINGS)} or None")
-        if not is_int(self.smoothing_window) or self.smoothing_window < 1:
+        if not _is_int(self.smoothing_window) or self.smoothing_window < 1:
             raise bad("smoothing_window", self.smoothing_window, "it must be an int >= 1 (values averaged)")
         if self.criterion not in criteria.CRITERIA:
             raise bad("criterion", self.criterion, f"allowed: {list(criteria.CRITERIA)}")
-        if not is_int(self.strip_length) or self.strip_length < 1:
+        if not _is_int(self.strip_length) or self.strip_length < 1:
             raise bad("strip_length", self.strip_length, "it must be an int >= 1 (checks per strip)")
         if self.criterion in ("GL", "PQ"):
-            if self.alpha is None or not isinstance(self.alpha, int | float) or not self.alpha > 0:
+            alpha = None if isinstance(self.alpha, bool) else _as_real(self.alpha)
+            if alpha is None or not alpha > 0:
                 raise bad("alpha", self.alpha, f"criterion={self.criterion!r} needs a number > 0")
             if self.mode != "min":
                 raise bad(
@@ -237,11 +310,7 @@ class EarlyStopping(LightningEarlyStopping):
         elif self.train_monitor is not None:
             raise bad("train_monitor", self.train_monitor, "it only applies to criterion='PQ'; leave it None")
         if self.criterion == "UP":
-            if (
-                not isinstance(self.successive_strips, int)
-                or isinstance(self.successive_strips, bool)
-                or (self.successive_strips < 1)
-            ):
+            if not _is_int(self.successive_strips) or self.successive_strips < 1:  # type: ignore[operator]
                 raise bad("successive_strips", self.successive_strips, "criterion='UP' needs an int >= 1")
         elif self.successive_strips is not None:
             raise bad("successive_strips", self.successive_strips, "it only applies to criterion='UP'; leave it None")
@@ -249,6 +318,21 @@ class EarlyStopping(LightningEarlyStopping):
     @property
     def _extras_in_use(self) -> bool:
         return any(getattr(self, name) != default for name, default in _EXTRA_DEFAULTS.items())
+
+    @property
+    def _own_criteria(self) -> bool:
+        """Whether an epochkit argument changes the decision itself (else Lightning's method decides)."""
+        return (
+            self.criterion != "patience"
+            or self.smoothing is not None
+            or self.baseline is not None
+            or self.min_delta_mode != "abs"
+        )
+
+    @property
+    def _signed_min_delta(self) -> Any:
+        """``min_delta`` as the user gave it: Lightning stores it negated in ``"min"`` mode."""
+        return self.min_delta if self.mode == "max" else -self.min_delta
 
     # ------------------------------------------------------------------ state
 
@@ -263,10 +347,15 @@ class EarlyStopping(LightningEarlyStopping):
         self._last_strip_end: float | None = None
         self._up_count = 0
         self._baseline_beaten = False
-        self._best_weights = HostWeights()
+        self._train_current: Tensor | None = None  # this check's train_monitor value, for PQ
+        self._best_weights: HostWeights | None = None  # created at the first improvement
         self._best_weights_epoch = -1
+        self._validated_weights: HostWeights | None = None  # the weights validation ran with (weight averaging)
+        self._validated_fresh = False
+        self._latch: tuple[Any, int, str | None] | None = None  # (reason, stopped_epoch, message) before our stop
         self._stats: dict[str, float] = {}
         self._warned_rank_disagreement = False
+        self._warned_missing = False
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
@@ -283,7 +372,7 @@ class EarlyStopping(LightningEarlyStopping):
             up_count=self._up_count,
             baseline_beaten=self._baseline_beaten,
         )
-        if self.restore_best_weights is True and not self._best_weights.empty:
+        if self.restore_best_weights is True and self._best_weights is not None and not self._best_weights.empty:
             # Copies, so a checkpoint written asynchronously never sees a later improvement.
             state["best_weights"] = {k: v.clone() for k, v in self._best_weights.state().items()}
             state["best_weights_epoch"] = self._best_weights_epoch
@@ -303,28 +392,34 @@ class EarlyStopping(LightningEarlyStopping):
         self._last_strip_end = state_dict.get("last_strip_end")
         self._up_count = int(state_dict.get("up_count", 0))
         self._baseline_beaten = bool(state_dict.get("baseline_beaten", False))
-        self._best_weights = HostWeights()
+        self._best_weights = None
         self._best_weights_epoch = int(state_dict.get("best_weights_epoch", -1))
         if state_dict.get("best_weights") is not None:
+            self._best_weights = HostWeights()
             self._best_weights.load_state(state_dict["best_weights"])
 
     # ------------------------------------------------------------------ hooks
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        if self.restore_best_weights == "checkpoint" and stage == "fit":
+        if stage != "fit":
+            return
+        self.restored_epoch = -1
+        self._latch = None
+        self._validated_fresh = False
+        if self.restore_best_weights == "checkpoint":
             self._matching_checkpoint(trainer)
-        if self.restore_best_weights is True and stage == "fit":
+        if self.restore_best_weights is True:
             problem = host_copy_problem(trainer.strategy, trainer.world_size)
             if problem is not None:
                 raise MisconfigurationException(
                     "EarlyStopping(restore_best_weights=True) keeps a host-memory copy of the LightningModule's"
-                    f" state_dict, which cannot hold the weights here: {problem}. Use"
+                    f" weights, which cannot hold them here: {problem}. Use"
                     f" restore_best_weights='checkpoint' with a ModelCheckpoint(monitor={self.monitor!r},"
                     f" mode={self.mode!r}) (the strategy saves and reloads sharded weights), or"
                     " restore_best_weights=False."
                 )
-        if self.criterion == "PQ" and stage == "fit" and not self._check_on_train_epoch_end:
+        if self.criterion == "PQ" and not self._check_on_train_epoch_end:
             # At validation end Lightning has not yet computed this epoch's training metrics: P_k would read a
             # missing or one-epoch-old training loss.
             raise MisconfigurationException(
@@ -334,12 +429,38 @@ class EarlyStopping(LightningEarlyStopping):
                 f"{trainer.val_check_interval!r}, check_val_every_n_epoch={trainer.check_val_every_n_epoch!r})."
                 " Validate once per epoch and leave check_on_train_epoch_end unset (or True)."
             )
+        if self.restore_best_weights:
+            for averager in self._averagers(trainer):
+                if not hasattr(averager, "_average_model"):
+                    raise MisconfigurationException(
+                        f"EarlyStopping(restore_best_weights={self.restore_best_weights!r}) restores the averaged"
+                        f" weights into {type(averager).__name__}'s averaged model, which this Lightning version"
+                        " keeps elsewhere (no `_average_model`). Please report it to epochkit with your Lightning"
+                        " version."
+                    )
+
+    def on_validation_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        # With a weight-averaging callback the module holds the averaged weights only during validation (swapped in
+        # at validation epoch start, back at its end): the weights a validation metric describes are the ones here,
+        # at the first batch, after every callback's and the module's epoch-start hook, whatever their order.
+        if self.restore_best_weights is not True or batch_idx != 0 or dataloader_idx != 0 or trainer.sanity_checking:
+            return
+        if trainer.state.fn != TrainerFn.FITTING or not self._averagers(trainer):
+            return
+        if self._validated_weights is None:
+            self._validated_weights = HostWeights()
+        self._validated_weights.capture(pl_module)
+        self._validated_fresh = True
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.restore_best_weights is True:
             self._restore_from_host_copy(trainer, pl_module)
         elif self.restore_best_weights == "checkpoint":
             self._restore_from_checkpoint(trainer)
+        if self.restored_epoch >= 0:
+            self._restore_into_averagers(trainer, pl_module)
         reason = self.stopping_reason
         if reason.value == 0:
             text = f"**NOT_STOPPED**: training ended after {trainer.current_epoch} epochs without an early stop."
@@ -349,9 +470,10 @@ class EarlyStopping(LightningEarlyStopping):
             text += f"\n\nBest {self.monitor}: {float(self.best_score):.6g} at epoch {self.best_epoch}."
         if self.restored_epoch >= 0:
             text += f"\n\nRestored the weights of epoch {self.restored_epoch}."
-        _logging.log_text(trainer, self._tag("reason"), text)
-        if self.restored_epoch >= 0:
-            _logging.log_scalars(trainer, {self._tag("restored_epoch"): float(self.restored_epoch)})
+        if _fit_is_running(trainer):
+            _logging.log_text(trainer, self._tag("reason"), text)
+            if self.restored_epoch >= 0:
+                _logging.log_scalars(trainer, {self._tag("restored_epoch"): float(self.restored_epoch)})
 
     # ------------------------------------------------------------------ the check
 
@@ -359,6 +481,7 @@ class EarlyStopping(LightningEarlyStopping):
         """Read the metric (agreed across ranks), apply the criteria, tell the Trainer, log."""
         if getattr(trainer, "fast_dev_run", False):  # disabled with fast_dev_run, as in Lightning
             return
+        validated_fresh, self._validated_fresh = self._validated_fresh, False
         logs = trainer.callback_metrics
         current = self._agreed_metric(trainer, logs, self.monitor)
         if current is None:
@@ -378,41 +501,48 @@ class EarlyStopping(LightningEarlyStopping):
                 )
             return
 
-        previous_reason = self.stopping_reason
+        before = (self.stopping_reason, self.stopped_epoch, self.stopping_reason_message)
         best_before = self.best_score
-        should_stop, reason = self._evaluate_stopping_criteria(current, train_current)
+        self._stats = {}
+        self._train_current = train_current
+        should_stop, reason = self._evaluate_stopping_criteria(current)
         improved = self.best_score is not best_before
         if improved:
             self.best_epoch = epoch
 
         # stop every ddp process if any world process decides to stop
         should_stop = bool(trainer.strategy.reduce_boolean_decision(should_stop, all=False))
-        if should_stop and not self._trainer_may_stop(trainer):
-            # Lightning latches `trainer.should_stop` here and stops at min_epochs even if the metric recovers;
-            # instead we do not signal, and the criteria decide again at the next check.
-            should_stop = False
-            self.stopping_reason = previous_reason
-            reason = (
-                f"{reason} Deferred: the Trainer's min_epochs={trainer.fit_loop.min_epochs} /"
-                f" min_steps={trainer.fit_loop.min_steps} is not reached."
-            )
-        trainer.should_stop = trainer.should_stop or should_stop
         if should_stop:
+            if not trainer.should_stop:
+                # This callback raises the flag: it may withdraw it while the Trainer cannot stop yet (min_epochs /
+                # min_steps not met), if a later check no longer asks to stop.
+                self._latch = before
+            trainer.should_stop = True  # as Lightning: the Trainer stops as soon as min_epochs / min_steps allow
             self.stopped_epoch = epoch
             self.stopping_reason_message = reason
+        elif self._latch is not None and trainer.should_stop:
+            self._withdraw_stop(trainer, current)
         if reason and self.verbose:
             self._log_info(trainer, reason, self.log_rank_zero_only)
 
-        if improved and self.restore_best_weights is True:
-            self._best_weights.capture(trainer.lightning_module)
-            self._best_weights_epoch = epoch
+        if improved and self.restore_best_weights is True and trainer.lightning_module is not None:
+            self._capture_best(trainer.lightning_module, epoch, validated_fresh)
         self._log_check(trainer, should_stop)
 
-    def _trainer_may_stop(self, trainer: pl.Trainer) -> bool:
-        """Whether the Trainer acts on a stop signalled now: its min_epochs / min_steps are met by this epoch's end."""
-        min_epochs = trainer.fit_loop.min_epochs or 0
-        min_steps = trainer.fit_loop.min_steps or 0
-        return trainer.current_epoch + 1 >= min_epochs and trainer.global_step >= min_steps
+    def _withdraw_stop(self, trainer: pl.Trainer, current: Tensor) -> None:
+        """A stop this callback signalled has not happened yet (the Trainer's min_epochs / min_steps were not met),
+        and this check no longer asks for it: Lightning would stop anyway; we keep training."""
+        assert self._latch is not None
+        signalled_at, signalled_reason = self.stopped_epoch, self.stopping_reason
+        self.stopping_reason, self.stopped_epoch, self.stopping_reason_message = self._latch
+        self._latch = None
+        trainer.should_stop = False
+        rank_zero_info(
+            f"EarlyStopping: withdrew the stop signalled at epoch {signalled_at} ({signalled_reason.name}), which was"
+            f" waiting for the Trainer's min_epochs={trainer.fit_loop.min_epochs} /"
+            f" min_steps={trainer.fit_loop.min_steps}: the check at epoch {trainer.current_epoch}"
+            f" ({self.monitor} = {float(current):.6g}) no longer asks to stop, so training continues."
+        )
 
     def _agreed_metric(self, trainer: pl.Trainer, logs: dict[str, Tensor], name: str) -> Tensor | None:
         """The metric's value, the same on every rank: the lowest rank that has it decides.
@@ -424,17 +554,22 @@ class EarlyStopping(LightningEarlyStopping):
         if value is not None:
             value = value.squeeze()  # as Lightning does: a shape-[1] metric is a scalar
         if trainer.world_size <= 1:
+            if name == self.monitor:
+                # Lightning's own hook (a subclass may override it), here with the closest-name hint and warning.
+                return value if self._validate_condition_metric(logs) else None
             if value is None:
                 self._missing_metric(name, logs, missing_on=None)
             return value
         local = None if value is None else value.detach().to("cpu", copy=True)
-        values = _distributed.gather_objects(trainer, local)
+        values = _distributed.gather_objects(trainer, local)  # [local] when no process group is up
         missing = [rank for rank, v in enumerate(values) if v is None]
         present = [v for v in values if v is not None]
         if missing:
             self._missing_metric(name, logs, missing_on=missing if present else None)
             if not present or self.strict:
                 return None
+        if len(values) == 1:
+            return value
         chosen: Tensor = present[0]
         disagree = any(not torch.equal(v, chosen) for v in present[1:])
         if disagree and trainer.is_global_zero and not self._warned_rank_disagreement:
@@ -447,6 +582,13 @@ class EarlyStopping(LightningEarlyStopping):
             )
         return chosen
 
+    def _validate_condition_metric(self, logs: dict[str, Tensor]) -> bool:
+        """Lightning's check that the monitored metric was logged (raise, warn or skip), with the closest name."""
+        if logs.get(self.monitor) is not None:
+            return True
+        self._missing_metric(self.monitor, logs, missing_on=None)
+        return False
+
     def _missing_metric(self, name: str, logs: dict[str, Tensor], missing_on: list[int] | None) -> None:
         error_msg = (
             f"Early stopping conditioned on metric `{name}` which is not available."
@@ -455,17 +597,27 @@ class EarlyStopping(LightningEarlyStopping):
         )
         if missing_on is not None:
             error_msg += f" (it is missing on rank(s) {missing_on} only)"
+        close = difflib.get_close_matches(name, [str(key) for key in logs], n=1, cutoff=0.6)
+        if close:
+            error_msg += f". Did you mean `{close[0]}`?"
         if self.strict:
             raise RuntimeError(error_msg)
         if self.verbose > 0:
             rank_zero_warn(error_msg, category=RuntimeWarning)
+        elif not self._warned_missing:
+            # Lightning says nothing here unless verbose: a misspelled monitor would silently never stop.
+            self._warned_missing = True
+            rank_zero_warn(
+                f"EarlyStopping(strict=False): a check found no `{name}` and was skipped, as every later check that"
+                f" misses it will be (warned once). {error_msg}",
+                category=RuntimeWarning,
+            )
 
-    def _evaluate_stopping_criteria(
-        self, current: Tensor, train_current: Tensor | None = None
-    ) -> tuple[bool, str | None]:
-        """Lightning's rules, then epochkit's; with epochkit's arguments at their defaults this is Lightning's code
-        path, decision for decision and message for message."""
-        self._stats = {}
+    def _evaluate_stopping_criteria(self, current: Tensor) -> tuple[bool, str | None]:
+        """Lightning's own method when epochkit's decision arguments are at their defaults; else Lightning's rules
+        (same order, arithmetic and messages) extended by smoothing, baseline, relative ``min_delta`` and Prechelt."""
+        if not self._own_criteria:
+            return super()._evaluate_stopping_criteria(current)
         if self.check_finite and not torch.isfinite(current):
             self.stopping_reason = EarlyStoppingReason.NON_FINITE_METRIC
             return True, (
@@ -488,7 +640,7 @@ class EarlyStopping(LightningEarlyStopping):
                 " Signaling Trainer to stop."
             )
 
-        min_delta = abs(self.min_delta)
+        min_delta = self._signed_min_delta
         should_stop, reason = False, None
         improved = bool(
             criteria.is_improvement(value, self.best_score.to(value.device), min_delta, self.mode, self.min_delta_mode)
@@ -519,7 +671,8 @@ class EarlyStopping(LightningEarlyStopping):
                     f"Monitored metric {self.monitor} did not improve in the last {self.wait_count} records."
                     f" Best score: {self.best_score:.3f}. Signaling Trainer to stop."
                 )
-        prechelt = self._prechelt(float(value), None if train_current is None else float(train_current))
+        train_value = None if self._train_current is None else float(self._train_current)
+        prechelt = self._prechelt(float(value), train_value)
         if not should_stop and prechelt is not None:
             should_stop, reason = True, prechelt
         return should_stop, reason
@@ -587,23 +740,62 @@ class EarlyStopping(LightningEarlyStopping):
                 )
         return None
 
-    # ------------------------------------------------------------------ restore
+    # ------------------------------------------------------------------ best weights and restore
+
+    @staticmethod
+    def _averagers(trainer: pl.Trainer) -> list[WeightAveraging]:
+        return [cb for cb in trainer.callbacks if isinstance(cb, WeightAveraging)]  # type: ignore[attr-defined]
+
+    def _capture_best(self, pl_module: pl.LightningModule, epoch: int, validated_fresh: bool) -> None:
+        if validated_fresh and self._validated_weights is not None:
+            # The weights this check's validation ran with (averaged ones) become the best: swap the two copies, so
+            # the old best's buffers take the next validation's weights and nothing is copied twice.
+            self._best_weights, self._validated_weights = self._validated_weights, self._best_weights
+        else:
+            if self._best_weights is None:
+                self._best_weights = HostWeights()
+            self._best_weights.capture(pl_module)
+        self._best_weights_epoch = epoch
 
     def _restore_from_host_copy(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not _distributed.all_ranks(trainer, not self._best_weights.empty):
+        copy = self._best_weights
+        if not _distributed.all_ranks(trainer, copy is not None and not copy.empty):
             rank_zero_warn(
                 f"EarlyStopping: no best weights of `{self.monitor}` were recorded; keeping the final weights."
             )
             return
-        self._best_weights.load_into(pl_module)
+        assert copy is not None
+        copy.load_into(pl_module)
         # Weights are equal across DDP ranks by construction, but buffers (BatchNorm statistics) need not be.
         if isinstance(trainer.strategy, DDPStrategy) and trainer.world_size > 1 and dist.is_initialized():
             with torch.no_grad():
-                for tensor in pl_module.state_dict().values():
+                for tensor in self._distinct_tensors(pl_module):
                     dist.broadcast(tensor, src=0)
         self.restored_epoch = self._best_weights_epoch
-        if trainer.is_global_zero:
-            log.info("EarlyStopping: restored the weights of epoch %d (best %s)", self.restored_epoch, self.monitor)
+        averaged = " (the averaged weights validation ran with)" if self._averagers(trainer) else ""
+        rank_zero_info(
+            f"EarlyStopping: restored the weights of epoch {self.restored_epoch}{averaged}, the best `{self.monitor}`"
+            f" = {float(self.best_score):.6g}."
+        )
+
+    @staticmethod
+    def _distinct_tensors(module: nn.Module) -> list[Tensor]:
+        return list(itertools.chain(module.parameters(), module.buffers()))
+
+    def _restore_into_averagers(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Put the restored weights into every ``WeightAveraging`` callback's averaged model too: it copies its
+        average into the module at train end (before or after this callback) and swaps it in for any later
+        validation, and both must see the best weights."""
+        for averager in self._averagers(trainer):
+            average = getattr(averager, "_average_model", None)
+            if average is None:
+                continue
+            # The pairing WeightAveraging itself uses (parameters, then buffers, in order).
+            targets = self._distinct_tensors(average.module)
+            sources = self._distinct_tensors(pl_module)
+            with torch.no_grad():
+                for target, source in zip(targets, sources, strict=True):
+                    target.copy_(source)
 
     def _matching_checkpoint(self, trainer: pl.Trainer) -> ModelCheckpoint:
         found = [cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)]  # type: ignore[attr-defined]
@@ -631,11 +823,22 @@ class EarlyStopping(LightningEarlyStopping):
                 f"EarlyStopping: the ModelCheckpoint on `{self.monitor}` saved no file; keeping the final weights."
             )
             return
-        checkpoint = trainer.strategy.load_checkpoint(path, weights_only=False)
+        try:
+            # Only tensors and plain Python types: a file in a shared directory must not run code when read.
+            checkpoint = trainer.strategy.load_checkpoint(path, weights_only=True)
+        except pickle.UnpicklingError as err:
+            # torch names the offending global on the line "WeightsUnpickler error: Unsupported global: ...".
+            lines = [line.strip() for line in str(err).splitlines() if "Unsupported global" in line]
+            detail = lines[0].split(". Please use")[0] if lines else type(err).__name__
+            raise RuntimeError(
+                f"EarlyStopping(restore_best_weights='checkpoint') refused to load {path}: it holds objects other than"
+                f" tensors and plain Python types, and unpickling them could run code ({detail}). If you wrote that"
+                " file and trust every type in it, allow them with torch.serialization.add_safe_globals([...]) before"
+                " fit; restore_best_weights=True never reads a file."
+            ) from err
         trainer.strategy.load_model_state_dict(checkpoint, strict=True)
         self.restored_epoch = int(checkpoint.get("epoch", -1))
-        if trainer.is_global_zero:
-            log.info("EarlyStopping: restored the weights of epoch %d from %s", self.restored_epoch, path)
+        rank_zero_info(f"EarlyStopping: restored the weights of epoch {self.restored_epoch} from {path}.")
         if self.best_epoch >= 0 and self.restored_epoch != self.best_epoch:
             # ModelCheckpoint ranks the raw metric; start_from_epoch, min_delta, smoothing or a baseline can make
             # EarlyStopping's best a different epoch.
@@ -653,6 +856,9 @@ class EarlyStopping(LightningEarlyStopping):
         return f"early_stopping/{self.monitor}/{name}"
 
     def _log_check(self, trainer: pl.Trainer, stopped: bool) -> None:
+        # Only inside a fit: a check run on a bare Trainer must not create the default logger's directory.
+        if not trainer.loggers or not trainer.is_global_zero or not _fit_is_running(trainer):
+            return
         scalars = {
             "best_score": float(self.best_score),
             "best_epoch": float(self.best_epoch),

@@ -25,6 +25,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.classification import MulticlassAccuracy
 
+from epochkit._validation import check_int, check_number
+
 NUM_FEATURES = 64
 NUM_CLASSES = 10
 
@@ -115,6 +117,9 @@ class DigitsClassifier(pl.LightningModule):
     """
 
     def __init__(self, hidden: int = 128, lr: float = 3e-3, dropout: float = 0.1) -> None:
+        check_int("DigitsClassifier", "hidden", hidden, minimum=1)
+        check_number("DigitsClassifier", "lr", lr, above=0.0)
+        check_number("DigitsClassifier", "dropout", dropout, minimum=0.0, below=1.0)
         super().__init__()
         self.save_hyperparameters()
         self.lr = lr

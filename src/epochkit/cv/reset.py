@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.nn.parameter import is_lazy
 
+from epochkit._validation import fail
+
 __all__ = ["WeightReset", "WeightResetError", "reinit_parameters", "unwrap_compiled", "weights_checksum"]
 
 
@@ -154,6 +156,14 @@ class WeightReset:
     """
 
     def __init__(self, device: str | torch.device | None = None) -> None:
+        if device is not None:
+            allowed = "None, a torch.device or a device string such as 'cpu' or 'cuda:0'"
+            if not isinstance(device, str | torch.device):
+                fail("WeightReset", "device", device, allowed, TypeError)
+            try:
+                torch.device(device)
+            except RuntimeError:
+                fail("WeightReset", "device", device, allowed)
         self.device = device
         self._entries: list[_Entry] = []
         self._ties: list[list[str]] = []

@@ -25,6 +25,7 @@ from torch import nn
 
 from epochkit._distributed import DestroyProcessGroupAtExit
 from epochkit._io import check_writable, load_torch, save_torch_atomic, write_json_atomic
+from epochkit._validation import check_bool, check_choice, check_int, check_path, fail
 from epochkit.cv.callbacks import FoldMonitor, OOFPredictor, ResumeCheckpoint, concat_rows, scalar_metrics, take_rows
 from epochkit.cv.data import FoldDataModule, find_labels, find_training_dataset
 from epochkit.cv.reset import WeightReset, WeightResetError, reinit_parameters, unwrap_compiled, weights_checksum
@@ -34,6 +35,7 @@ from epochkit.cv.summary import write_summary_run
 
 log = logging.getLogger("epochkit.cv")
 
+OWNER = "CrossValidator"
 MANIFEST = "cv_manifest.json"
 FOLD_RESULT = "fold_result.json"
 OOF_FILE = "oof_predictions.pt"
@@ -144,11 +146,27 @@ class CrossValidator:
                 raise ValueError(f"`n_splits={n_splits}` disagrees with `splitter={splitter!r}`; give only one.")
         if reset not in ("snapshot", "reinit"):
             raise ValueError(f"`reset` must be 'snapshot' or 'reinit', got {reset!r}.")
-        if predict not in (True, False, "auto"):
-            raise ValueError(f"`predict` must be True, False or 'auto', got {predict!r}.")
+        check_choice(OWNER, "predict", predict, (True, False, "auto"))
+        if metric_modes is not None and not isinstance(metric_modes, Mapping):
+            fail(OWNER, "metric_modes", metric_modes, "a mapping of metric names to 'min' or 'max'", TypeError)
         for name, mode in (metric_modes or {}).items():
             if mode not in ("min", "max"):
-                raise ValueError(f"`metric_modes[{name!r}]` must be 'min' or 'max', got {mode!r}.")
+                fail(OWNER, "metric_modes", metric_modes, f"'min' or 'max' for every metric ({name!r}: {mode!r})")
+        for flag in ("stratify", "overwrite", "resume_checkpoints", "seed_folds", "verbose"):
+            check_bool(OWNER, flag, locals()[flag])
+        check_int(OWNER, "seed", seed, minimum=0, maximum=2**31 - 1)  # seed + k must stay a valid NumPy seed
+        check_path(OWNER, "root_dir", root_dir)
+        for argument, value in (("labels", labels), ("groups", groups)):
+            if value is not None and (
+                isinstance(value, bytes) or not isinstance(value, str | Sequence | np.ndarray | torch.Tensor)
+            ):
+                fail(
+                    OWNER,
+                    argument,
+                    value,
+                    "one value per training sample (a sequence, array or tensor) or the name of a dataset attribute",
+                    TypeError,
+                )
         self.n_splits = n_splits
         self.splitter = splitter
         self.stratify = stratify
@@ -217,6 +235,14 @@ class CrossValidator:
             trainer_factory: Instead of ``trainer_kwargs``: ``factory(fold) -> Trainer``, called once per fold; it
                 must return a new Trainer with new callbacks every time (checked).
         """
+        if not isinstance(unwrap_compiled(model) if isinstance(model, nn.Module) else model, pl.LightningModule):
+            fail("CrossValidator.fit", "model", model, "a LightningModule (torch.compile'd or not)", TypeError)
+        if not isinstance(datamodule, pl.LightningDataModule):
+            fail("CrossValidator.fit", "datamodule", datamodule, "a LightningDataModule", TypeError)
+        if trainer_kwargs is not None and not isinstance(trainer_kwargs, Mapping):
+            fail("CrossValidator.fit", "trainer_kwargs", trainer_kwargs, "a mapping of Trainer arguments", TypeError)
+        if trainer_factory is not None and not callable(trainer_factory):
+            fail("CrossValidator.fit", "trainer_factory", trainer_factory, "a function fold -> Trainer", TypeError)
         if trainer_kwargs is not None and trainer_factory is not None:
             raise ValueError("give `trainer_kwargs` or `trainer_factory`, not both.")
         if trainer_kwargs is not None and trainer_kwargs.get("logger", True) not in (True, False, None):
@@ -225,8 +251,8 @@ class CrossValidator:
                 "(TensorBoard under root_dir/fold_k) or False; for other loggers use `trainer_factory`."
             )
         root = Path(self.root_dir)
-        check_writable(root, "CrossValidator root_dir")  # a read-only or full file system fails before training
         plan = self.plan(datamodule)  # every check on the data happens here, before anything is trained
+        check_writable(root, "CrossValidator root_dir")  # a read-only or full file system fails before training
         dataset = find_training_dataset(datamodule)
 
         core = unwrap_compiled(model)

@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import Callback
 from torch.utils.hooks import RemovableHandle
 
 from epochkit._logging import current_step, log_scalars
+from epochkit._validation import check_bool, check_number
 from epochkit.warmup.schedules import WarmupShape, check_warmup, warmup_factor
 
 log = logging.getLogger("epochkit.warmup")
@@ -88,11 +89,12 @@ class LRWarmup(Callback):
             and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1)
         ):
             raise ValueError(f"`steps` must be an int >= 1 or 'untuned', got {steps!r}.")
-        if epochs is not None and (isinstance(epochs, bool) or not math.isfinite(epochs) or epochs <= 0):
-            raise ValueError(f"`epochs` must be a finite number > 0, got {epochs!r}.")
-        if fraction is not None and not 0.0 < fraction <= 1.0:
-            raise ValueError(f"`fraction` must lie in (0, 1], got {fraction!r}.")
+        if epochs is not None:
+            check_number("LRWarmup", "epochs", epochs, above=0.0)
+        if fraction is not None:
+            check_number("LRWarmup", "fraction", fraction, above=0.0, maximum=1.0)
         check_warmup(1, shape, start_factor)
+        check_bool("LRWarmup", "log_lr", log_lr)
         self.steps = steps
         self.epochs = epochs
         self.fraction = fraction

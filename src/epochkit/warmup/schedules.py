@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeAlias, cast, overload
@@ -68,7 +69,7 @@ def check_warmup(warmup_steps: int, shape: str = "linear", start_factor: float =
         raise ValueError(f"`warmup_steps` must be an int >= 0, got {warmup_steps!r}.")
     if shape not in WARMUP_SHAPES:
         raise ValueError(f"`shape` must be one of {WARMUP_SHAPES}, got {shape!r}.")
-    if not 0.0 <= start_factor < 1.0:
+    if not _is_real(start_factor) or not 0.0 <= start_factor < 1.0:
         raise ValueError(f"`start_factor` must lie in [0, 1), got {start_factor!r}.")
 
 
@@ -80,8 +81,12 @@ def _check_horizon(warmup_steps: int, total_steps: int, floor: float) -> None:
             f"`warmup_steps` ({warmup_steps}) must be smaller than `total_steps` ({total_steps}): "
             "the decay needs at least one step."
         )
-    if not 0.0 <= floor <= 1.0:
+    if not _is_real(floor) or not 0.0 <= floor <= 1.0:
         raise ValueError(f"`floor` is a ratio of the peak LR and must lie in [0, 1], got {floor!r}.")
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 # ------------------------------------------------------------------------------------------ factor functions

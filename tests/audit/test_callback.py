@@ -72,6 +72,15 @@ def test_scalars_text_and_json_reach_the_logger_directory(tmp_path: Path) -> Non
     assert report["summary"] == "ShuffleAudit: 2 epochs audited, 1 issue: order_unchanged (epochs 1)."
 
 
+def test_without_a_logger_each_fit_writes_its_own_report_under_default_root_dir(tmp_path: Path) -> None:
+    for _ in range(2):
+        fit([ShuffleAudit(on_issue="log")], AuditDataModule(), max_epochs=1, default_root_dir=tmp_path / "root")
+    reports = sorted((tmp_path / "root" / "shuffle_audit").glob("version_*/shuffle_audit.json"))
+    assert [p.parent.name for p in reports] == ["version_0", "version_1"]  # the second fit overwrote nothing
+    assert json.loads(reports[1].read_text())["summary"].startswith("ShuffleAudit: 1 epoch audited, no issue")
+    assert not list(Path.cwd().glob("shuffle_audit*"))  # nothing in the working directory
+
+
 def test_warn_mode_warns_and_log_mode_logs(caplog: pytest.LogCaptureFixture) -> None:
     with pytest.warns(
         ShuffleAuditWarning, match=r"order_unchanged .*Spearman 1\.000.*Fix: give FixedPermutation"

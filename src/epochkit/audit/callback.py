@@ -155,6 +155,7 @@ class ShuffleAudit(Callback):
     _loaders_: list[_Loader]
     _attached_: dict[int, tuple[DataLoader, RecordingSampler | None]]
     _explained_: dict[str, str]
+    _causes_: dict[str, dict[str, str]]
     _pending_: EpochVerdict | None
     _announced_: set[tuple[str | None, str]]
     _report_dir_: Path | None
@@ -308,8 +309,17 @@ class ShuffleAudit(Callback):
                     self.escalate,
                     slot.name,
                 )
-                self._explained_.pop(slot.key, None)
-                self._note_cause(slot, parts[slot.key])
+                # One finding per cause: a cause an earlier loader of this name was already reported for (a
+                # loader rebuilt unshuffled, or with the same seed, at every reload) becomes a note.
+                part, known = parts[slot.key], self._causes_.setdefault(slot.key, {})
+                again = [f for f in part.findings if f.code in known]
+                for finding in again:
+                    part.findings.remove(finding)
+                    part.notes.append(f"{finding.code} again (reported at {known[finding.code]}): {finding.evidence}")
+                prior = self._explained_.pop(slot.key, None)
+                self._note_cause(slot, part)
+                if slot.key not in self._explained_ and prior is not None and any(f.code in prior for f in again):
+                    self._explained_[slot.key] = prior
             self._pending_ = self._combine(trainer.current_epoch, parts)
         for slot in self._loaders_:
             slot.ids, slot.labels = [], []
@@ -419,6 +429,7 @@ class ShuffleAudit(Callback):
         self._loaders_ = []
         self._attached_ = {}
         self._explained_ = {}
+        self._causes_ = {}
         self._pending_ = None
         self._announced_ = set()
         self._report_dir_ = None
@@ -476,13 +487,17 @@ class ShuffleAudit(Callback):
         return self.configs_
 
     def _note_cause(self, slot: _Loader, verdict: EpochVerdict) -> None:
-        """Remember a finding that explains a replay, so the order findings it implies are not reported again."""
+        """Remember the fit-start (or reload) causes reported for a loader, and one that explains a replay, so that
+        neither they nor the order findings they imply are reported again."""
+        where = "fit start" if verdict.epoch is None else f"epoch {verdict.epoch}"
+        causes = self._causes_.setdefault(slot.key, {})
+        for finding in verdict.findings:
+            causes.setdefault(finding.code, where)
         config = self.configs_.get(slot.key, [LoaderConfig()])[0]
         if config.get("shuffle") is False:
-            self._explained_[slot.key] = "shuffle_off at fit start"
-        for finding in verdict.findings:
-            if finding.code == "same_seed_reload":
-                self._explained_[slot.key] = f"same_seed_reload at epoch {finding.epoch}"
+            self._explained_[slot.key] = f"shuffle_off at {causes.get('shuffle_off', where)}"
+        if "same_seed_reload" in causes and any(f.code == "same_seed_reload" for f in verdict.findings):
+            self._explained_[slot.key] = f"same_seed_reload at {causes['same_seed_reload']}"
 
     def _combine(self, epoch: int | None, parts: dict[str, EpochVerdict]) -> EpochVerdict:
         """One verdict over every loader: metrics under ``<loader>/`` when the fit has several."""

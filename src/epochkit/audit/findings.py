@@ -171,16 +171,21 @@ def remedy(code: str, config: Mapping[str, Any] | None) -> str | None:
     if code in ("weak_mixing", "correlated_batches", "batches_unchanged"):
         if stream == "hf_datasets":
             buffer, shards = config.get("buffer_size"), config.get("num_shards")
-            return (
-                f"raise the shuffle buffer (.shuffle(buffer_size=...), now {buffer}) or stream from more shards than "
-                f"the buffer interleaves at once (max_buffer_input_shards, 10; now {shards}: "
-                "to_iterable_dataset(num_shards=...) or .reshard())"
-            )
+            if code == "weak_mixing":
+                return (
+                    f"raise the shuffle buffer (.shuffle(buffer_size=...), now {buffer}) or stream from more shards "
+                    f"than the buffer interleaves at once (max_buffer_input_shards=10; now {shards}: "
+                    "to_iterable_dataset(num_shards=...) or .reshard()), so that samples move farther"
+                )
+            return f"raise the shuffle buffer (.shuffle(buffer_size=...), now {buffer}) to many batches' worth"
         if stream == "litdata":
+            chunk, window = config.get("chunk_size"), config.get("item_window")
+            layout = f"chunks of about {chunk} samples ({config.get('chunks')} chunks), item_shuffle_window={window}"
+            if code == "weak_mixing":
+                return f"litdata moves samples only with their chunk ({layout}): more, smaller chunks mix more"
             return (
-                f"litdata reads whole chunks (about {config.get('chunk_size')} samples, {config.get('chunks')} chunks) "
-                f"and shuffles items within windows of item_shuffle_window={config.get('item_window')} (0: the whole "
-                "chunk): optimize with smaller chunks (chunk_size=...) and batches smaller than a chunk mix more"
+                f"litdata fills each batch from one chunk window ({layout}; 0: the whole chunk): windows of many "
+                "batches (larger chunk_size, item_shuffle_window=0) mix batches more"
             )
         if stream == "iterable":
             return f"shuffle {dataset} over a larger window (a larger shuffle buffer, more shards) every epoch"

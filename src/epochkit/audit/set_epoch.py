@@ -101,11 +101,14 @@ class SetEpoch(Callback):
     data set that shares its epoch with them sees the update: Hugging Face streams do (a shared-memory tensor);
     for any other data set this callback warns once and the fix is ``persistent_workers=False``.
 
+    Its ``state_dict`` records the last epoch set on each target (``{"epochs": {"dataset:IterableDataset": 4}}``).
+
     Example:
         >>> trainer = pl.Trainer(callbacks=[SetEpoch()])  # doctest: +SKIP
     """
 
     # State made during fit, declared for type checkers.
+    epochs_: dict[str, int]
     _patched_: tuple[Any, Any] | None
     _done_: dict[int, tuple[Any, int]]
     _warned_: set[int]
@@ -114,6 +117,7 @@ class SetEpoch(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        self.epochs_ = {}
         self._done_ = {}
         self._warned_ = set()
         self._reported_ = False
@@ -131,6 +135,14 @@ class SetEpoch(Callback):
 
         strategy.process_dataloader = process_dataloader  # type: ignore[method-assign]
         self._patched_ = (strategy, process_dataloader)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What was set: ``{"epochs": {"<role>:<class>": last epoch set}}`` (the epoch itself always comes from the
+        Trainer, so a resumed fit needs nothing from here; it is kept for the record)."""
+        return {"epochs": dict(getattr(self, "epochs_", {}) or {})}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.epochs_ = dict(state_dict.get("epochs", {}))
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         loaders = [loader for _, _, loader in train_loaders(trainer.train_dataloader)]
@@ -162,6 +174,7 @@ class SetEpoch(Callback):
                 continue  # exactly once per epoch, however many hooks reach it
             obj.set_epoch(epoch)
             self._done_[id(obj)] = (obj, epoch)
+            self.epochs_[f"{role}:{type(obj).__qualname__}"] = epoch
             persistent = bool(getattr(loader, "persistent_workers", False)) and loader.num_workers > 0
             if (
                 role == "dataset"

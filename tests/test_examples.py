@@ -38,6 +38,20 @@ def test_example_runs_fast(script: Path, tmp_path: Path) -> None:
     assert out.strip(), f"{script.name} printed nothing"
 
 
+def test_the_shuffle_example_saves_the_readme_pictures(tmp_path: Path) -> None:
+    from PIL import Image
+
+    out = _run(EXAMPLES[0].with_name("shuffle_bug.py"), "--fast", "--png", str(tmp_path / "png"), cwd=tmp_path)
+    names = sorted(p.name for p in (tmp_path / "png").glob("*.png"))
+    assert names == ["label_map_fixed.png", "order_map_bug.png", "order_map_fixed.png"], out
+    for name in names:
+        with Image.open(tmp_path / "png" / name) as image:
+            assert image.format == "PNG" and max(image.size) <= 256
+    # The README's pictures are what the example makes (committed under docs/images).
+    committed = Path(__file__).resolve().parents[1] / "docs" / "images"
+    assert sorted(p.name for p in committed.glob("*.png")) == names
+
+
 def _demo_script() -> Path:
     """The script `make demo` runs, read from the Makefile so that this test follows it."""
     makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()

@@ -41,8 +41,8 @@ def test_a_healthy_shuffle_draws_noise_and_an_even_label_map(tmp_path: Path) -> 
     cells = _cells(order_maps[0], bins)
     assert cells.diagonal().mean() < cells.mean() + 40  # no diagonal: positions are unrelated
     assert cells.std() > 5  # noise, not a flat field
-    shares = label_maps[-1][::64, ::8, 1]  # 4 class rows of 64 px; columns of batches
-    assert shares.max() < 200  # no batch is all one class
+    shares = label_maps[-1][32::64, ::8, 1]  # 4 class rows of 64 px; columns of batches
+    assert shares.max() < 225 and np.median(shares) > 60  # classes mixed in the batches, none alone
 
 
 def test_a_replay_draws_the_diagonal(tmp_path: Path) -> None:

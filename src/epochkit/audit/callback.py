@@ -372,10 +372,11 @@ class ShuffleAudit(Callback):
                     self.escalate,
                     slot.name,
                     self._explained_.get(slot.key),
+                    order_map=self.images and _logging.has_tensorboard(trainer),
                 )
                 part.notes.extend(slot.problems)
                 parts[slot.key] = part
-                self._images(trainer, slot, per_rank, previous, record)
+                self._images(trainer, slot, per_rank, part)
                 if record is not None:  # what the next epoch is compared with
                     self.previous_[slot.key], self.previous_epoch_[slot.key] = record, epoch
             verdict = self._combine(epoch, parts)
@@ -592,21 +593,13 @@ class ShuffleAudit(Callback):
             labels_by_position=labels_by_position,
         )
 
-    def _images(
-        self,
-        trainer: pl.Trainer,
-        slot: _Loader,
-        payloads: list[EpochPayload],
-        previous: Record | None,
-        record: Record | None,
-    ) -> None:
+    def _images(self, trainer: pl.Trainer, slot: _Loader, payloads: list[EpochPayload], verdict: EpochVerdict) -> None:
         """The order map (against the previous epoch) and the label map of one loader, to TensorBoard (rank 0)."""
         if not self.images or not _logging.has_tensorboard(trainer):
             return
         prefix = "shuffle_audit/" if len(self._loaders_) == 1 else f"shuffle_audit/{slot.key}/"
-        if previous is not None and record is not None:
-            ratios = img.order_map(previous.ids, record.ids)
-            _logging.log_image(trainer, prefix + "order_map", img.render_order_map(ratios))
+        if verdict.order_map is not None:
+            _logging.log_image(trainer, prefix + "order_map", img.render_order_map(verdict.order_map))
         table = img.merge_label_tables([p.label_table for p in payloads])
         if table is not None:
             _logging.log_image(trainer, prefix + "label_map", img.render_label_map(img.label_map(table)))

@@ -285,6 +285,7 @@ class EpochVerdict:
         notes: Why a check was skipped, in words.
         digests: Per loader (:data:`SINGLE_LOADER` for a fit with one): ``{"merged": hex, "ranks": [hex, ...]}``, a
             64-bit digest of the order each rank presented and one over all ranks (see :mod:`.digests`).
+        order_map: The order map of the judged loader, when asked for (rank 0 only: not part of :meth:`to_dict`).
     """
 
     epoch: int | None
@@ -292,6 +293,7 @@ class EpochVerdict:
     findings: list[Finding] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     digests: dict[str, dict[str, Any]] = field(default_factory=dict)
+    order_map: Any = field(default=None, repr=False, compare=False)
 
     @property
     def issues(self) -> list[Finding]:

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -214,6 +214,8 @@ class OrderStats:
         full_batches: Batches of that size in this epoch and in the previous one.
         identical_batches: Batches of that size identical as sets to a batch of the previous epoch.
         batches: Batches of this epoch holding shared samples.
+        order_map: When asked for, the 2-D histogram of the shared samples' rank this epoch (rows) against the
+            previous epoch (columns) in :func:`order_map_bins` bins, as counts over a fresh shuffle's (1 on average).
     """
 
     shared: int
@@ -230,6 +232,7 @@ class OrderStats:
     full_batches: tuple[int, int] = (0, 0)
     identical_batches: int = 0
     batches: int = 0
+    order_map: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def successor_fraction(self) -> float:
@@ -248,6 +251,23 @@ class OrderStats:
         0 for a replay (nan when not measured)."""
         mean, _ = footrule_null(self.shared)
         return self.footrule / mean if mean > 0 else float("nan")
+
+
+def order_map_bins(n: int) -> int:
+    """Bins per axis of an order map of ``n`` shared samples: about 4 samples a bin under a fresh shuffle, between 8
+    and 64.
+
+    Example:
+        >>> order_map_bins(192), order_map_bins(1437), order_map_bins(10_000_000)
+        (8, 18, 64)
+    """
+    return int(min(64, max(8, math.isqrt(max(n, 1) // 4))))
+
+
+def _order_map(rank_prev: np.ndarray, rank_cur: np.ndarray, bins: int) -> np.ndarray:
+    n = rank_prev.size
+    cells = rank_cur.astype(np.int64) * bins // n * bins + rank_prev.astype(np.int64) * bins // n
+    return np.bincount(cells, minlength=bins * bins).reshape(bins, bins) * (bins * bins / n)
 
 
 def _pairs(counts: np.ndarray) -> float:
@@ -271,13 +291,15 @@ def order_stats(
     cur_batches: np.ndarray,
     prev_successors: np.ndarray | None = None,
     cur_successors: np.ndarray | None = None,
+    order_map: bool = False,
 ) -> OrderStats:
     """Compare two epochs' orders: Spearman and footrule of positions, co-batch pairs and identical batches, and
     preserved (or reversed) successors.
 
     ``*_ids`` are in presentation order and ``*_batches`` give each position's batch. ``*_successors`` give the id
     that followed each position (-1 for none); by default the next entry of ``*_ids``, but a subsampled record
-    keeps the true successor of each kept sample.
+    keeps the true successor of each kept sample. ``order_map=True`` also returns the order map (see
+    :class:`OrderStats`), from the ranks computed anyway.
 
     Formulas (``n`` shared samples, ``r`` their position ranks):
     ``rho = 1 - 6 sum (r_prev - r_cur)^2 / (n (n^2 - 1))``; ``footrule = sum |r_prev - r_cur|``;
@@ -317,6 +339,7 @@ def order_stats(
     cobatch_ratio, cobatch_expected = nan, 0.0
     together = pairs_cur = 0.0
     batch_size, full, identical, n_batches = 0, (0, 0), 0, 0
+    histogram = None
     if n >= 2:
         rank_prev = _ranks(pp, prev_c.size)
         rank_cur = _ranks(pc, cur_c.size)
@@ -325,6 +348,8 @@ def order_stats(
             spearman = 1.0 - 6.0 * float(np.dot(d, d)) / (n * (float(n) ** 2 - 1.0))
             footrule = float(np.abs(d).sum())
             del d
+        if order_map:
+            histogram = _order_map(rank_prev, rank_cur, order_map_bins(n))
         # Walk the shared samples in current order, so the current batch index is sorted and a sort of
         # (current batch, previous batch) keys is cheap.
         order = np.empty(n, np.int64)
@@ -388,6 +413,7 @@ def order_stats(
         full,
         identical,
         n_batches,
+        histogram,
     )
 
 

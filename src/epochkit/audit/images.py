@@ -4,8 +4,8 @@
   epoch (x, left to right), over the samples both epochs saw: a fresh shuffle is even noise, a replay the diagonal, a
   rotation two parallel lines, a block shuffle a grid of tiles and a small shuffle buffer a thick diagonal.
 * The *label map* has the epoch's batches along x (binned into at most 128 columns) and the classes along y; each
-  cell is the class's share of those batches: a shuffle is evenly striped by class frequency, sorted data a staircase,
-  class-blocked batches isolated bright cells.
+  cell is the class's share of those batches: a shuffle is even noise in horizontal bands (one per class, by its
+  frequency), sorted data a staircase, class-blocked batches isolated bright cells.
 
 Colours follow the viridis ramp (dark blue for none, yellow for the most); every image is at most 256 x 256 pixels.
 """
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from epochkit.audit.functional import _compact, _positions
+from epochkit.audit.functional import _compact, _order_map, _positions, _ranks, order_map_bins
 
 #: Longest side of an image, in pixels.
 SIZE = 256
@@ -44,20 +44,14 @@ def _upscale(rgb: np.ndarray, rows: int, cols: int) -> np.ndarray:
     return np.repeat(np.repeat(rgb, rows, axis=0), cols, axis=1)
 
 
-def order_bins(n: int) -> int:
-    """Bins per axis of the order map for ``n`` shared samples: about 4 samples a bin under a fresh shuffle, between
-    8 and 64.
-
-    Example:
-        >>> order_bins(192), order_bins(1437), order_bins(10_000_000)
-        (8, 18, 64)
-    """
-    return int(min(64, max(8, math.isqrt(max(n, 1) // 4))))
+#: Bins per axis of the order map for ``n`` shared samples (see :func:`~epochkit.audit.functional.order_map_bins`).
+order_bins = order_map_bins
 
 
 def order_map(prev_ids: np.ndarray, cur_ids: np.ndarray, bins: int | None = None) -> np.ndarray:
     """The 2-D histogram of the shared samples' rank this epoch (rows, first row = start of the epoch) against the
-    previous epoch (columns), as counts over the count a fresh shuffle expects per bin (1 on average).
+    previous epoch (columns), as counts over the count a fresh shuffle expects per bin (1 on average); the callback
+    takes it from :func:`~epochkit.audit.functional.order_stats` (``order_map=True``), which has the ranks already.
 
     Example:
         >>> ids = np.arange(64)
@@ -73,13 +67,9 @@ def order_map(prev_ids: np.ndarray, cur_ids: np.ndarray, bins: int | None = None
     if n == 0:
         return np.zeros((bins, bins))
 
-    def binned(pos: np.ndarray) -> np.ndarray:
-        rank = np.empty(n, np.int64)
-        rank[np.argsort(pos[shared], kind="stable")] = np.arange(n)
-        return rank * bins // n
-
-    counts = np.bincount(binned(pos_cur) * bins + binned(pos_prev), minlength=bins * bins).reshape(bins, bins)
-    return counts * (bins * bins / n)
+    rank_prev = _ranks(pos_prev[shared], prev_c.size)  # rank among the shared samples, in O(bound)
+    rank_cur = _ranks(pos_cur[shared], cur_c.size)
+    return _order_map(rank_prev, rank_cur, bins)
 
 
 def render_order_map(ratios: np.ndarray) -> np.ndarray:
@@ -135,7 +125,9 @@ def label_map(table: np.ndarray, max_rows: int = 64) -> np.ndarray:
 
 
 def render_label_map(shares: np.ndarray) -> np.ndarray:
-    """A label map (:func:`label_map`) as an RGB image, class 0 at the top, batches left to right.
+    """A label map (:func:`label_map`) as an RGB image, class 0 at the top, batches left to right; colour
+    ``sqrt(share)``, so that the ~1/K shares of K classes in a shuffled batch still show while a one-class batch is
+    the brightest.
 
     Example:
         >>> img = render_label_map(label_map(np.array([[8, 0], [0, 8]])))
@@ -143,4 +135,4 @@ def render_label_map(shares: np.ndarray) -> np.ndarray:
         ((256, 256, 3), [253, 231, 37], [68, 1, 84])
     """
     rows, cols = shares.shape
-    return _upscale(colorize(shares), max(1, SIZE // rows), max(1, SIZE // cols))
+    return _upscale(colorize(np.sqrt(np.clip(shares, 0.0, 1.0))), max(1, SIZE // rows), max(1, SIZE // cols))

@@ -239,11 +239,13 @@ def judge_order(
     escalate: Collection[str] = (),
     loader: str | None = None,
     explained_by: str | None = None,
+    order_map: bool = False,
 ) -> tuple[EpochVerdict, F.OrderStats]:
     """The epoch's order against the previous epoch's, on the merged records; the loader's ``design`` (default
     ``"sample"``) decides what is an issue and what a notice (see the module docstring). ``explained_by`` names a
     fit-start or reload finding that already explains a replay (``shuffle_off``, ``same_seed_reload``): order
-    findings then become notes, so a cause is reported once. Returns the verdict and the statistics.
+    findings then become notes, so a cause is reported once. ``order_map=True`` puts the order map on the verdict.
+    Returns the verdict and the statistics.
 
     Example:
         >>> ids = np.arange(200)
@@ -261,8 +263,9 @@ def judge_order(
     found = _Findings(verdict, config, loader, skip, escalate)
     metrics, notes = verdict.metrics, verdict.notes
     stats = F.order_stats(
-        previous.ids, previous.batches, record.ids, record.batches, previous.successors, record.successors
+        previous.ids, previous.batches, record.ids, record.batches, previous.successors, record.successors, order_map
     )
+    verdict.order_map = stats.order_map
     prev = previous_epoch
     n = stats.shared
     if n < F.MIN_ORDER_SAMPLES:
@@ -403,10 +406,11 @@ def judge_epoch(
     escalate: Collection[str] = (),
     loader: str | None = None,
     explained_by: str | None = None,
+    order_map: bool = False,
 ) -> tuple[EpochVerdict, Record | None]:
     """One loader's epoch verdict from every rank's payload (rank order), and the merged record to compare the next
     epoch with (None when nothing was recorded). Metrics are unprefixed; digests are keyed by ``loader`` (or
-    :data:`~epochkit.audit.findings.SINGLE_LOADER`).
+    :data:`~epochkit.audit.findings.SINGLE_LOADER`); ``order_map=True`` puts the order map on the verdict.
 
     Example:
         >>> ids = np.arange(100)
@@ -432,8 +436,11 @@ def judge_epoch(
     parts = [judge_coverage(epoch, payloads, configs, skip, escalate, loader)]
     record = merge_records(payloads)
     if previous is not None and previous_epoch is not None:
-        order, _ = judge_order(epoch, previous, previous_epoch, record, first, skip, escalate, loader, explained_by)
+        order, _ = judge_order(
+            epoch, previous, previous_epoch, record, first, skip, escalate, loader, explained_by, order_map
+        )
         parts.append(order)
+        verdict.order_map = order.order_map
     parts.append(judge_labels(epoch, payloads, first, skip, escalate, loader))
     for part in parts:
         verdict.metrics.update(part.metrics)

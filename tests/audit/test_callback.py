@@ -13,8 +13,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from epochkit import ShuffleAudit
-from epochkit.audit import ShuffleAuditError, ShuffleAuditWarning
+from epochkit import ShuffleAudit, ShuffleAuditError, ShuffleAuditWarning
 from epochkit.audit.recording import RecordingSampler
 from tests.audit import _data
 from tests.audit._data import AuditDataModule, fit

@@ -121,6 +121,7 @@ def test_nested_loaders_of_different_lengths_are_each_judged_on_one_pass_in_ever
     assert metrics["pair/1/coverage"] == 1.0 and metrics["stream/duplicates"] == 0.0
     assert metrics["pair/0/coverage"] == 1.0
     assert not any(isinstance(dl.batch_sampler, RecordingSampler) for dl in iterables["pair"])
+    assert stream.set_calls == [0, 1, 2]  # SetEpoch reaches a loader inside a CombinedLoader
 
 
 def test_a_loader_rebuilt_every_epoch_with_a_fixed_seed_is_reported_at_the_first_reload() -> None:

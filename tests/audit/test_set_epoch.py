@@ -98,6 +98,19 @@ def test_a_resumed_fit_reads_the_epoch_it_resumes(tmp_path: Path) -> None:
     assert resumed.train_set.started == [1, 2], (resumed.train_set.started, trainer.global_step)
 
 
+def test_wrapped_data_sets_are_reached_and_what_lightning_calls_is_left_to_it() -> None:
+    from torch.utils.data import ConcatDataset, DataLoader, Subset
+
+    from epochkit.audit.set_epoch import epoch_targets
+
+    x, y = _data.make_tensors(32, 4, 0)
+    inner = [_data.EpochAwareSet(x, y), _data.EpochAwareSet(x, y)]
+    wrapped = DataLoader(ConcatDataset([Subset(inner[0], range(8)), inner[1]]), batch_size=4)
+    assert [obj for _, obj in epoch_targets(wrapped)] == inner
+    sampler = _data.RotatingSampler(32)  # has set_epoch, and Lightning calls it: not SetEpoch's business
+    assert epoch_targets(DataLoader(_data.LabelledSet(x, y), batch_size=4, sampler=sampler)) == []
+
+
 def test_nothing_to_do_is_said_once(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="epochkit.audit"):
         fit([SetEpoch()], AuditDataModule(), max_epochs=2)

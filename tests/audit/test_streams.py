@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader
 from epochkit import SetEpoch, ShuffleAudit
 from epochkit.audit import EpochVerdict
 from epochkit.audit.recording import describe_loader
-from epochkit.audit.verdicts import epoch_payload, judge_epoch
+from epochkit.audit.set_epoch import epoch_targets
+from epochkit.audit.verdicts import epoch_payload, judge_epoch, judge_fit_start
 from tests.audit import _streams as T
 from tests.helpers import fit_ddp
 
@@ -70,7 +71,10 @@ def _judge(config: Any, epochs: list[list[tuple[np.ndarray, np.ndarray]]]) -> li
 def test_hf_stream_with_set_epoch_is_quiet_and_without_it_replays_epoch_0(num_workers: int, tmp_path: Path) -> None:
     healthy = ShuffleAudit(on_issue="raise", sample_ids="idx", labels="y")
     _fit(T.HFStream(n=256, num_workers=num_workers), [healthy, SetEpoch()], tmp_path)
-    assert not _codes(healthy.fit_start_) and all(not v.issues for v in healthy.verdicts_)
+    assert not healthy.fit_start_.findings  # workers get disjoint shards: no iterable_workers notice
+    assert all(not v.issues for v in healthy.verdicts_)
+    if num_workers == 0:  # correlated by design (4 shards read together, a buffer of 64): the README's example
+        assert 0.6 < healthy.verdicts_[1].metrics["spearman"] < 0.8
     assert all(_codes(v, "notice") <= NOTICES for v in healthy.verdicts_)
     assert healthy.configs_["train_dataloader"][0]["stream"] == "hf_datasets"
     assert healthy.configs_["train_dataloader"][0]["buffer_size"] == 64
@@ -140,7 +144,9 @@ def test_healthy_hf_streams_with_2_workers_flag_nothing_over_20_seeds(seed: int)
     stream = T.hf_stream(n, shards, buffer, seed=seed, shuffle_seed=seed)
     # Persistent workers: a Hugging Face stream shares its epoch with them, so set_epoch still reaches them.
     loader = DataLoader(stream, batch_size=batch, num_workers=2, persistent_workers=True)
-    verdicts = _judge(describe_loader(loader), [[epoch] for epoch in T.orders(loader, 2)])
+    config = describe_loader(loader)
+    assert not judge_fit_start([config], world_size=1).findings  # the workers see the epoch: nothing to say
+    verdicts = _judge(config, [[epoch] for epoch in T.orders(loader, 2)])
     assert all(not v.issues for v in verdicts), (n, shards, buffer, batch, [v.to_dict() for v in verdicts])
 
 
@@ -162,7 +168,9 @@ def litdata_dir(tmp_path: Path) -> str:
 
 def test_litdata_streaming_loader_is_quiet_and_unshuffled_is_shuffle_off(litdata_dir: str, tmp_path: Path) -> None:
     healthy = ShuffleAudit(on_issue="raise", sample_ids="idx", labels="y")
-    _fit(T.LitStream(litdata_dir, str(tmp_path / "cache_a")), [healthy], tmp_path)
+    dm = T.LitStream(litdata_dir, str(tmp_path / "cache_a"))
+    _fit(dm, [healthy, SetEpoch()], tmp_path)  # SetEpoch leaves a StreamingDataLoader's data set alone
+    assert epoch_targets(dm.trainer.train_dataloader) == []
     config = healthy.configs_["train_dataloader"][0]
     assert (config["stream"], config["chunks"], config["chunk_size"], config["loader_sets_epoch"]) == (
         "litdata",
@@ -202,6 +210,7 @@ def test_litdata_on_2_ranks_is_quiet_and_disjoint(litdata_dir: str, tmp_path: Pa
     assert all(r.error is None for r in reports), [r.error for r in reports]
     states = [r.callback_states[audit.state_key] for r in reports]
     assert states[0]["verdicts"] == states[1]["verdicts"]
+    assert states[0]["fit_start"]["findings"] == []  # litdata splits ranks itself: no iterable_workers notice
     for verdict in states[0]["verdicts"]:
         assert not [f for f in verdict["findings"] if f["severity"] == "issue"], verdict
         assert verdict["metrics"]["rank_overlap"] == 0.0

@@ -538,8 +538,9 @@ class ShuffleAudit(Callback):
             labels = self.labels
             size = len(dataset) if hasattr(dataset, "__len__") else None
             if size is not None and len(labels) != size:
+                which = f"train loader {slot.name!r}'s" if slot.name is not None else "the training"
                 raise ValueError(
-                    f"ShuffleAudit(labels=<{len(labels)} labels>): one label per sample of the training data set is "
+                    f"ShuffleAudit(labels=<{len(labels)} labels>): one label per sample of {which} data set is "
                     f"needed ({size} samples); or pass a batch key (e.g. labels=1) or a function of the batch."
                 )
         elif isinstance(self.labels, int) and isinstance(dataset, TensorDataset):

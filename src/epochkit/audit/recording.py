@@ -445,15 +445,18 @@ def train_loaders(structure: Any) -> list[tuple[str | None, tuple[Any, ...], Any
     ``name`` joins them with ``/`` (None for a fit with a single loader).
 
     Example:
-        >>> [(name, path) for name, path, _ in train_loaders({"a": 1, 2: [2, 3]})]
+        >>> [(name, path) for name, path, _ in train_loaders({"a": None, 2: [None, None]})]
         [('a', ('a',)), ('2/0', (2, 0)), ('2/1', (2, 1))]
-        >>> train_loaders(4)
-        [(None, (), 4)]
+        >>> train_loaders(4), train_loaders([1, 2])  # a container of primitives is one iterable, as in Lightning
+        ([(None, (), 4)], [(None, (), [1, 2])])
     """
     out: list[tuple[str | None, tuple[Any, ...], Any]] = []
 
     def walk(node: Any, path: tuple[Any, ...]) -> None:
-        if isinstance(node, Mapping):
+        children = list(node.values()) if isinstance(node, Mapping) else node if isinstance(node, list | tuple) else []
+        if children and all(isinstance(child, int | float | str) for child in children):
+            out.append(("/".join(map(str, path)) if path else None, path, node))  # a leaf to Lightning, too
+        elif isinstance(node, Mapping):
             for key, value in node.items():
                 walk(value, (*path, key))
         elif isinstance(node, list | tuple):

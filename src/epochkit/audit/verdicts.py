@@ -315,7 +315,11 @@ def judge_order(
     elif design == "sample":
         threshold = F.spearman_threshold(n)
         if n >= F.MIN_ORDER_SAMPLES and abs(stats.spearman) > threshold:
-            what = f"positions correlate with epoch {prev}: Spearman {stats.spearman:.3f}"
+            what = (
+                f"order identical to epoch {prev}: Spearman {stats.spearman:.3f}"
+                if stats.spearman > 0.9999
+                else f"positions correlate with epoch {prev}: Spearman {stats.spearman:.3f}"
+            )
             pending.append(
                 ("order_unchanged", f"{what} (a fresh shuffle stays within ±{threshold:.3f}, {n} samples)", "issue")
             )

@@ -117,6 +117,7 @@ def test_nothing_to_do_is_said_once(caplog: pytest.LogCaptureFixture) -> None:
     assert sum("SetEpoch: no train data set or batch sampler" in r.getMessage() for r in caplog.records) == 1
 
 
+@pytest.mark.ddp
 def test_an_hf_stream_on_2_ranks_split_by_node_with_set_epoch_is_quiet(tmp_path: Path) -> None:
     audit = ShuffleAudit(on_issue="raise", sample_ids="idx")
     dm = _streams.HFStream(n=192, shards=4, buffer=32, split=True)

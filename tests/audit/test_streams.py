@@ -203,6 +203,7 @@ def test_litdata_in_a_plain_dataloader_with_workers_needs_set_epoch(litdata_dir:
     assert all(not v.issues for v in fixed.verdicts_)
 
 
+@pytest.mark.ddp
 def test_litdata_on_2_ranks_is_quiet_and_disjoint(litdata_dir: str, tmp_path: Path) -> None:
     audit = ShuffleAudit(on_issue="raise", sample_ids="idx")
     dm = T.LitStream(litdata_dir, str(tmp_path / "cache"))

@@ -61,25 +61,6 @@ def has_tensorboard(trainer: pl.Trainer) -> bool:
     return any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers)
 
 
-def log_image(trainer: pl.Trainer, tag: str, image: Any, step: int | None = None) -> bool:
-    """Write an RGB ``uint8`` image (``height x width x 3``) under ``tag`` to every TensorBoard logger of ``trainer``
-    (``SummaryWriter.add_image``), from rank 0; whether any logger took it."""
-    if not trainer.is_global_zero:
-        return False
-    at = current_step(trainer) if step is None else step
-    written = False
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_image(tag, image, global_step=at, dataformats="HWC")
-            written = True
-    return written
-
-
-def has_tensorboard(trainer: pl.Trainer) -> bool:
-    """Whether ``trainer`` logs to TensorBoard."""
-    return any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers)
-
-
 def log_dir(trainer: pl.Trainer) -> Path:
     """Where a callback's files go: the first logger's directory, else the Trainer's ``default_root_dir``."""
     for logger in trainer.loggers:

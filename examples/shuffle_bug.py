@@ -6,8 +6,9 @@ The audit records the indices the sampler really yielded and reports, at the end
 ``order identical to epoch 0: Spearman 1.000`` with the fix. The fixed sampler reseeds from the epoch.
 
 TensorBoard shows it too: the *order map* (each sample's position this epoch against the previous one) of the buggy
-run is a diagonal, the fixed run's is noise; the *label map* shows each batch's classes. ``--png DIR`` saves the last
-of each, read back from the event files, as PNG files (the README's pictures).
+run is a diagonal, the fixed run's is noise; the *label map* shows each batch's classes. The last
+of each is read back from the event files and saved as PNG files under ``--root``/png, or ``--png DIR`` (the
+README's pictures: ``--png docs/images``).
 
 Run: ``python examples/shuffle_bug.py`` (``--fast`` for a short run; logs and JSON reports under ``--root``).
 """
@@ -115,16 +116,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default="runs", help="directory for TensorBoard logs and the JSON reports")
     parser.add_argument("--fast", action="store_true", default=os.environ.get("EPOCHKIT_EXAMPLE_FAST") == "1")
-    parser.add_argument("--png", type=Path, default=None, help="also save the order and label maps as PNG files here")
+    parser.add_argument("--png", type=Path, default=None, help="where to save the order and label maps (<root>/png)")
     args = parser.parse_args(argv)
     epochs = 2 if args.fast else 5
     buggy = run(fixed=False, epochs=epochs, root=args.root)
     assert any(f.code == "order_unchanged" for v in buggy.verdicts_ for f in v.issues), "the audit missed the bug"
     fixed = run(fixed=True, epochs=epochs, root=args.root)
     assert not any(v.issues for v in fixed.verdicts_), "the fixed run was flagged"
-    if args.png is not None:
-        for path in save_pictures(args.root, args.png):
-            print(f"wrote {path}")
+    for path in save_pictures(args.root, args.png if args.png is not None else Path(args.root) / "png"):
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

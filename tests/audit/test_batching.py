@@ -17,9 +17,9 @@ NOTICES = {"weak_mixing", "correlated_batches"}
 
 
 def test_a_length_grouped_fit_is_quiet_and_its_notice_names_the_cause() -> None:
-    # 1600 samples in batches of 8: 4 megabatches of 50 batches, each sorted by length (HF's group_by_length).
+    # 800 samples in batches of 8: 2 megabatches of 50 batches, each sorted by length (HF's group_by_length).
     audit = ShuffleAudit(on_issue="raise", labels=1)
-    fit([audit], AuditDataModule(n=1600, batch_size=8, sampler=_data.length_grouped), max_epochs=3)
+    fit([audit], AuditDataModule(n=800, batch_size=8, sampler=_data.length_grouped), max_epochs=3)
     assert audit.configs_["train_dataloader"][0]["design"] == "custom"
     assert all(not v.issues for v in audit.verdicts_)
     notices = [f for v in audit.verdicts_ for f in v.findings]
@@ -29,7 +29,7 @@ def test_a_length_grouped_fit_is_quiet_and_its_notice_names_the_cause() -> None:
 
 def test_a_bucketed_fit_with_set_epoch_is_quiet() -> None:
     audit = ShuffleAudit(on_issue="raise", labels=1)
-    fit([audit, SetEpoch()], AuditDataModule(n=640, batch_size=8, batch_sampler=_data.bucketed), max_epochs=3)
+    fit([audit, SetEpoch()], AuditDataModule(n=320, batch_size=8, batch_sampler=_data.bucketed), max_epochs=3)
     assert all(not v.issues for v in audit.verdicts_)
     assert {f.code for v in audit.verdicts_ for f in v.findings} <= NOTICES
 

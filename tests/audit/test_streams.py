@@ -119,7 +119,7 @@ def test_a_map_style_hf_dataset_in_a_dataloader_is_audited_by_sampler_indices(tm
 def _hf_seed(seed: int) -> tuple[int, int, int, int]:
     rng = np.random.default_rng(seed)
     batch = int(rng.choice([4, 8, 16, 32]))
-    n = int(rng.integers(8 * batch, 500))
+    n = int(rng.integers(8 * batch, 320))
     shards = int(rng.choice([1, 2, 4, 8, 16]))
     buffer = int(rng.choice([b for b in (16, 32, 64, 256, 1000) if b >= 2 * batch]))
     return n, shards, buffer, batch
@@ -223,7 +223,7 @@ def _lit_seed(seed: int, root: Path) -> tuple[str, int, int | str | None]:
     batch = int(rng.choice([4, 8, 16]))
     chunk = int(rng.choice([c for c in (16, 32, 64, 100) if c >= 2 * batch]))
     window = rng.choice([None, 0, 2 * batch])
-    path = T.optimize_litdata(root, int(rng.integers(6 * chunk, 1200)), chunk_size=chunk, seed=seed)
+    path = T.optimize_litdata(root, int(rng.integers(6 * chunk, 640)), chunk_size=chunk, seed=seed)
     return path, batch, None if window is None else int(window)
 
 

@@ -55,9 +55,9 @@ DIGEST_FILE = "shuffle_audit_digests.txt"
 _INTENDED_BY_OVERFIT = frozenset({"shuffle_off", *ORDER_CODES})
 #: Packages whose frames a warning skips, so that it points at the user's line (``trainer.fit(...)``).
 _INTERNAL: tuple[str, ...] = tuple(
-    os.path.dirname(os.path.dirname(os.path.abspath(str(m.__file__))))
-    for m in (sys.modules["epochkit"], sys.modules["lightning"], torch)
-    if getattr(m, "__file__", None)
+    os.path.dirname(os.path.abspath(str(module.__file__))) + os.sep
+    for name in ("epochkit", "lightning", "pytorch_lightning", "lightning_fabric", "torch")
+    if (module := sys.modules.get(name)) is not None and getattr(module, "__file__", None)
 )
 
 

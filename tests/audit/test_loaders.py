@@ -124,6 +124,29 @@ def test_nested_loaders_of_different_lengths_are_each_judged_on_one_pass_in_ever
     assert stream.set_calls == [0, 1, 2]  # SetEpoch reaches a loader inside a CombinedLoader
 
 
+def test_sample_ids_that_fit_one_stream_of_two_fall_back_to_fingerprints_for_the_other() -> None:
+    from tests.audit import _streams
+
+    x, y = _data.make_tensors(32, 4, 2)
+    iterables = {
+        "hf": DataLoader(_streams.hf_stream(48, 2, 16), batch_size=8),  # dict batches with an "idx" column
+        "plain": DataLoader(_data.StreamSet(x, y, shard=True), batch_size=8),  # (x, y) tuples: no "idx"
+    }
+
+    class Both(_AnyBatches):
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            hf, (x, y) = batch["hf"], batch["plain"]
+            return super().training_step([[hf["x"], hf["y"]], [x, y]], batch_idx)
+
+    audit = ShuffleAudit(on_issue="log", sample_ids="idx")
+    combined = CombinedLoader(iterables, "min_size")
+    _trainer(Path.cwd(), [audit, SetEpoch()], epochs=2).fit(Both(), train_dataloaders=combined)
+    notes = audit.verdicts_[0].notes
+    assert any(n.startswith("plain: sample_ids='idx' does not apply to its batches") for n in notes), notes
+    assert audit.verdicts_[0].metrics["plain/duplicates"] == 0.0  # audited by content fingerprints instead
+    assert audit.verdicts_[0].metrics["hf/duplicates"] == 0.0
+
+
 def test_a_loader_rebuilt_every_epoch_with_a_fixed_seed_is_reported_at_the_first_reload() -> None:
     class Rebuilt(pl.LightningDataModule):
         def __init__(self, num_workers: int) -> None:

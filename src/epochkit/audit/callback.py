@@ -104,6 +104,7 @@ class _Loader:
     recorder: RecordingSampler | None = None
     labels_array: np.ndarray | None = None
     first_pass: int | None = None  # batches of one pass of an iterable loader among several (cycled ones repeat)
+    source: str = ""  # where the ids of a loader without sampler indices come from
     ids: list[torch.Tensor] = field(default_factory=list)
     labels: list[torch.Tensor] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -334,10 +335,14 @@ class ShuffleAudit(Callback):
                 continue
             # Device tensors only: appended here, moved to the host once at the end of the epoch.
             if slot.recorder is None:
-                if self.sample_ids is not None:
-                    ids = torch.as_tensor(self._extract(slot, part, self.sample_ids, "sample_ids")).reshape(-1)
-                    slot.ids.append(ids.detach())
-                elif self.fingerprints:
+                value = None
+                if self.sample_ids is not None and slot.source != "content fingerprints":
+                    value = self._extract(slot, part, self.sample_ids, "sample_ids")
+                    if value is not None:
+                        slot.source = "sample_ids"
+                        slot.ids.append(torch.as_tensor(value).reshape(-1).detach())
+                if value is None and self.fingerprints and slot.source != "sample_ids":
+                    slot.source = "content fingerprints"  # no sample_ids, or none in this loader's batches
                     slot.ids.append(fingerprint(part))
             if (
                 slot.labels_array is None
@@ -576,7 +581,7 @@ class ShuffleAudit(Callback):
             ids_t = torch.cat([c.to(chunks[0].device) for c in chunks])
             sizes = np.array([c.shape[0] for c in chunks], np.int64)
             ids = ids_t.cpu().numpy().astype(np.int64)  # the one host transfer of the epoch
-            source = "sample_ids" if self.sample_ids is not None else "content fingerprints"
+            source = slot.source
         else:
             ids, sizes, source = np.empty(0, np.int64), np.empty(0, np.int64), "none"
         labels_by_position = None

@@ -9,7 +9,10 @@
    minimum over repeats, and expressed as a share of the training step.
 2. The epoch-end analysis for N = 10,000,000 samples (batches of 64, 10 classes): the callback's own code on a
    recorded epoch compared with the previous one, timed, with the peak memory it allocates (tracemalloc sees numpy
-   buffers), including the recorded indices and the record kept for the next epoch. Targets: <= 2 s, <= 400 MB.
+   buffers), including the recorded indices and the record kept for the next epoch. It covers every statistic the
+   verdict uses, the streaming ones included (footrule displacement, batches identical as sets, reversed
+   successors), the order digest of the full stream, and the rendering of the order and label maps, each also
+   timed on its own. Targets: <= 2 s, <= 400 MB.
 
 Run: ``.venv/bin/python benchmarks/shuffle_audit.py`` (``--repeats``, ``--samples`` to change the sizes).
 """
@@ -31,6 +34,10 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
 
 from epochkit import ShuffleAudit
+from epochkit.audit import functional as F
+from epochkit.audit import images
+from epochkit.audit.callback import _Loader
+from epochkit.audit.digests import order_digest
 from epochkit.audit.recording import RecordingSampler, describe_loader
 from epochkit.audit.verdicts import judge_epoch
 from epochkit.demo import DigitsClassifier, DigitsDataModule
@@ -102,8 +109,9 @@ def per_batch_cost(repeats: int) -> float:
     recorder = RecordingSampler(batch_sampler, batched=True)
     audit = ShuffleAudit(labels=1)
     audit._reset_run_state()
-    audit._recorder_ = recorder
-    audit._labels_array_ = np.zeros(1, np.int16)  # labels come from the data set: no per-batch label work
+    slot = _Loader(None, (), loader, recorder)
+    slot.labels_array = np.zeros(1, np.int16)  # labels come from the data set: no per-batch label work
+    audit._loaders_ = [slot]
 
     def plain() -> None:
         for _ in batch_sampler:
@@ -138,22 +146,32 @@ def analysis(n: int, batch: int, max_samples: int | None) -> None:
     loader = DataLoader(
         TensorDataset(torch.empty(n, 0)), batch_sampler=BatchSampler(RandomSampler(range(n)), batch, False)
     )
-    audit._configs_ = [describe_loader(loader)]
-    audit._labels_array_ = labels
-    audit._batches_ = -(-n // batch)
+    configs = [describe_loader(loader)]
+    audit.configs_ = {"train_dataloader": configs}
+    slot = _Loader(None, (), loader)
+    slot.labels_array = labels
+    audit._loaders_ = [slot]
+    audit._steps_ = -(-n // batch)
     perms = [rng.permutation(n), rng.permutation(n)]
 
     tracemalloc.start()
     times = []
+    previous = previous_epoch = None
+    records = []
     for epoch, perm in enumerate(perms):
-        audit._recorder_ = _recorded_epoch(perm, batch)  # recording happens during the epoch, not timed here
+        slot.recorder = _recorded_epoch(perm, batch)  # recording happens during the epoch, not timed here
         start = time.perf_counter()
-        payload = audit._local_payload(trainer)
-        verdict, record = judge_epoch(epoch, [payload], audit._configs_, audit.previous_, audit.previous_epoch_)
-        audit.previous_, audit.previous_epoch_ = record, epoch
+        payload = audit._local_payload(trainer, slot)
+        verdict, record = judge_epoch(epoch, [payload], configs, previous, previous_epoch, order_map=True)
+        if verdict.order_map is not None:  # what the callback draws for TensorBoard on rank 0
+            images.render_order_map(verdict.order_map)
+        if payload.label_table is not None:
+            images.render_label_map(images.label_map(payload.label_table))
+        previous, previous_epoch = record, epoch
         times.append(time.perf_counter() - start)
+        records.append(record)
         del payload
-        audit._recorder_ = None
+        slot.recorder = None
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     label = "all samples" if max_samples is None else f"max_samples={max_samples:,}"
@@ -163,6 +181,32 @@ def analysis(n: int, batch: int, max_samples: int | None) -> None:
     )
     print(f"  findings: {[f.code for f in verdict.findings] or 'none'}; metrics: " + ", ".join(
         f"{k}={v:.3f}" for k, v in verdict.metrics.items()))  # fmt: skip
+    parts(n, batch, perms[1], records[0], records[1])
+
+
+def parts(n: int, batch: int, perm: np.ndarray, before: Any, after: Any) -> None:
+    """The order statistics, the thresholds, the digest and the order map on their own, on what the callback uses:
+    the two kept records (the full epoch for the digest)."""
+    timed: dict[str, float] = {}
+    start = time.perf_counter()
+    stats = F.order_stats(before.ids, before.batches, after.ids, after.batches, before.successors, after.successors)
+    timed["order statistics (Spearman, footrule, co-batch pairs, identical batches, successors)"] = (
+        time.perf_counter() - start
+    )
+    start = time.perf_counter()
+    F.displacement_flagged(stats.footrule, stats.shared), F.batches_replayed(stats), F.order_replayed(stats)
+    F.cobatch_flagged(stats)
+    timed["replay and block-shuffle thresholds"] = time.perf_counter() - start
+    start = time.perf_counter()
+    order_digest(perm, np.full(-(-n // batch), batch))
+    timed[f"order digest of the full stream ({n:,} ids)"] = time.perf_counter() - start
+    start = time.perf_counter()
+    images.render_order_map(images.order_map(before.ids, after.ids))
+    timed[f"order map of the kept records on its own ({after.ids.size:,} ids; the callback reuses the ranks)"] = (
+        time.perf_counter() - start
+    )
+    for what, seconds in timed.items():
+        print(f"    {what}: {seconds * 1e3:.0f} ms")
 
 
 def main() -> None:

@@ -5,6 +5,11 @@ reseed it, so every epoch presents the digits in exactly the same order. Nothing
 The audit records the indices the sampler really yielded and reports, at the end of epoch 1,
 ``order identical to epoch 0: Spearman 1.000`` with the fix. The fixed sampler reseeds from the epoch.
 
+TensorBoard shows it too: the *order map* (each sample's position this epoch against the previous one) of the buggy
+run is a diagonal, the fixed run's is noise; the *label map* shows each batch's classes. The last
+of each is read back from the event files and saved as PNG files under ``--root``/png, or ``--png DIR`` (the
+README's pictures: ``--png docs/images``).
+
 Run: ``python examples/shuffle_bug.py`` (``--fast`` for a short run; logs and JSON reports under ``--root``).
 """
 
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
@@ -86,16 +92,39 @@ def run(fixed: bool, epochs: int, root: str) -> ShuffleAudit:
     return audit
 
 
+def save_pictures(root: str, out: Path) -> list[Path]:
+    """The last order map of both runs and the fixed run's last label map, read back from the TensorBoard event
+    files with TensorBoard's ``EventAccumulator``, written as PNG files into ``out``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for run_name, tag, name in (
+        ("shuffle_bug", "shuffle_audit/order_map", "order_map_bug.png"),
+        ("shuffle_fixed", "shuffle_audit/order_map", "order_map_fixed.png"),
+        ("shuffle_fixed", "shuffle_audit/label_map", "label_map_fixed.png"),
+    ):
+        events = sorted(Path(root, run_name).glob("version_*"))[-1]
+        accumulator = EventAccumulator(str(events), size_guidance={"images": 0})
+        accumulator.Reload()
+        (out / name).write_bytes(accumulator.Images(tag)[-1].encoded_image_string)
+        written.append(out / name)
+    return written
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default="runs", help="directory for TensorBoard logs and the JSON reports")
     parser.add_argument("--fast", action="store_true", default=os.environ.get("EPOCHKIT_EXAMPLE_FAST") == "1")
+    parser.add_argument("--png", type=Path, default=None, help="where to save the order and label maps (<root>/png)")
     args = parser.parse_args(argv)
     epochs = 2 if args.fast else 5
     buggy = run(fixed=False, epochs=epochs, root=args.root)
     assert any(f.code == "order_unchanged" for v in buggy.verdicts_ for f in v.issues), "the audit missed the bug"
     fixed = run(fixed=True, epochs=epochs, root=args.root)
     assert not any(v.issues for v in fixed.verdicts_), "the fixed run was flagged"
+    for path in save_pictures(args.root, args.png if args.png is not None else Path(args.root) / "png"):
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

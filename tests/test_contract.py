@@ -57,6 +57,8 @@ CASES: list[Case] = [
     ),
     Case(epochkit.DestroyProcessGroupAtExit),
     Case(epochkit.ShuffleAudit, {"on_issue": "raise", "labels": 1, "max_samples": 100000, "ignore": ["sorted_labels"]}),
+    Case(epochkit.ShuffleAudit, {"escalate": ["weak_mixing", "correlated_batches"], "images": False}),
+    Case(epochkit.SetEpoch, {}),
 ]
 
 

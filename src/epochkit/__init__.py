@@ -6,7 +6,7 @@ CPU, one GPU or many (DDP).
 
 from epochkit import schedules
 from epochkit._distributed import DestroyProcessGroupAtExit
-from epochkit.audit import ShuffleAudit
+from epochkit.audit import SetEpoch, ShuffleAudit, ShuffleAuditError, ShuffleAuditWarning
 from epochkit.cv import CrossValidator, CVResult, WeightReset
 from epochkit.stopping import EarlyStopping
 from epochkit.warmup import LRWarmup
@@ -19,7 +19,10 @@ __all__ = [
     "DestroyProcessGroupAtExit",
     "EarlyStopping",
     "LRWarmup",
+    "SetEpoch",
     "ShuffleAudit",
+    "ShuffleAuditError",
+    "ShuffleAuditWarning",
     "WeightReset",
     "__version__",
     "schedules",

@@ -1,5 +1,5 @@
-"""Logger helpers shared by every callback: scalars to all of the Trainer's loggers, text to TensorBoard, and the
-directory for a callback's files (written through :mod:`epochkit._io`). Tag names are grouped by prefix
+"""Logger helpers shared by every callback: scalars to all of the Trainer's loggers, text and images to TensorBoard,
+and the directory for a callback's files (written through :mod:`epochkit._io`). Tag names are grouped by prefix
 (``warmup/...``, ``early_stopping/...``).
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -39,6 +40,25 @@ def log_text(trainer: pl.Trainer, tag: str, text: str, step: int | None = None) 
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.experiment.add_text(tag, text, global_step=at)
+
+
+def log_image(trainer: pl.Trainer, tag: str, image: Any, step: int | None = None) -> bool:
+    """Write an RGB ``uint8`` image (``height x width x 3``) under ``tag`` to every TensorBoard logger of ``trainer``
+    (``SummaryWriter.add_image``), from rank 0; whether any logger took it."""
+    if not trainer.is_global_zero:
+        return False
+    at = current_step(trainer) if step is None else step
+    written = False
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image(tag, image, global_step=at, dataformats="HWC")
+            written = True
+    return written
+
+
+def has_tensorboard(trainer: pl.Trainer) -> bool:
+    """Whether ``trainer`` logs to TensorBoard."""
+    return any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers)
 
 
 def log_dir(trainer: pl.Trainer) -> Path:

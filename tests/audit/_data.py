@@ -154,7 +154,8 @@ class AuditDataModule(pl.LightningDataModule):
         batch_size: Batch size.
         seed: Seed of the data.
         shuffle: DataLoader ``shuffle`` when no sampler is given.
-        kind: ``"tensor"`` (``LabelledSet``), ``"epoch_aware"``, ``"stream"`` or ``"sharded_stream"``.
+        kind: ``"tensor"`` (``LabelledSet``), ``"epoch_aware"``, ``"stream"``, ``"sharded_stream"`` or
+            ``"epoch_stream"`` (:class:`EpochStream`).
         sort_by_label: Store the samples sorted by label.
         sampler: ``sampler(n, dataset, trainer)`` -> a sampler, or None.
         batch_sampler: ``batch_sampler(n, dataset, batch_size)`` -> a batch sampler, or None.
@@ -185,6 +186,8 @@ class AuditDataModule(pl.LightningDataModule):
             self.train_set: Dataset = LabelledSet(x, y)
         elif self.kind == "epoch_aware":
             self.train_set = EpochAwareSet(x, y)
+        elif self.kind == "epoch_stream":
+            self.train_set = EpochStream(x, y, self.seed)
         else:
             self.train_set = StreamSet(x, y, shard=self.kind == "sharded_stream")
 
@@ -290,3 +293,94 @@ def half_with_repeats(n: int, dataset: Any, trainer: pl.Trainer) -> Sampler[int]
 
 def half_with_repeats_batches(n: int, dataset: Any, batch_size: int) -> Sampler[list[int]]:
     return HalfWithRepeatsBatchSampler(n, batch_size)
+
+
+class EpochStream(IterableDataset):
+    """A user stream that reshuffles from ``(seed, epoch)`` in ``__iter__`` and splits its rows across workers: it
+    needs someone to call ``set_epoch``. Records the epoch each iteration in this process started with."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> None:
+        self.x, self.y, self.seed = x, y, seed
+        self.epoch = 0
+        self.set_calls: list[int] = []
+        self.started: list[int] = []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.set_calls.append(epoch)
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.started.append(self.epoch)
+        order = torch.randperm(len(self.y), generator=torch.Generator().manual_seed(self.seed * 1000 + self.epoch))
+        info = get_worker_info()
+        start, step = (info.id, info.num_workers) if info is not None else (0, 1)
+        for i in order[start::step].tolist():
+            yield self.x[i], self.y[i]
+
+
+def lengths_of(n: int, seed: int = 0) -> torch.Tensor:
+    """Seeded sequence lengths (what length-grouped and bucketed batching sort by)."""
+    return torch.randint(1, 512, (n,), generator=torch.Generator().manual_seed(seed + 7))
+
+
+class LengthGroupedSampler(Sampler[int]):
+    """HF Trainer's ``group_by_length``: a fresh permutation cut into megabatches of ``mult * batch_size``, each
+    sorted by length, longest first; reseeded from ``(seed, epoch)``."""
+
+    def __init__(self, lengths: torch.Tensor, batch_size: int, mult: int = 50, seed: int = 0) -> None:
+        self.lengths, self.batch_size, self.mult, self.seed = lengths, batch_size, mult, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        gen = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
+        perm = torch.randperm(len(self.lengths), generator=gen)
+        size = self.mult * self.batch_size
+        out: list[int] = []
+        for start in range(0, len(perm), size):
+            mega = perm[start : start + size]
+            out += mega[torch.argsort(self.lengths[mega], descending=True, stable=True)].tolist()
+        return iter(out)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+
+class BucketBatchSampler(Sampler[list[int]]):
+    """Fixed length buckets, each shuffled and cut into batches, the batches in a random order; reseeded from
+    ``(seed, epoch)`` through its own ``set_epoch``, which Lightning never calls on a batch sampler."""
+
+    def __init__(self, lengths: torch.Tensor, batch_size: int, buckets: int = 4, seed: int = 0) -> None:
+        order = torch.argsort(lengths, stable=True)
+        self.buckets = [chunk for chunk in torch.tensor_split(order, buckets) if len(chunk)]
+        self.batch_size, self.seed = batch_size, seed
+        self.epoch = 0
+        self.set_calls: list[int] = []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.set_calls.append(epoch)
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        gen = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
+        batches = []
+        for bucket in self.buckets:
+            members = bucket[torch.randperm(len(bucket), generator=gen)].tolist()
+            batches += [members[i : i + self.batch_size] for i in range(0, len(members), self.batch_size)]
+        return iter([batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()])
+
+    def __len__(self) -> int:
+        return sum(-(-len(b) // self.batch_size) for b in self.buckets)
+
+
+def length_grouped(n: int, dataset: Dataset, trainer: pl.Trainer) -> Sampler[int]:
+    return LengthGroupedSampler(lengths_of(n), batch_size=8)
+
+
+def bucketed(n: int, dataset: Dataset, batch_size: int) -> Sampler[list[int]]:
+    return BucketBatchSampler(lengths_of(n), batch_size)

@@ -6,17 +6,14 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
 import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
-from torch.utils.data import DataLoader, TensorDataset
 
-from epochkit import ShuffleAudit
-from epochkit.audit import ShuffleAuditError, ShuffleAuditWarning
+from epochkit import ShuffleAudit, ShuffleAuditError, ShuffleAuditWarning
 from epochkit.audit.recording import RecordingSampler
 from tests.audit import _data
 from tests.audit._data import AuditDataModule, fit
@@ -53,7 +50,7 @@ def test_indices_are_recorded_with_workers_and_limit_train_batches() -> None:
     # Workers draw index batches ahead; only the 5 consumed batches count, and a partial epoch is no issue.
     fit([audit], AuditDataModule(num_workers=2), max_epochs=2, limit_train_batches=5)
     assert all(not v.findings for v in audit.verdicts_)
-    assert audit.state_dict()["previous"]["ids"].numel() == 5 * 16
+    assert audit.state_dict()["previous"]["train_dataloader"]["ids"].numel() == 5 * 16
 
 
 def test_scalars_text_and_json_reach_the_logger_directory(tmp_path: Path) -> None:
@@ -70,18 +67,32 @@ def test_scalars_text_and_json_reach_the_logger_directory(tmp_path: Path) -> Non
     report = json.loads((Path(logger.log_dir) / "shuffle_audit.json").read_text())
     assert [e["epoch"] for e in report["epochs"]] == [0, 1]
     assert report["epochs"][1]["findings"][0]["code"] == "order_unchanged"
-    assert report["config"][0]["sampler"] == "FixedPermutationSampler"
-    assert report["summary"] == "ShuffleAudit: 3 audits, 1 issue: order_unchanged (epochs 1)."
+    assert report["config"]["train_dataloader"][0]["sampler"] == "FixedPermutationSampler"
+    assert report["summary"] == "ShuffleAudit: 2 epochs audited, 1 issue: order_unchanged (epochs 1)."
+
+
+def test_without_a_logger_each_fit_writes_its_own_report_under_default_root_dir(tmp_path: Path) -> None:
+    for _ in range(2):
+        fit([ShuffleAudit(on_issue="log")], AuditDataModule(), max_epochs=1, default_root_dir=tmp_path / "root")
+    reports = sorted((tmp_path / "root" / "shuffle_audit").glob("version_*/shuffle_audit.json"))
+    assert [p.parent.name for p in reports] == ["version_0", "version_1"]  # the second fit overwrote nothing
+    assert json.loads(reports[1].read_text())["summary"].startswith("ShuffleAudit: 1 epoch audited, no issue")
+    assert not list(Path.cwd().glob("shuffle_audit*"))  # nothing in the working directory
 
 
 def test_warn_mode_warns_and_log_mode_logs(caplog: pytest.LogCaptureFixture) -> None:
-    with pytest.warns(ShuffleAuditWarning, match=r"order_unchanged .*Spearman 1\.000.*Fix: call sampler.set_epoch"):
-        fit([ShuffleAudit()], AuditDataModule(sampler=_data.fixed_permutation), max_epochs=2)
+    with pytest.warns(
+        ShuffleAuditWarning, match=r"order_unchanged .*Spearman 1\.000.*Fix: give FixedPermutation"
+    ) as got:
+        fit([ShuffleAudit()], AuditDataModule(sampler=_data.fixed_permutation), max_epochs=3)
+    audit_warnings = [w for w in got if issubclass(w.category, ShuffleAuditWarning)]
+    assert len(audit_warnings) == 1  # epochs 1 and 2 replay alike: warned once, both recorded
+    assert Path(audit_warnings[0].filename).name == "_data.py"  # the user's trainer.fit line, not epochkit's
     with caplog.at_level(logging.INFO, logger="epochkit.audit"):
         fit([ShuffleAudit(on_issue="log")], AuditDataModule(sampler=_data.fixed_permutation), max_epochs=2)
     messages = [r.getMessage() for r in caplog.records if r.name == "epochkit.audit"]
     assert any("order identical to epoch 0: Spearman 1.000" in m for m in messages)
-    assert messages[-1] == "ShuffleAudit: 3 audits, 1 issue: order_unchanged (epochs 1)."
+    assert messages[-1] == "ShuffleAudit: 2 epochs audited, 1 issue: order_unchanged (epochs 1)."
 
 
 def test_raise_mode_stops_at_the_end_of_the_epoch_where_the_issue_is_found() -> None:
@@ -116,7 +127,7 @@ def test_resume_keeps_the_previous_epoch_to_compare_with(tmp_path: Path) -> None
 def test_max_samples_bounds_the_record_and_still_finds_the_bug() -> None:
     healthy = ShuffleAudit(on_issue="raise", max_samples=300)
     fit([healthy], AuditDataModule(n=2000, batch_size=50))
-    kept = healthy.state_dict()["previous"]["ids"].numel()
+    kept = healthy.state_dict()["previous"]["train_dataloader"]["ids"].numel()
     assert 200 < kept < 400
     assert any("subsample" in note for note in healthy.verdicts_[0].notes)
     buggy = ShuffleAudit(on_issue="log", max_samples=300)
@@ -146,6 +157,9 @@ def test_sample_ids_from_the_batch_identify_an_iterable_stream() -> None:
         ({"ignore": "order_unchanged"}, r"ignore='order_unchanged'\): must be a sequence of finding codes, not a str"),
         ({"fingerprints": "no"}, r"fingerprints='no'\): must be True or False"),
         ({"labels": {"a": 1}}, r"labels=\{'a': 1\}.*sequence of labels"),
+        ({"escalate": ["order_unchanged"]}, r"escalate=\['order_unchanged'\]\): unknown notice codes .*'weak_mixing'"),
+        ({"escalate": "weak_mixing"}, r"escalate='weak_mixing'\): must be a sequence of finding codes, not a str"),
+        ({"images": 1}, r"images=1\): must be True or False"),
     ],
 )
 def test_bad_arguments_fail_at_construction_naming_argument_value_and_allowed(kwargs: dict, match: str) -> None:
@@ -213,29 +227,3 @@ def test_a_fit_after_a_resumed_fit_starts_fresh(tmp_path: Path) -> None:
     assert [v.epoch for v in audit.verdicts_] == [0, 1, 2]
     fit([audit], AuditDataModule(n=64, seed=1), max_epochs=2)  # the same instance, a new fit
     assert [v.epoch for v in audit.verdicts_] == [0, 1]
-
-
-class _TwoLoaderModule(pl.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.layer = torch.nn.Linear(8, 2)
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return sum(torch.nn.functional.mse_loss(self.layer(x), y) for x, y in batch.values())  # type: ignore[return-value]
-
-    def configure_optimizers(self) -> Any:
-        return torch.optim.SGD(self.parameters(), lr=0.01)
-
-
-def test_several_train_loaders_are_all_restored_and_the_user_is_told(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    gen = torch.Generator().manual_seed(0)
-    data = TensorDataset(torch.randn(32, 8, generator=gen), torch.randn(32, 2, generator=gen))
-    loaders = {"a": DataLoader(data, batch_size=8, shuffle=False), "b": DataLoader(data, batch_size=8, shuffle=True)}
-    originals = {name: loader.batch_sampler for name, loader in loaders.items()}
-    trainer = _plain_trainer(tmp_path, [ShuffleAudit(on_issue="log")], max_epochs=2)
-    with caplog.at_level(logging.WARNING, logger="epochkit.audit"):
-        trainer.fit(_TwoLoaderModule(), train_dataloaders=loaders)
-    assert {name: loader.batch_sampler for name, loader in loaders.items()} == originals
-    assert sum("only the last one is audited" in r.getMessage() for r in caplog.records) == 1

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
+from epochkit.audit.payload import EpochPayload
 from epochkit.audit.verdicts import epoch_payload, judge_epoch, judge_fit_start
 
 N, BATCH, WORLD = 20_000, 32, 2
@@ -23,7 +24,7 @@ def _rank_orders(epoch: int, seeds: tuple[int, int] = (0, 0)) -> list[np.ndarray
     return orders
 
 
-def _payloads(orders: list[np.ndarray], max_samples: int | None) -> list[dict]:
+def _payloads(orders: list[np.ndarray], max_samples: int | None) -> list[EpochPayload]:
     labels = np.asarray(torch.randint(0, 7, (N,), generator=torch.Generator().manual_seed(0)))
     return [
         epoch_payload(
@@ -53,7 +54,8 @@ def test_healthy_distributed_epochs_flag_nothing_with_or_without_subsampling(max
     assert verdict.metrics["coverage"] == pytest.approx(1.0, abs=0.1)
     assert abs(verdict.metrics["spearman"]) < 0.2
     if max_samples:
-        assert 1_500 < previous["ids"].size < 2_500  # the kept record is bounded across both ranks
+        assert previous is not None
+        assert 1_500 < previous.ids.size < 2_500  # the kept record is bounded across both ranks
 
 
 @pytest.mark.parametrize("max_samples", [None, 2_000])

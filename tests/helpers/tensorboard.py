@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.util import tensor_util
 
@@ -15,10 +17,21 @@ _TEXT_SUFFIX = "/text_summary"
 
 @dataclass
 class TensorBoardRun:
-    """Everything in a log directory: ``scalars[tag]`` and ``text[tag]`` as ``(step, value)`` lists by step."""
+    """Everything in a log directory: ``scalars[tag]``, ``text[tag]`` and ``images[tag]`` (the encoded PNG) as
+    ``(step, value)`` lists by step."""
 
     scalars: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     text: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+    images: dict[str, list[tuple[int, bytes]]] = field(default_factory=dict)
+
+    def image_arrays(self, tag: str) -> list[np.ndarray]:
+        """The images logged under one tag in step order, decoded to ``height x width x channels`` uint8 arrays;
+        a missing tag lists the tags that exist."""
+        from PIL import Image
+
+        if tag not in self.images:
+            raise KeyError(f"no image tag {tag!r}; the run has {sorted(self.images)}")
+        return [np.asarray(Image.open(io.BytesIO(png))) for _, png in self.images[tag]]
 
     def scalar_values(self, tag: str) -> list[float]:
         """The values of one scalar tag in step order; a missing tag lists the tags that exist."""
@@ -44,12 +57,15 @@ def read_tensorboard(log_dir: str | Path) -> TensorBoardRun:
         raise FileNotFoundError(f"no TensorBoard event file under {log_dir}")
     scalars: dict[str, list[tuple[int, float]]] = defaultdict(list)
     text: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    images: dict[str, list[tuple[int, bytes]]] = defaultdict(list)
     for event_dir in event_dirs:
-        acc = EventAccumulator(str(event_dir), size_guidance={"scalars": 0, "tensors": 0})
+        acc = EventAccumulator(str(event_dir), size_guidance={"scalars": 0, "tensors": 0, "images": 0})
         acc.Reload()
         tags = acc.Tags()
         for tag in tags["scalars"]:
             scalars[tag].extend((e.step, float(e.value)) for e in acc.Scalars(tag))
+        for tag in tags["images"]:
+            images[tag].extend((e.step, e.encoded_image_string) for e in acc.Images(tag))
         for tag in tags["tensors"]:
             if acc.SummaryMetadata(tag).plugin_data.plugin_name != "text":
                 continue
@@ -61,6 +77,7 @@ def read_tensorboard(log_dir: str | Path) -> TensorBoardRun:
     return TensorBoardRun(
         scalars={k: sorted(v, key=_step) for k, v in scalars.items()},
         text={k: sorted(v, key=_step) for k, v in text.items()},
+        images={k: sorted(v, key=_step) for k, v in images.items()},
     )
 
 

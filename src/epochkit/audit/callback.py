@@ -1,33 +1,68 @@
-"""The ``ShuffleAudit`` callback: thin Lightning glue around :mod:`.recording`, :mod:`.functional` and
-:mod:`.findings`."""
+"""The ``ShuffleAudit`` callback: thin Lightning glue around :mod:`.recording`, :mod:`.verdicts`, :mod:`.findings`,
+:mod:`.images` and :mod:`.digests`."""
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.fabric.utilities.data import sized_len
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, TensorDataset
 
 from epochkit import _distributed, _logging
-from epochkit.audit.findings import CATALOG, EpochVerdict, Finding, markdown_report, summary
-from epochkit.audit.recording import RecordingSampler, attach, describe_loader, detach, extract, fingerprint
-from epochkit.audit.verdicts import epoch_payload, judge_epoch, judge_fit_start
+from epochkit._io import write_bytes_atomic
+from epochkit.audit import images as img
+from epochkit.audit.digests import digest_lines
+from epochkit.audit.findings import (
+    CATALOG,
+    NOTICES,
+    ORDER_CODES,
+    SINGLE_LOADER,
+    EpochVerdict,
+    Finding,
+    markdown_report,
+    summary,
+)
+from epochkit.audit.payload import EpochPayload, LoaderConfig, Record
+from epochkit.audit.recording import (
+    RecordingSampler,
+    attach,
+    describe_loader,
+    detach,
+    extract,
+    fingerprint,
+    sub_batch,
+    train_loaders,
+)
+from epochkit.audit.verdicts import epoch_payload, judge_epoch, judge_fit_start, judge_reload
 
 log = logging.getLogger("epochkit.audit")
 
 OnIssue = Literal["warn", "raise", "log"]
-_ORDER_CODES = frozenset({"shuffle_off", "order_unchanged", "batches_unchanged", "successors_preserved"})
 REPORT_FILE = "shuffle_audit.json"
+DIGEST_FILE = "shuffle_audit_digests.txt"
+#: Findings ``overfit_batches`` produces on purpose (it replays the same sequential batches).
+_INTENDED_BY_OVERFIT = frozenset({"shuffle_off", *ORDER_CODES})
+#: Packages whose frames a warning skips, so that it points at the user's line (``trainer.fit(...)``).
+_INTERNAL: tuple[str, ...] = tuple(
+    os.path.dirname(os.path.abspath(str(module.__file__))) + os.sep
+    for name in ("epochkit", "lightning", "pytorch_lightning", "lightning_fabric", "torch")
+    if (module := sys.modules.get(name)) is not None and getattr(module, "__file__", None)
+)
 
 
 class ShuffleAuditWarning(UserWarning):
-    """Issued for each issue the audit finds when ``on_issue="warn"``."""
+    """Issued for each issue the audit finds when ``on_issue="warn"`` (once per finding and loader in a fit)."""
 
 
 class ShuffleAuditError(RuntimeError):
@@ -46,47 +81,86 @@ def _is_key(value: Any) -> bool:
     return isinstance(value, int | str) and not isinstance(value, bool)
 
 
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` of the first caller outside epochkit, Lightning and torch (the user's ``fit`` call)."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None:
+        path = os.path.abspath(frame.f_code.co_filename)
+        if not path.startswith(_INTERNAL) and "<frozen" not in path:
+            return level
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    return 1
+
+
+@dataclass
+class _Loader:
+    """One train loader of the fit, as the audit follows it."""
+
+    name: str | None
+    path: tuple[Any, ...]
+    loader: Any
+    recorder: RecordingSampler | None = None
+    labels_array: np.ndarray | None = None
+    first_pass: int | None = None  # batches of one pass of an iterable loader among several (cycled ones repeat)
+    source: str = ""  # where the ids of a loader without sampler indices come from
+    ids: list[torch.Tensor] = field(default_factory=list)
+    labels: list[torch.Tensor] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return self.name if self.name is not None else SINGLE_LOADER
+
+
 class ShuffleAudit(Callback):
     """Records which samples every training epoch really presented, in which order, and flags what a fresh shuffle
-    would not do: shuffling off, ranks disagreeing, duplicates, missed samples, overlap between ranks, an order that
-    did not change between epochs, and sorted or class-blocked labels.
+    would not do: shuffling off, ranks disagreeing, duplicates, missed samples, overlap between ranks, an order or
+    batches that came back, and sorted or class-blocked labels; streams and custom samplers that reshuffle only
+    locally by design get notices that measure how weakly they mix.
 
-    Sample identities come from the train sampler's indices (recorded in the main process, with workers too), else
-    from ``sample_ids``, else from content fingerprints computed on the batch's device. Observation never changes
+    Every train loader is audited on its own (each loader of a ``CombinedLoader``, by its key), and a loader swapped
+    in by ``reload_dataloaders_every_n_epochs`` is described again and judged from its first epoch. Sample identities
+    come from the train sampler's indices (recorded in the main process, with workers too), else from
+    ``sample_ids``, else from content fingerprints computed on the batch's device. Observation never changes
     training: no extra sampler iteration, no RNG draw, no host synchronisation per batch.
 
     Args:
-        on_issue: ``"warn"`` (a :class:`ShuffleAuditWarning` per issue), ``"raise"`` (a :class:`ShuffleAuditError`
-            on every rank at the end of the epoch an issue is found in, or at fit start), or ``"log"`` (Python
-            logging only).
+        on_issue: ``"warn"`` (a :class:`ShuffleAuditWarning` per issue, once per finding and loader), ``"raise"`` (a
+            :class:`ShuffleAuditError` on every rank at the end of the epoch an issue is found in, or at fit start),
+            or ``"log"`` (Python logging only). Notices are only logged (INFO).
         labels: Where labels come from, to check for sorted or class-blocked data: a sequence indexed by dataset
-            index, an ``int``/``str`` key into the batch (``batch[key]``), or a function of the batch. Default:
-            the dataset's ``targets`` when present.
+            index, an ``int``/``str`` key into the batch (``batch[key]``, per loader of several), or a function of
+            the batch. Default: the dataset's ``targets`` when present.
         sample_ids: An ``int``/``str`` key into the batch or a function of the batch giving one id per sample,
             used when the data set has no sampler indices (an ``IterableDataset``).
         fingerprints: Whether to fall back to content fingerprints when there are neither indices nor ids.
         max_samples: Compare at most about this many samples across ranks and epochs (a fixed pseudo-random
             subset of sample ids, the same on every rank and epoch; each kept sample keeps its true position, batch
-            and successor). Per-rank coverage and duplicates stay exact; label runs are measured on every k-th whole
-            batch; thresholds use the sizes actually measured. The default keeps the epoch-end work under 2 s and
-            300 MB at 10 million samples. None: everything.
+            and successor). Per-rank coverage, duplicates and order digests stay exact; label runs are measured on
+            every k-th whole batch; thresholds use the sizes actually measured. The default keeps the epoch-end work
+            under 2 s and 400 MB at 10 million samples. None: everything.
         ignore: Finding codes not to report (see :data:`epochkit.audit.findings.CATALOG`).
+        escalate: Notice codes to report as issues (``weak_mixing``, ``correlated_batches``, ``iterable_workers``).
+        images: Whether to log an order map and a label map per loader and epoch to TensorBoard (when the Trainer
+            has a TensorBoard logger).
     """
 
     # State made during fit (skorch's trailing underscore), declared for type checkers.
     verdicts_: list[EpochVerdict]
-    previous_: dict[str, np.ndarray] | None
-    previous_epoch_: int | None
     fit_start_: EpochVerdict | None
-    _loader_: DataLoader | None
-    _recorder_: RecordingSampler | None
-    _attach_epoch_: int | None
-    _warned_several_: bool
-    _configs_: list[dict[str, Any]]
-    _labels_array_: np.ndarray | None
-    _batches_: int
-    _id_chunks_: list[torch.Tensor]
-    _label_chunks_: list[torch.Tensor]
+    previous_: dict[str, Record]
+    previous_epoch_: dict[str, int]
+    configs_: dict[str, list[LoaderConfig]]
+    _loaders_: list[_Loader]
+    _attached_: dict[int, tuple[DataLoader, RecordingSampler | None]]
+    _explained_: dict[str, str]
+    _causes_: dict[str, dict[str, str]]
+    _pending_: EpochVerdict | None
+    _announced_: set[tuple[str | None, str]]
+    _report_dir_: Path | None
+    _steps_: int
     _patched_: tuple[Any, Any] | None
     _intended_: frozenset[str]
 
@@ -98,6 +172,8 @@ class ShuffleAudit(Callback):
         fingerprints: bool = True,
         max_samples: int | None = 1_000_000,
         ignore: Sequence[str] = (),
+        escalate: Sequence[str] = (),
+        images: bool = True,
     ) -> None:
         if on_issue not in ("warn", "raise", "log"):
             raise ValueError(f"ShuffleAudit(on_issue={on_issue!r}): must be one of 'warn', 'raise', 'log'.")
@@ -117,24 +193,27 @@ class ShuffleAudit(Callback):
             isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 100
         ):
             raise ValueError(f"ShuffleAudit(max_samples={max_samples!r}): must be an int >= 100, or None.")
-        if not isinstance(fingerprints, bool):
-            raise TypeError(f"ShuffleAudit(fingerprints={fingerprints!r}): must be True or False.")
-        if isinstance(ignore, str):
-            raise TypeError(
-                f"ShuffleAudit(ignore={ignore!r}): must be a sequence of finding codes, not a str; "
-                f"e.g. ignore=[{ignore!r}]."
-            )
-        unknown = [code for code in ignore if code not in CATALOG]
-        if unknown:
-            raise ValueError(
-                f"ShuffleAudit(ignore={ignore!r}): unknown finding codes {unknown}; allowed: {sorted(CATALOG)}."
-            )
+        for name, value in (("fingerprints", fingerprints), ("images", images)):
+            if not isinstance(value, bool):
+                raise TypeError(f"ShuffleAudit({name}={value!r}): must be True or False.")
+        for name, codes, allowed in (("ignore", ignore, sorted(CATALOG)), ("escalate", escalate, sorted(NOTICES))):
+            if isinstance(codes, str):
+                raise TypeError(
+                    f"ShuffleAudit({name}={codes!r}): must be a sequence of finding codes, not a str; "
+                    f"e.g. {name}=[{codes!r}]."
+                )
+            unknown = [code for code in codes if code not in allowed]
+            if unknown:
+                what = "notice codes" if name == "escalate" else "finding codes"
+                raise ValueError(f"ShuffleAudit({name}={codes!r}): unknown {what} {unknown}; allowed: {allowed}.")
         self.on_issue = on_issue
         self.labels = labels
         self.sample_ids = sample_ids
         self.fingerprints = fingerprints
         self.max_samples = max_samples
         self.ignore = ignore
+        self.escalate = escalate
+        self.images = images
 
     # ----------------------------------------------------------------------------------------------- identity
 
@@ -158,24 +237,14 @@ class ShuffleAudit(Callback):
         strategy = trainer.strategy
         original = strategy.process_dataloader
 
-        # Lightning creates and iterates the train loader inside the fit loop before any callback hook sees it;
-        # the strategy's process_dataloader is the last step between the two, so the recorder goes in there.
+        # Lightning creates and iterates each train loader inside the fit loop before any callback hook sees it (at
+        # fit start and at every reload); the strategy's process_dataloader is the last step between the two, so
+        # the recorder goes in there, one per train loader.
         def process_dataloader(dataloader: object) -> object:
-            if trainer.training and isinstance(dataloader, DataLoader):
-                previous = self._loader_
-                if previous is not None and previous is not dataloader:
-                    # One train loader is audited (the last); leave no recorder behind in any other.
-                    detach(previous)
-                    if self._attach_epoch_ == trainer.current_epoch and not self._warned_several_:
-                        self._warned_several_ = True
-                        log.warning(
-                            "ShuffleAudit audits one train loader, and this fit has several (a CombinedLoader): "
-                            "only the last one is audited."
-                        )
-                self._attach_epoch_ = trainer.current_epoch
-                self._loader_ = dataloader
-                self._recorder_ = attach(dataloader)
-            return original(dataloader)
+            processed = original(dataloader)
+            if trainer.training and isinstance(processed, DataLoader) and id(processed) not in self._attached_:
+                self._attached_[id(processed)] = (processed, attach(processed))
+            return processed
 
         strategy.process_dataloader = process_dataloader  # type: ignore[method-assign]
         self._patched_ = (strategy, process_dataloader)
@@ -184,92 +253,172 @@ class ShuffleAudit(Callback):
         self._undo()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        # Lightning skips teardown when fit raises (ShuffleAuditError included): restore the user's loader here.
+        # Lightning skips teardown when fit raises (ShuffleAuditError included): restore the user's loaders here.
         self._undo()
 
     def _undo(self) -> None:
-        """Restore the strategy and the train loader (idempotent)."""
+        """Restore the strategy and every train loader (idempotent)."""
         patched = getattr(self, "_patched_", None)
         if patched is not None and patched[0].__dict__.get("process_dataloader") is patched[1]:
             del patched[0].__dict__["process_dataloader"]
         self._patched_ = None
-        loader = getattr(self, "_loader_", None)
-        if loader is not None:
+        for loader, _ in getattr(self, "_attached_", {}).values():
             detach(loader)
-        self._loader_ = None
-        self._recorder_ = None
+        self._attached_ = {}
+        self._loaders_ = []
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        loader = self._loader_
-        config = describe_loader(loader) if loader is not None else {"iterable": True, "sampler": "unknown"}
-        configs = _distributed.gather_objects(trainer, config)  # collective: every rank enters it
-        self._configs_ = configs
-        self._labels_array_ = self._resolve_labels_array(loader)
         # overfit_batches replays the same sequential batches on purpose: no order finding then.
-        self._intended_ = _ORDER_CODES if getattr(trainer, "overfit_batches", 0) > 0 else frozenset()
+        self._intended_ = _INTENDED_BY_OVERFIT if getattr(trainer, "overfit_batches", 0) > 0 else frozenset()
+        if trainer.is_global_zero:
+            self._report_dir_ = self._choose_report_dir(trainer)
+        self._loaders_ = self._follow_loaders(trainer, [])
+        configs = self._describe(trainer, self._loaders_)  # collective: every rank enters it
+        parts = {}
+        for slot in self._loaders_:
+            found = judge_fit_start(configs[slot.key], trainer.world_size, self._skip(), self.escalate, slot.name)
+            parts[slot.key] = found
+            self._note_cause(slot, found)
         # Decided from gathered data, identically on every rank: no broadcast needed.
-        verdict = judge_fit_start(configs, trainer.world_size, skip=self._skip())
-        self.fit_start_ = verdict
-        self._report(trainer, verdict, tag_step=0)
+        self.fit_start_ = self._combine(None, parts)
+        self._report(trainer, self.fit_start_, tag_step=0)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._batches_ = 0
-        self._id_chunks_ = []
-        self._label_chunks_ = []
+        self._steps_ = 0
+        self._pending_ = None
+        # A reload (reload_dataloaders_every_n_epochs) swaps loaders on every rank at the same epoch, so every rank
+        # enters the collective below alike.
+        before = {slot.key: slot.loader for slot in self._loaders_}
+        current = train_loaders(trainer.train_dataloader)
+        changed = len(current) != len(before) or any(
+            before.get(name if name is not None else SINGLE_LOADER) is not loader for name, _, loader in current
+        )
+        if changed:
+            previous_configs = dict(self.configs_)
+            self._loaders_ = self._follow_loaders(trainer, self._loaders_)
+            configs = self._describe(trainer, self._loaders_)  # collective
+            parts = {}
+            for slot in self._loaders_:
+                if before.get(slot.key) is slot.loader:
+                    continue
+                parts[slot.key] = judge_reload(
+                    trainer.current_epoch,
+                    configs[slot.key],
+                    previous_configs.get(slot.key, []),
+                    trainer.world_size,
+                    self._skip(),
+                    self.escalate,
+                    slot.name,
+                )
+                # One finding per cause: a cause an earlier loader of this name was already reported for (a
+                # loader rebuilt unshuffled, or with the same seed, at every reload) becomes a note.
+                part, known = parts[slot.key], self._causes_.setdefault(slot.key, {})
+                again = [f for f in part.findings if f.code in known]
+                for finding in again:
+                    part.findings.remove(finding)
+                    part.notes.append(f"{finding.code} again (reported at {known[finding.code]}): {finding.evidence}")
+                prior = self._explained_.pop(slot.key, None)
+                self._note_cause(slot, part)
+                if slot.key not in self._explained_ and prior is not None and any(f.code in prior for f in again):
+                    self._explained_[slot.key] = prior
+            self._pending_ = self._combine(trainer.current_epoch, parts)
+        for slot in self._loaders_:
+            slot.ids, slot.labels = [], []
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        self._batches_ += 1
-        # Device tensors only: appended here, moved to the host once at the end of the epoch.
-        if self._recorder_ is None:
-            if self.sample_ids is not None:
-                ids = torch.as_tensor(extract(batch, self.sample_ids)).reshape(-1)
-                self._id_chunks_.append(ids.detach())
-            elif self.fingerprints:
-                self._id_chunks_.append(fingerprint(batch))
-        if self._labels_array_ is None and self.labels is not None and (_is_key(self.labels) or callable(self.labels)):
-            labels = torch.as_tensor(extract(batch, self.labels))  # type: ignore[arg-type]
-            if labels.ndim > 1:
-                labels = labels.argmax(dim=-1)
-            self._label_chunks_.append(labels.detach().reshape(-1))
+        self._steps_ += 1
+        for slot in self._loaders_:
+            part = sub_batch(batch, slot.path) if slot.path else batch
+            if part is None:  # an exhausted loader of several (max_size mode)
+                continue
+            # Device tensors only: appended here, moved to the host once at the end of the epoch.
+            if slot.recorder is None:
+                value = None
+                if self.sample_ids is not None and slot.source != "content fingerprints":
+                    value = self._extract(slot, part, self.sample_ids, "sample_ids")
+                    if value is not None:
+                        slot.source = "sample_ids"
+                        slot.ids.append(torch.as_tensor(value).reshape(-1).detach())
+                if value is None and self.fingerprints and slot.source != "sample_ids":
+                    slot.source = "content fingerprints"  # no sample_ids, or none in this loader's batches
+                    slot.ids.append(fingerprint(part))
+            if (
+                slot.labels_array is None
+                and self.labels is not None
+                and (_is_key(self.labels) or callable(self.labels))
+            ):
+                value = self._extract(slot, part, self.labels, "labels")
+                if value is not None:
+                    labels = torch.as_tensor(value)
+                    if labels.ndim > 1:
+                        labels = labels.argmax(dim=-1)
+                    slot.labels.append(labels.detach().reshape(-1))
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        payload = self._local_payload(trainer)
-        gathered = _distributed.gather_objects(trainer, payload)  # collective
+        payloads = {slot.key: self._local_payload(trainer, slot) for slot in self._loaders_}
+        gathered = _distributed.gather_objects(trainer, payloads)  # collective
         verdict_data: dict[str, Any] = {}
+        epoch = trainer.current_epoch
         if trainer.is_global_zero:
-            verdict_epoch, record = judge_epoch(
-                trainer.current_epoch, gathered, self._configs_, self.previous_, self.previous_epoch_, self._skip()
-            )
-            if record is not None:  # what the next epoch is compared with
-                self.previous_, self.previous_epoch_ = record, trainer.current_epoch
-            verdict_data = verdict_epoch.to_dict()
+            parts = {}
+            for slot in self._loaders_:
+                per_rank = [g[slot.key] for g in gathered]
+                previous = self.previous_.get(slot.key)
+                previous_epoch = self.previous_epoch_.get(slot.key)
+                part, record = judge_epoch(
+                    epoch,
+                    per_rank,
+                    self.configs_.get(slot.key, []),
+                    previous,
+                    previous_epoch,
+                    self._skip(),
+                    self.escalate,
+                    slot.name,
+                    self._explained_.get(slot.key),
+                    order_map=self.images and _logging.has_tensorboard(trainer),
+                )
+                part.notes.extend(slot.problems)
+                parts[slot.key] = part
+                self._images(trainer, slot, per_rank, part)
+                if record is not None:  # what the next epoch is compared with
+                    self.previous_[slot.key], self.previous_epoch_[slot.key] = record, epoch
+            verdict = self._combine(epoch, parts)
+            if self._pending_ is not None:
+                verdict.findings[:0] = self._pending_.findings
+                verdict.notes[:0] = self._pending_.notes
+            verdict.metrics["issues"] = float(len(verdict.issues))
+            verdict_data = verdict.to_dict()
         verdict = EpochVerdict.from_dict(_distributed.broadcast(trainer, verdict_data))  # collective
         self.verdicts_.append(verdict)
         self._report(trainer, verdict)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
-            log.info(summary([self.fit_start_, *self.verdicts_] if self.fit_start_ else self.verdicts_))
-            self._write_json(trainer)
+            log.info(summary(self.fit_start_, self.verdicts_))
+            self._write_files()
 
     # -------------------------------------------------------------------------------------------- resume
 
     def state_dict(self) -> dict[str, Any]:
-        previous = getattr(self, "previous_", None)
+        previous = getattr(self, "previous_", {}) or {}
         return {
             "verdicts": [v.to_dict() for v in getattr(self, "verdicts_", [])],
-            "previous": None if previous is None else {k: torch.from_numpy(v.copy()) for k, v in previous.items()},
-            "previous_epoch": getattr(self, "previous_epoch_", None),
+            "previous": {key: record.to_state() for key, record in previous.items()},
+            "previous_epoch": dict(getattr(self, "previous_epoch_", {}) or {}),
             "fit_start": fit_start.to_dict() if (fit_start := getattr(self, "fit_start_", None)) else None,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.verdicts_ = [EpochVerdict.from_dict(v) for v in state_dict.get("verdicts", [])]
-        previous = state_dict.get("previous")
-        self.previous_ = None if previous is None else {k: v.numpy() for k, v in previous.items()}
-        self.previous_epoch_ = state_dict.get("previous_epoch")
+        previous = state_dict.get("previous") or {}
+        previous_epoch = state_dict.get("previous_epoch")
+        if "ids" in previous:  # a checkpoint of a version that audited one loader
+            previous = {SINGLE_LOADER: previous}
+            previous_epoch = {SINGLE_LOADER: previous_epoch} if previous_epoch is not None else {}
+        self.previous_ = {key: Record.from_state(value) for key, value in previous.items()}
+        self.previous_epoch_ = {key: int(value) for key, value in (previous_epoch or {}).items()}
         fit_start = state_dict.get("fit_start")
         self.fit_start_ = EpochVerdict.from_dict(fit_start) if fit_start else None
 
@@ -279,23 +428,114 @@ class ShuffleAudit(Callback):
         # Always reset: Lightning restores callback state (load_state_dict) after setup, so a resumed fit still
         # gets its checkpointed state, and a later fit never inherits a previous one.
         self.verdicts_ = []
-        self.previous_ = None
-        self.previous_epoch_ = None
         self.fit_start_ = None
-        self._loader_ = None
-        self._recorder_ = None
-        self._attach_epoch_ = None
-        self._warned_several_ = False
-        self._configs_ = []
-        self._labels_array_ = None
-        self._batches_ = 0
-        self._id_chunks_ = []
-        self._label_chunks_ = []
+        self.previous_ = {}
+        self.previous_epoch_ = {}
+        self.configs_ = {}
+        self._loaders_ = []
+        self._attached_ = {}
+        self._explained_ = {}
+        self._causes_ = {}
+        self._pending_ = None
+        self._announced_ = set()
+        self._report_dir_ = None
+        self._steps_ = 0
+        self._patched_ = None
         self._intended_ = frozenset()
 
-    def _resolve_labels_array(self, loader: DataLoader | None) -> np.ndarray | None:
+    def _follow_loaders(self, trainer: pl.Trainer, old: list[_Loader]) -> list[_Loader]:
+        """The fit's train loaders now, keeping what is known of the ones that did not change and dropping the
+        recorders of the ones that went away."""
+        found = train_loaders(trainer.train_dataloader)
+        by_key = {slot.key: slot for slot in old}
+        several = len(found) > 1
+        slots = []
+        for name, path, loader in found:
+            key = name if name is not None else SINGLE_LOADER
+            kept = by_key.get(key)
+            if kept is not None and kept.loader is loader:
+                slots.append(kept)
+                continue
+            attached = self._attached_.get(id(loader))
+            recorder = attached[1] if attached is not None and attached[0] is loader else None
+            slot = _Loader(name, path, loader, recorder)
+            if several and recorder is None and isinstance(loader, DataLoader):
+                slot.first_pass = self._pass_length(trainer, loader)
+            slots.append(slot)
+        current = {id(slot.loader) for slot in slots}
+        for gone in [k for k in self._attached_ if k not in current]:
+            detach(self._attached_.pop(gone)[0])
+        return slots
+
+    @staticmethod
+    def _pass_length(trainer: pl.Trainer, loader: DataLoader) -> int | None:
+        """Batches in one pass of a sized loader, after ``limit_train_batches`` (None when unsized)."""
+        length = sized_len(loader)
+        if length is None:
+            return None
+        limit = trainer.limit_train_batches
+        if isinstance(limit, int):
+            return min(length, limit)
+        return length if limit is None or limit >= 1.0 else int(length * limit)
+
+    def _describe(self, trainer: pl.Trainer, slots: list[_Loader]) -> dict[str, list[LoaderConfig]]:
+        """Every loader's configuration on every rank (one collective), and its labels."""
+        local = {
+            slot.key: describe_loader(slot.loader)
+            if isinstance(slot.loader, DataLoader)
+            else LoaderConfig(iterable=True)
+            for slot in slots
+        }
+        gathered = _distributed.gather_objects(trainer, local)
+        self.configs_ = {slot.key: [g[slot.key] for g in gathered] for slot in slots}
+        for slot in slots:
+            slot.labels_array = self._resolve_labels_array(slot)
+        return self.configs_
+
+    def _note_cause(self, slot: _Loader, verdict: EpochVerdict) -> None:
+        """Remember the fit-start (or reload) causes reported for a loader, and one that explains a replay, so that
+        neither they nor the order findings they imply are reported again."""
+        where = "fit start" if verdict.epoch is None else f"epoch {verdict.epoch}"
+        causes = self._causes_.setdefault(slot.key, {})
+        for finding in verdict.findings:
+            causes.setdefault(finding.code, where)
+        config = self.configs_.get(slot.key, [LoaderConfig()])[0]
+        if config.get("shuffle") is False:
+            self._explained_[slot.key] = f"shuffle_off at {causes.get('shuffle_off', where)}"
+        if "same_seed_reload" in causes and any(f.code == "same_seed_reload" for f in verdict.findings):
+            self._explained_[slot.key] = f"same_seed_reload at {causes['same_seed_reload']}"
+
+    def _combine(self, epoch: int | None, parts: dict[str, EpochVerdict]) -> EpochVerdict:
+        """One verdict over every loader: metrics under ``<loader>/`` when the fit has several."""
+        several = len(self._loaders_) > 1
+        out = EpochVerdict(epoch)
+        for key, part in parts.items():
+            for metric, value in part.metrics.items():
+                if several and metric == "issues":
+                    continue
+                out.metrics[f"{key}/{metric}" if several else metric] = value
+            out.findings.extend(part.findings)
+            out.notes.extend(f"{key}: {note}" if several else note for note in part.notes)
+            out.digests.update(part.digests)
+        if several and epoch is not None:
+            out.metrics["issues"] = float(len(out.issues))
+        return out
+
+    def _extract(self, slot: _Loader, batch: Any, key: Any, what: str) -> Any:
+        try:
+            return extract(batch, key)
+        except (KeyError, IndexError, TypeError) as error:
+            if len(self._loaders_) == 1:
+                raise
+            problem = f"{what}={key!r} does not apply to its batches ({type(error).__name__}: {error}): not used"
+            if problem not in slot.problems:
+                slot.problems.append(problem)
+            return None
+
+    def _resolve_labels_array(self, slot: _Loader) -> np.ndarray | None:
         """Labels indexed by dataset index, when the audit has sampler indices to index them with."""
-        if loader is None or self._recorder_ is None:
+        loader = slot.loader
+        if not isinstance(loader, DataLoader) or slot.recorder is None:
             return None
         dataset = loader.dataset
         labels: Any = None
@@ -303,8 +543,9 @@ class ShuffleAudit(Callback):
             labels = self.labels
             size = len(dataset) if hasattr(dataset, "__len__") else None
             if size is not None and len(labels) != size:
+                which = f"train loader {slot.name!r}'s" if slot.name is not None else "the training"
                 raise ValueError(
-                    f"ShuffleAudit(labels=<{len(labels)} labels>): one label per sample of the training data set is "
+                    f"ShuffleAudit(labels=<{len(labels)} labels>): one label per sample of {which} data set is "
                     f"needed ({size} samples); or pass a batch key (e.g. labels=1) or a function of the batch."
                 )
         elif isinstance(self.labels, int) and isinstance(dataset, TensorDataset):
@@ -326,22 +567,27 @@ class ShuffleAudit(Callback):
             array = array.argmax(axis=-1)
         return _small_ints(array)
 
-    def _local_payload(self, trainer: pl.Trainer) -> dict[str, Any]:
-        """This rank's epoch: local coverage and label statistics, and the (subsampled) record to gather."""
-        config = self._configs_[trainer.global_rank] if self._configs_ else {}
-        if self._recorder_ is not None:
-            ids, sizes = self._recorder_.take(self._batches_)
+    def _local_payload(self, trainer: pl.Trainer, slot: _Loader) -> EpochPayload:
+        """This rank's epoch of one loader: local coverage and label statistics, and the record to gather."""
+        configs = self.configs_.get(slot.key) or [LoaderConfig()]
+        config = configs[min(trainer.global_rank, len(configs) - 1)]
+        chunks, label_chunks = slot.ids, slot.labels
+        if slot.first_pass is not None:  # a loader cycled among several: its first pass is its epoch
+            chunks, label_chunks = chunks[: slot.first_pass], label_chunks[: slot.first_pass]
+        if slot.recorder is not None:
+            ids, sizes = slot.recorder.take(self._steps_)
             source = "sampler indices"
-        elif self._id_chunks_:
-            ids_t = torch.cat([c.to(self._id_chunks_[0].device) for c in self._id_chunks_])
-            sizes = np.array([c.shape[0] for c in self._id_chunks_], np.int64)
+        elif chunks:
+            ids_t = torch.cat([c.to(chunks[0].device) for c in chunks])
+            sizes = np.array([c.shape[0] for c in chunks], np.int64)
             ids = ids_t.cpu().numpy().astype(np.int64)  # the one host transfer of the epoch
-            source = "sample_ids" if self.sample_ids is not None else "content fingerprints"
+            source = slot.source
         else:
             ids, sizes, source = np.empty(0, np.int64), np.empty(0, np.int64), "none"
         labels_by_position = None
-        if self._label_chunks_:
-            labels_by_position = torch.cat([c.to(self._label_chunks_[0].device) for c in self._label_chunks_])
+        if label_chunks:
+            joined = torch.cat([c.to(label_chunks[0].device) for c in label_chunks])
+            labels_by_position = _small_ints(joined.cpu().numpy())
         return epoch_payload(
             ids,
             sizes,
@@ -349,9 +595,20 @@ class ShuffleAudit(Callback):
             universe=config.get("universe"),
             world_size=trainer.world_size,
             max_samples=self.max_samples,
-            labels_by_id=self._labels_array_,
-            labels_by_position=None if labels_by_position is None else _small_ints(labels_by_position.cpu().numpy()),
+            labels_by_id=slot.labels_array,
+            labels_by_position=labels_by_position,
         )
+
+    def _images(self, trainer: pl.Trainer, slot: _Loader, payloads: list[EpochPayload], verdict: EpochVerdict) -> None:
+        """The order map (against the previous epoch) and the label map of one loader, to TensorBoard (rank 0)."""
+        if not self.images or not _logging.has_tensorboard(trainer):
+            return
+        prefix = "shuffle_audit/" if len(self._loaders_) == 1 else f"shuffle_audit/{slot.key}/"
+        if verdict.order_map is not None:
+            _logging.log_image(trainer, prefix + "order_map", img.render_order_map(verdict.order_map))
+        table = img.merge_label_tables([p.label_table for p in payloads])
+        if table is not None:
+            _logging.log_image(trainer, prefix + "label_map", img.render_label_map(img.label_map(table)))
 
     def _skip(self) -> set[str]:
         return set(self.ignore) | set(self._intended_)
@@ -361,28 +618,47 @@ class ShuffleAudit(Callback):
             _logging.log_scalars(trainer, {f"shuffle_audit/{k}": v for k, v in verdict.metrics.items()})
         _logging.log_text(trainer, "shuffle_audit/report", markdown_report(verdict), step=tag_step)
         if trainer.is_global_zero:
-            self._write_json(trainer)
+            self._write_files()
             for finding in verdict.findings:
-                if finding.severity != "issue":
-                    log.info(finding.message())  # a notice never warns or raises
+                first = (finding.loader, finding.code) not in self._announced_
+                self._announced_.add((finding.loader, finding.code))
+                if finding.severity != "issue" or not first:
+                    log.info(finding.message())  # a notice, or an issue already warned about in this fit
                 elif self.on_issue == "warn":
-                    warnings.warn(finding.message(), ShuffleAuditWarning, stacklevel=2)
+                    warnings.warn(finding.message(), ShuffleAuditWarning, stacklevel=_user_stacklevel())
                 elif self.on_issue == "log":
                     log.warning(finding.message())
         if self.on_issue == "raise" and verdict.issues:
             raise ShuffleAuditError(verdict.issues)  # on every rank: the verdict is the same everywhere
 
-    def _write_json(self, trainer: pl.Trainer) -> None:
-        verdicts = [self.fit_start_, *self.verdicts_] if self.fit_start_ else list(self.verdicts_)
+    def _choose_report_dir(self, trainer: pl.Trainer) -> Path:
+        """The logger's directory; without a logger, a fresh ``shuffle_audit/version_N`` under the Trainer's
+        ``default_root_dir``, so that a second fit never overwrites the first one's report."""
+        for logger in trainer.loggers:
+            if logger.log_dir is not None:
+                return Path(logger.log_dir)
+        root = Path(trainer.default_root_dir) / "shuffle_audit"
+        taken = {p.name for p in root.glob("version_*")} if root.is_dir() else set()
+        n = 0
+        while f"version_{n}" in taken:
+            n += 1
+        return root / f"version_{n}"
+
+    def _write_files(self) -> None:
+        """``shuffle_audit.json`` and ``shuffle_audit_digests.txt`` (atomically, rank 0)."""
+        if self._report_dir_ is None:
+            return
         _logging.write_json_atomic(
-            _logging.log_dir(trainer) / REPORT_FILE,
+            self._report_dir_ / REPORT_FILE,
             {
-                "config": self._configs_,
+                "config": self.configs_,
                 "fit_start": self.fit_start_.to_dict() if self.fit_start_ else None,
                 "epochs": [v.to_dict() for v in self.verdicts_],
-                "summary": summary(verdicts),
+                "summary": summary(self.fit_start_, self.verdicts_),
             },
         )
+        lines = [line for v in self.verdicts_ if v.epoch is not None for line in digest_lines(v.epoch, v.digests)]
+        write_bytes_atomic(self._report_dir_ / DIGEST_FILE, "".join(f"{line}\n" for line in lines).encode())
 
 
 def _small_ints(labels: np.ndarray) -> np.ndarray:

@@ -11,10 +11,22 @@ healthy shuffled run is not flagged:
   close to Poisson with that expectation; it is flagged from the exact Poisson tail (:data:`TAIL`), not a normal
   approximation, which fails when few pairs are expected (batch size 2 or 3);
 * the number of preserved successors is close to Poisson(1);
+* Spearman's footrule (the summed displacement of the shared samples' ranks) has mean ``(n^2 - 1) / 3`` and variance
+  ``(n + 1)(2 n^2 + 7) / 45`` (Diaconis and Graham, 1977);
+* batches identical as sets: ``P(J >= j) <= E[binom(J, j)]``, exact for a uniformly random partition (see
+  :func:`identical_batches_bound`), which is what few batches need (the Poisson tail of re-met pairs fails there);
 * the label-change rate has mean ``1 - sum_k n_k (n_k - 1) / (n (n - 1))`` (``1 - sum p^2`` for large ``n``);
 * the mean label entropy of the batches equals the entropy of a random batch, estimated by a seeded Monte-Carlo draw;
   its deficit from the pooled label entropy is a G-test statistic (chi-square under a shuffle), which bounds the
   heavy lower tail of a few bounded, skewed batch entropies where a normal margin does not.
+
+Streams and custom samplers shuffle in blocks (shards or chunks in a new order, samples mixed within a buffer or a
+chunk window; length-grouped batching re-meets similar samples by design), so their epochs stay correlated and the
+uniform null does not describe them. Whatever the design, a *replay* is local: most samples keep their successor
+(:data:`REPLAY_SHARE`), or most same-batch pairs meet again (:data:`BATCH_REPLAY_SHARE`), or most batches come back
+identical as sets. A block shuffle that mixes each sample among ``w`` others keeps about ``1 / w`` of the successors
+(at most 1/4, for blocks of 2) and ``(b - 1) / (w - 1)`` of the pairs of a batch of ``b``, so these thresholds hold for
+it; the uniform thresholds then measure *how weakly* it mixes (a notice, see :mod:`epochkit.audit.verdicts`).
 
 Vectorised, O(N) memory and time except for one sort of the co-batch keys; 10 million samples take about a second.
 """
@@ -23,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -37,6 +49,18 @@ TAIL = 1e-9
 MIN_ORDER_SAMPLES = 10
 #: A preserved-successor count this high has probability below 1e-9 under a fresh shuffle (Poisson(1) tail).
 MIN_SUCCESSOR_COUNT = 13
+#: Share of the samples keeping their successor from which the order came back (a replay, rotation or shift),
+#: whatever the shuffle's design: a block shuffle keeps about ``1 / w`` of them (at most 1/4).
+REPLAY_SHARE = 0.5
+#: Share of the same-batch pairs meeting again from which the same batches came back, whatever the design: a batch
+#: of ``b`` filled from a window of ``w`` samples re-meets about ``(b - 1) / (w - 1)`` of its pairs.
+BATCH_REPLAY_SHARE = 0.75
+#: With this many full batches or fewer, co-batch evidence is judged on batches identical as sets only (an exact
+#: bound): the count of re-met pairs is far from Poisson when a few batches cover the data (2 batches of 10 repeat
+#: their partition once in 92,000 epochs, which the Poisson tail put below 1e-9).
+FEW_BATCHES = 8
+#: Mean displacement, as a share of a fresh shuffle's, at or below which a stream mixes weakly.
+WEAK_DISPLACEMENT = 0.5
 
 
 @dataclass(frozen=True)
@@ -181,6 +205,17 @@ class OrderStats:
         cobatch_expected: That expectation, in pairs (0 when batches carry no pairs).
         successors_preserved: Samples whose successor is the same as in the previous epoch.
         successor_pairs: Samples with a successor in both epochs.
+        footrule: Spearman's footrule, the summed displacement ``sum |r_prev - r_cur|`` of the shared samples' ranks
+            (nan below :data:`MIN_ORDER_SAMPLES`).
+        successors_reversed: Samples now followed by the sample that preceded them (a reversed order).
+        cobatch_together: Same-batch pairs of this epoch that were in one batch in the previous epoch too.
+        cobatch_pairs: Same-batch pairs of this epoch.
+        batch_size: The most common batch size (over shared samples) of both epochs, 0 when they differ.
+        full_batches: Batches of that size in this epoch and in the previous one.
+        identical_batches: Batches of that size identical as sets to a batch of the previous epoch.
+        batches: Batches of this epoch holding shared samples.
+        order_map: When asked for, the 2-D histogram of the shared samples' rank this epoch (rows) against the
+            previous epoch (columns) in :func:`order_map_bins` bins, as counts over a fresh shuffle's (1 on average).
     """
 
     shared: int
@@ -189,16 +224,64 @@ class OrderStats:
     cobatch_expected: float
     successors_preserved: int
     successor_pairs: int
+    footrule: float = float("nan")
+    successors_reversed: int = 0
+    cobatch_together: float = 0.0
+    cobatch_pairs: float = 0.0
+    batch_size: int = 0
+    full_batches: tuple[int, int] = (0, 0)
+    identical_batches: int = 0
+    batches: int = 0
+    order_map: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def successor_fraction(self) -> float:
         """``successors_preserved / successor_pairs`` (nan when there is no pair)."""
         return self.successors_preserved / self.successor_pairs if self.successor_pairs else float("nan")
 
+    @property
+    def cobatch_share(self) -> float:
+        """Share of this epoch's same-batch pairs that met in the previous epoch too (nan without pairs); a fresh
+        shuffle gives about ``(b - 1) / (n - 1)``, a replay of the batches 1."""
+        return self.cobatch_together / self.cobatch_pairs if self.cobatch_pairs else float("nan")
+
+    @property
+    def displacement(self) -> float:
+        """Mean displacement over a fresh shuffle's, ``footrule / ((n^2 - 1) / 3)``: about 1 for a fresh shuffle,
+        0 for a replay (nan when not measured)."""
+        mean, _ = footrule_null(self.shared)
+        return self.footrule / mean if mean > 0 else float("nan")
+
+
+def order_map_bins(n: int) -> int:
+    """Bins per axis of an order map of ``n`` shared samples: about 4 samples a bin under a fresh shuffle, between 8
+    and 64.
+
+    Example:
+        >>> order_map_bins(192), order_map_bins(1437), order_map_bins(10_000_000)
+        (8, 18, 64)
+    """
+    return int(min(64, max(8, math.isqrt(max(n, 1) // 4))))
+
+
+def _order_map(rank_prev: np.ndarray, rank_cur: np.ndarray, bins: int) -> np.ndarray:
+    n = rank_prev.size
+    cells = rank_cur.astype(np.int64) * bins // n * bins + rank_prev.astype(np.int64) * bins // n
+    return np.bincount(cells, minlength=bins * bins).reshape(bins, bins) * (bins * bins / n)
+
 
 def _pairs(counts: np.ndarray) -> float:
     counts = counts.astype(np.float64)
     return float(np.sum(counts * (counts - 1.0) / 2.0))
+
+
+def _modal_size(sizes: np.ndarray) -> int:
+    """The most common non-zero value of ``sizes`` (the larger one on a tie), 0 when there is none."""
+    sizes = sizes[sizes > 0]
+    if not sizes.size:
+        return 0
+    counts = np.bincount(sizes)
+    return int(counts.size - 1 - np.argmax(counts[::-1]))
 
 
 def order_stats(
@@ -208,15 +291,18 @@ def order_stats(
     cur_batches: np.ndarray,
     prev_successors: np.ndarray | None = None,
     cur_successors: np.ndarray | None = None,
+    order_map: bool = False,
 ) -> OrderStats:
-    """Compare two epochs' orders: Spearman of positions, co-batch ratio and preserved successors.
+    """Compare two epochs' orders: Spearman and footrule of positions, co-batch pairs and identical batches, and
+    preserved (or reversed) successors.
 
     ``*_ids`` are in presentation order and ``*_batches`` give each position's batch. ``*_successors`` give the id
     that followed each position (-1 for none); by default the next entry of ``*_ids``, but a subsampled record
-    keeps the true successor of each kept sample.
+    keeps the true successor of each kept sample. ``order_map=True`` also returns the order map (see
+    :class:`OrderStats`), from the ranks computed anyway.
 
     Formulas (``n`` shared samples, ``r`` their position ranks):
-    ``rho = 1 - 6 sum (r_prev - r_cur)^2 / (n (n^2 - 1))``;
+    ``rho = 1 - 6 sum (r_prev - r_cur)^2 / (n (n^2 - 1))``; ``footrule = sum |r_prev - r_cur|``;
     ``cobatch_ratio = T / (C * P / binom(n, 2))`` with ``T`` the pairs together in both epochs, ``C`` and ``P`` the
     pairs together in the current and previous epoch.
 
@@ -224,12 +310,14 @@ def order_stats(
         >>> ids = np.arange(40)
         >>> batches = ids // 8
         >>> same = order_stats(ids, batches, ids, batches)
-        >>> round(same.spearman, 3), same.successors_preserved, round(same.cobatch_ratio, 2)
-        (1.0, 39, 5.57)
+        >>> round(same.spearman, 3), same.successors_preserved, round(same.cobatch_ratio, 2), same.footrule
+        (1.0, 39, 5.57, 0.0)
         >>> reordered = np.concatenate([ids[8:], ids[:8]])  # the same batches in a new batch order
         >>> s = order_stats(ids, batches, reordered, batches)
-        >>> round(s.cobatch_ratio, 2), s.spearman < 1.0
-        (5.57, True)
+        >>> round(s.cobatch_ratio, 2), s.cobatch_share, s.identical_batches, s.full_batches, s.spearman < 1.0
+        (5.57, 1.0, 5, (5, 5), True)
+        >>> order_stats(ids, batches, ids[::-1], batches).successors_reversed
+        39
     """
     prev_ids, cur_ids = np.asarray(prev_ids), np.asarray(cur_ids)
     if prev_successors is None:
@@ -247,15 +335,21 @@ def order_stats(
     pp, pc = pos_prev[shared_codes], pos_cur[shared_codes]
     del pos_prev, pos_cur
 
-    spearman = nan
+    spearman = footrule = nan
     cobatch_ratio, cobatch_expected = nan, 0.0
+    together = pairs_cur = 0.0
+    batch_size, full, identical, n_batches = 0, (0, 0), 0, 0
+    histogram = None
     if n >= 2:
         rank_prev = _ranks(pp, prev_c.size)
         rank_cur = _ranks(pc, cur_c.size)
         if n >= MIN_ORDER_SAMPLES:
             d = (rank_prev - rank_cur).astype(np.float64)
             spearman = 1.0 - 6.0 * float(np.dot(d, d)) / (n * (float(n) ** 2 - 1.0))
+            footrule = float(np.abs(d).sum())
             del d
+        if order_map:
+            histogram = _order_map(rank_prev, rank_cur, order_map_bins(n))
         # Walk the shared samples in current order, so the current batch index is sorted and a sort of
         # (current batch, previous batch) keys is cheap.
         order = np.empty(n, np.int64)
@@ -264,19 +358,34 @@ def order_stats(
         bc = np.asarray(cur_batches, np.int64)[pc[order]]
         bp = np.asarray(prev_batches, np.int64)[pp[order]]
         del order
-        pairs_cur = _pairs(np.bincount(bc))
-        pairs_prev = _pairs(np.bincount(bp))
-        keys = np.sort(bc * (int(bp.max()) + 1) + bp)
+        sizes_cur, sizes_prev = np.bincount(bc), np.bincount(bp)
+        n_batches = int(np.count_nonzero(sizes_cur))
+        pairs_cur = _pairs(sizes_cur)
+        pairs_prev = _pairs(sizes_prev)
+        width = int(bp.max()) + 1
+        keys = np.sort(bc * width + bp)
         del bc, bp
         starts = np.flatnonzero(np.diff(keys, prepend=keys[0] - 1))
-        together = _pairs(np.diff(np.append(starts, keys.size)))
-        del keys, starts
+        runs = np.diff(np.append(starts, keys.size))
+        together = _pairs(runs)
+        # A batch is identical as a set when all of it sits in one batch of the previous epoch that holds nothing
+        # else; counted among the batches of the common size of both epochs.
+        size_cur, size_prev = _modal_size(sizes_cur), _modal_size(sizes_prev)
+        if size_cur == size_prev and size_cur >= 2:
+            batch_size = size_cur
+            full = (int(np.count_nonzero(sizes_cur == batch_size)), int(np.count_nonzero(sizes_prev == batch_size)))
+            first = keys[starts]
+            same = (runs == batch_size) & (sizes_cur[first // width] == batch_size)
+            same &= sizes_prev[first % width] == batch_size
+            identical = int(np.count_nonzero(same))
+        del keys, starts, runs
         all_pairs = n * (n - 1) / 2.0
         cobatch_expected = pairs_cur * pairs_prev / all_pairs
         if cobatch_expected > 0:
             cobatch_ratio = together / cobatch_expected
 
-    # Successors: among samples with a known successor in both epochs, how many kept the same one.
+    # Successors: among samples with a known successor in both epochs, how many kept the same one, and how many
+    # are now followed by the sample that preceded them (a reversal).
     (p_ids, p_succ, c_ids, c_succ), size2 = _compact(
         prev_ids, np.asarray(prev_successors), cur_ids, np.asarray(cur_successors), missing=-1
     )
@@ -284,10 +393,28 @@ def order_stats(
     has = p_succ >= 0
     succ_prev[p_ids[has]] = p_succ[has]
     c_has = c_succ >= 0
-    known = succ_prev[c_ids[c_has]]
+    now, nxt = c_ids[c_has], c_succ[c_has]
+    known = succ_prev[now]
     valid = known >= 0
-    preserved = int(np.count_nonzero(known[valid] == c_succ[c_has][valid]))
-    return OrderStats(n, spearman, cobatch_ratio, cobatch_expected, preserved, int(np.count_nonzero(valid)))
+    preserved = int(np.count_nonzero(known[valid] == nxt[valid]))
+    reversed_ = int(np.count_nonzero(succ_prev[nxt] == now))
+    return OrderStats(
+        n,
+        spearman,
+        cobatch_ratio,
+        cobatch_expected,
+        preserved,
+        int(np.count_nonzero(valid)),
+        footrule,
+        reversed_,
+        together,
+        pairs_cur,
+        batch_size,
+        full,
+        identical,
+        n_batches,
+        histogram,
+    )
 
 
 def spearman_threshold(n: int) -> float:
@@ -372,6 +499,158 @@ def successor_threshold(pairs: int) -> float:
         (13.0, 71.8)
     """
     return max(float(MIN_SUCCESSOR_COUNT), 0.05 * pairs)
+
+
+def replay_successor_threshold(pairs: int) -> float:
+    """Smallest count of preserved (or reversed) successors that says the order came back, whatever the shuffle's
+    design: ``max(13, REPLAY_SHARE * pairs)``.
+
+    Under a fresh shuffle the count is close to Poisson(1), so 13 has probability below 1e-9. A block shuffle keeps a
+    successor only inside a block it reorders: ``(m - 1) / m`` successors per block of ``m``, about ``1 / m`` of them
+    (1/4 for blocks of 2, 3/16 for blocks of 4), and half of them is a material share a reshuffle does not keep.
+
+    Example:
+        >>> replay_successor_threshold(20), replay_successor_threshold(1999)
+        (13.0, 999.5)
+    """
+    return max(float(MIN_SUCCESSOR_COUNT), REPLAY_SHARE * pairs)
+
+
+def order_replayed(stats: OrderStats) -> str | None:
+    """How the order came back, whatever the shuffle's design: ``"identical"`` (Spearman >= 0.9 and most successors
+    kept), ``"reversed"`` (Spearman <= -0.9 and most samples now followed by their predecessor), ``"shifted"`` (most
+    successors kept, positions moved: a rotation or a shift), or None.
+
+    Example:
+        >>> ids = np.arange(100)
+        >>> order_replayed(order_stats(ids, ids // 10, ids, ids // 10))
+        'identical'
+        >>> order_replayed(order_stats(ids, ids // 10, np.roll(ids, 37), ids // 10))
+        'shifted'
+        >>> order_replayed(order_stats(ids, ids // 10, np.random.default_rng(0).permutation(100), ids // 10)) is None
+        True
+    """
+    threshold = replay_successor_threshold(stats.successor_pairs)
+    rho = stats.spearman
+    if stats.successor_pairs and stats.successors_preserved >= threshold:
+        return "identical" if rho >= 0.9 else "shifted"
+    if stats.successor_pairs and stats.successors_reversed >= threshold and rho <= -0.9:
+        return "reversed"
+    return None
+
+
+def footrule_null(n: int) -> tuple[float, float]:
+    """Mean and standard deviation of Spearman's footrule ``sum |r_prev - r_cur|`` between two independent uniform
+    orders of ``n`` samples: ``(n^2 - 1) / 3`` and ``sqrt((n + 1)(2 n^2 + 7) / 45)`` (Diaconis and Graham, 1977).
+
+    Example:
+        >>> mean, sd = footrule_null(100)
+        >>> round(mean, 1), round(sd, 1)
+        (3333.0, 211.9)
+    """
+    if n < 2:
+        return 0.0, 0.0
+    return (n * n - 1.0) / 3.0, math.sqrt((n + 1.0) * (2.0 * n * n + 7.0) / 45.0)
+
+
+def displacement_flagged(footrule: float, n: int) -> bool:
+    """Whether samples moved too little for a fresh shuffle: mean displacement at most :data:`WEAK_DISPLACEMENT`
+    (half) of a fresh shuffle's, and the footrule more than :data:`Z` standard deviations below its mean.
+
+    A block shuffle that moves blocks moves their samples as far as a fresh shuffle does (a displacement near 1);
+    a small shuffle buffer, or a few interleaved shards, keep every sample near its previous place.
+
+    Example:
+        >>> mean, _ = footrule_null(1000)
+        >>> displacement_flagged(0.1 * mean, 1000), displacement_flagged(0.9 * mean, 1000)
+        (True, False)
+        >>> displacement_flagged(0.0, 5)  # too few samples for 6 sd
+        False
+    """
+    mean, sd = footrule_null(n)
+    if n < MIN_ORDER_SAMPLES or not footrule <= WEAK_DISPLACEMENT * mean:
+        return False
+    return mean - footrule > Z * sd
+
+
+def _log_binom(n: int, k: int) -> float:
+    return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+
+
+def identical_batches_bound(identical: int, full: tuple[int, int], n: int, size: int) -> float:
+    """Upper bound on the probability that a fresh shuffle of ``n`` samples repeats ``identical`` or more of the
+    previous epoch's batches of ``size`` as sets (``full``: batches of that size now and before).
+
+    Exact union bound: with ``J`` the repeated batches, ``P(J >= j) <= E[binom(J, j)] =
+    binom(k_now, j) * k_before! / (k_before - j)! * prod_{l < j} 1 / binom(n - l * size, size)``, since a fresh
+    shuffle's batches are a uniformly random partition. This holds for any number of batches, where the Poisson tail
+    of re-met pairs fails for few: two batches of 10 repeat their partition with probability 1.08e-5, so one epoch of
+    them can never show a replay at 1e-9.
+
+    Example:
+        >>> f"{identical_batches_bound(2, (2, 2), 20, 10):.3g}"
+        '1.08e-05'
+        >>> identical_batches_bound(3, (3, 3), 30, 10) < 1e-9
+        True
+        >>> identical_batches_bound(0, (3, 3), 30, 10)
+        1.0
+    """
+    k_now, k_before = full
+    if identical <= 0:
+        return 1.0
+    if identical > min(k_now, k_before) or size < 1:
+        return 0.0
+    log_p = _log_binom(k_now, identical) + math.lgamma(k_before + 1) - math.lgamma(k_before - identical + 1)
+    for step in range(identical):
+        if n - step * size < size:
+            return 0.0
+        log_p -= _log_binom(n - step * size, size)
+    return min(1.0, math.exp(log_p))
+
+
+def cobatch_flagged(stats: OrderStats) -> bool:
+    """Whether batches re-met more than a fresh shuffle allows (tail below 1e-9): batches identical as sets with
+    :func:`identical_batches_bound` below :data:`TAIL` when there are :data:`FEW_BATCHES` or fewer, else a co-batch
+    ratio above :func:`cobatch_threshold`.
+
+    Example:
+        >>> ids = np.arange(20)
+        >>> cobatch_flagged(order_stats(ids, ids // 10, ids[::-1], ids // 10))  # 2 batches of 10: never evidence
+        False
+        >>> ids = np.arange(400)
+        >>> cobatch_flagged(order_stats(ids, ids // 16, np.roll(ids, 16), ids // 16))
+        True
+    """
+    if stats.batches <= FEW_BATCHES:
+        return stats.identical_batches > 0 and (
+            identical_batches_bound(stats.identical_batches, stats.full_batches, stats.shared, stats.batch_size) < TAIL
+        )
+    return not np.isnan(stats.cobatch_ratio) and stats.cobatch_ratio > cobatch_threshold(stats.cobatch_expected)
+
+
+def batches_replayed(stats: OrderStats) -> bool:
+    """Whether the same batches came back, whatever the shuffle's design: at least :data:`BATCH_REPLAY_SHARE` of
+    this epoch's full batches identical as sets to batches of the previous one (with :func:`identical_batches_bound`
+    below :data:`TAIL`), or, with more than :data:`FEW_BATCHES` batches, at least :data:`BATCH_REPLAY_SHARE` of the
+    same-batch pairs meeting again (and :func:`cobatch_flagged`).
+
+    Example:
+        >>> ids = np.arange(400)
+        >>> batches_replayed(order_stats(ids, ids // 16, np.roll(ids, 16), ids // 16))  # batches in a new order
+        True
+        >>> batches_replayed(order_stats(ids, ids // 16, np.roll(ids, 8), ids // 16))  # half of each batch moved
+        False
+        >>> ids = np.arange(40)  # 4 batches of 10, 3 of them back as sets: exact evidence though few batches
+        >>> batches_replayed(order_stats(ids, ids // 10, np.concatenate([ids[10:], ids[:10][::-1]]), ids // 10))
+        True
+    """
+    k = stats.full_batches[0]
+    j = stats.identical_batches
+    bound = identical_batches_bound(j, stats.full_batches, stats.shared, stats.batch_size)
+    if j and j >= math.ceil(BATCH_REPLAY_SHARE * k) and bound < TAIL:
+        return True
+    share = stats.cobatch_share
+    return stats.batches > FEW_BATCHES and share >= BATCH_REPLAY_SHARE and cobatch_flagged(stats)
 
 
 @dataclass(frozen=True)
@@ -531,6 +810,70 @@ def entropy_flagged(
         return False
     margin = Z * sd * float(np.sqrt(1.0 / batches + 1.0 / draws))
     return entropy < expected - margin and entropy < 0.9 * expected
+
+
+def coverage_slack(expected: int, fraction: float, padding: int = 0) -> float:
+    """How many fewer distinct samples than ``fraction * expected`` a healthy epoch may show:
+    ``Z sqrt(E f (1 - f)) + padding * f``.
+
+    Exact (0, padding aside) when nothing is subsampled; otherwise the kept subset's count is binomial around
+    ``f * E``, and ``Z`` standard deviations bound it at about 1e-9.
+
+    Example:
+        >>> coverage_slack(1000, 1.0), round(coverage_slack(10_000, 0.1), 1), coverage_slack(1000, 1.0, padding=1)
+        (0.0, 180.0, 1.0)
+    """
+    return Z * math.sqrt(expected * fraction * (1.0 - fraction)) + padding * fraction
+
+
+def overlap_allowance(padding: int, fraction: float = 1.0) -> float:
+    """Samples a healthy epoch may show on more than one rank: the ``DistributedSampler`` padding (its first
+    samples repeated to even out the ranks), ``padding * f + Z sqrt(padding * f)`` when subsampled.
+
+    Example:
+        >>> overlap_allowance(1), overlap_allowance(0), round(overlap_allowance(100, 0.25), 1)
+        (1.0, 0.0, 55.0)
+    """
+    kept = padding * fraction
+    return kept + (Z * math.sqrt(kept) if fraction < 1.0 else 0.0)
+
+
+def pooled_label_stats(stats: Sequence[LabelStats]) -> LabelStats:
+    """Label statistics of several ranks' streams as one: changes and pairs summed, the expected change rate and
+    batch entropies weighted by pairs and batches, the largest entropy sd, and the batch-weighted entropy floor
+    (each rank's mean is at or above its floor under a shuffle, so their weighted mean is at or above the weighted
+    floor; a rank without a floor contributes its expectation).
+
+    Example:
+        >>> a = LabelStats(10, 20, 0.5, 1.0, 1.0, 0.1, 4, 0.6)
+        >>> b = LabelStats(30, 40, 0.8, 0.5, 1.0, 0.2, 4)
+        >>> p = pooled_label_stats([a, b])
+        >>> p.changes, p.pairs, round(p.expected_change_rate, 2), p.batch_entropy, p.entropy_sd, p.entropy_floor
+        (40, 60, 0.7, 0.75, 0.2, 0.8)
+    """
+    nan = float("nan")
+    if len(stats) == 1:
+        return stats[0]
+    changes = sum(s.changes for s in stats)
+    pairs = sum(s.pairs for s in stats)
+    q = sum(s.expected_change_rate * s.pairs for s in stats if s.pairs) / pairs if pairs else nan
+    with_batches = [s for s in stats if s.batches and not np.isnan(s.batch_entropy)]
+    nb = sum(s.batches for s in with_batches)
+    if not nb:
+        return LabelStats(changes, pairs, q, nan, nan, nan, 0)
+    h = sum(s.batch_entropy * s.batches for s in with_batches) / nb
+    e = sum(s.expected_batch_entropy * s.batches for s in with_batches) / nb
+    sd = max(s.entropy_sd for s in with_batches)
+    floor = nan
+    if any(not np.isnan(s.entropy_floor) for s in with_batches):
+        floor = (
+            sum(
+                (s.expected_batch_entropy if np.isnan(s.entropy_floor) else s.entropy_floor) * s.batches
+                for s in with_batches
+            )
+            / nb
+        )
+    return LabelStats(changes, pairs, q, h, e, sd, nb, floor)
 
 
 def keep_mask(ids: np.ndarray, fraction: float) -> np.ndarray:

@@ -7,14 +7,18 @@
   the same moment as without the audit.
 * :func:`fingerprint` turns a batch into one int64 id per sample on the batch's device (an exact integer hash of the
   bits of every per-sample tensor), for iterable data sets that have no sampler indices.
-* :func:`describe_loader` reads the sampler configuration (type, seed, length, shuffle, drop_last, ...).
+* :func:`describe_loader` reads the configuration that decides the order (sampler type, seed, length, shuffle,
+  drop_last, ...; for streams, the Hugging Face shuffle buffer and shards, litdata's chunks and window).
+* :func:`train_loaders` names every loader of the fit's train ``CombinedLoader`` (dict keys, list indices, nested).
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Callable, Iterator
+import json
+import os
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -30,6 +34,8 @@ from torch.utils.data import (
     SubsetRandomSampler,
     WeightedRandomSampler,
 )
+
+from epochkit.audit.payload import LoaderConfig
 
 #: Index batches kept as Python objects before they are packed into one int64 array (bounds memory to 8 bytes a
 #: sample; packing 1024 batches costs a few milliseconds, a few microseconds a step).
@@ -48,15 +54,18 @@ class IndexSink:
         ([3, 1, 0, 2], [2, 2])
     """
 
-    __slots__ = ("batched", "chunks", "pending")
+    __slots__ = ("batched", "chunks", "complete", "items", "pending")
 
     def __init__(self, batched: bool) -> None:
         self.batched = batched
         self.pending: list[Any] = []
         self.chunks: list[tuple[np.ndarray, np.ndarray]] = []
+        self.items = 0
+        self.complete = False  # the pass ran to its end (StopIteration)
 
     def append(self, item: Any) -> None:
         self.pending.append(item)
+        self.items += 1
         if len(self.pending) >= CHUNK:
             self._pack()
 
@@ -93,7 +102,11 @@ class _RecordingIterator:
         return self
 
     def __next__(self) -> Any:
-        item = next(self._it)
+        try:
+            item = next(self._it)
+        except StopIteration:
+            self._sink.complete = True
+            raise
         self._sink.append(item)
         return item
 
@@ -103,18 +116,27 @@ class RecordingSampler:
     (``set_epoch``, ``sampler``, ``batch_size``, ``drop_last``, ...) is the wrapped object's.
 
     Attributes:
-        sink: What the current pass (the current epoch's ``iter()``) yielded, in order.
+        passes: What each ``iter()`` since the last :meth:`take` yielded, in order: one per epoch, more when
+            Lightning started an iterator it then dropped (a reload) or cycled a shorter loader of several.
     """
 
     def __init__(self, inner: Any, batched: bool) -> None:
         self.inner = inner
         self.batched = batched
-        self.sink = IndexSink(batched)
+        self.passes: list[IndexSink] = []
+
+    @property
+    def sink(self) -> IndexSink:
+        """The latest pass (an empty one before any)."""
+        if not self.passes:
+            self.passes.append(IndexSink(self.batched))
+        return self.passes[-1]
 
     def __iter__(self) -> Iterator[Any]:
         it = iter(self.inner)  # eager, exactly when the DataLoader asks for it
-        self.sink = IndexSink(self.batched)  # keep only the current pass
-        return _RecordingIterator(it, self.sink)
+        sink = IndexSink(self.batched)
+        self.passes.append(sink)
+        return _RecordingIterator(it, sink)
 
     def __len__(self) -> int:
         return len(self.inner)
@@ -126,8 +148,18 @@ class RecordingSampler:
         return getattr(inner, name)
 
     def take(self, batches: int) -> tuple[np.ndarray, np.ndarray]:
-        """Ids and batch sizes of the first ``batches`` items of the current pass."""
-        return self.sink.take(batches)
+        """Ids and batch sizes of the epoch's pass, at most ``batches`` items (the steps the loop took), and forget
+        every pass so far.
+
+        The epoch's pass is the first one that ran to its end or is the last: a pass dropped unfinished before a
+        later one (Lightning re-creates the iterator of a reloaded loader) was never trained on, and the passes after
+        a finished one are a shorter loader cycled by ``CombinedLoader(mode="max_size_cycle")``.
+        """
+        passes, self.passes = self.passes, []
+        if not passes:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        sink = next((p for p in passes[:-1] if p.complete), passes[-1])
+        return sink.take(min(batches, sink.items))
 
 
 def attach(loader: DataLoader) -> RecordingSampler | None:
@@ -243,15 +275,16 @@ def extract(batch: Any, key: int | str | Callable[[Any], Any]) -> Any:
     return batch[key]
 
 
+def _unwrap(obj: Any) -> Any:
+    return obj.inner if isinstance(obj, RecordingSampler) else obj
+
+
 def _inner_sampler(loader: DataLoader) -> Any:
     """The sampler that orders samples: the batch sampler's own ``sampler`` when it has one."""
-    batch_sampler = loader.batch_sampler
-    if isinstance(batch_sampler, RecordingSampler):
-        batch_sampler = batch_sampler.inner
+    batch_sampler = _unwrap(loader.batch_sampler)
     if batch_sampler is not None and type(batch_sampler) is not BatchSampler:
         return getattr(batch_sampler, "sampler", batch_sampler)
-    sampler = loader.sampler
-    return sampler.inner if isinstance(sampler, RecordingSampler) else sampler
+    return _unwrap(loader.sampler)
 
 
 def _sized(obj: Any) -> int | None:
@@ -261,21 +294,75 @@ def _sized(obj: Any) -> int | None:
         return None
 
 
-def describe_loader(loader: DataLoader) -> dict[str, Any]:
+def _has_set_epoch(obj: Any) -> bool:
+    return obj is not None and callable(getattr(obj, "set_epoch", None))
+
+
+def _library(obj: Any) -> str:
+    """The top-level package an object's class comes from."""
+    return type(obj).__module__.split(".")[0]
+
+
+def _hf_stream(dataset: Any) -> LoaderConfig:
+    """A Hugging Face ``datasets.IterableDataset``: whether it shuffles (a buffer shuffle in its chain of example
+    iterables), its buffer, its shards, and whether it was split across ranks."""
+    shuffle, buffer = False, None
+    node, seen = getattr(dataset, "_ex_iterable", None), set()
+    while node is not None and id(node) not in seen:
+        seen.add(id(node))
+        if type(node).__name__ == "BufferShuffledExamplesIterable":
+            shuffle, buffer = True, int(node.buffer_size)
+        node = getattr(node, "ex_iterable", None)
+    shards = getattr(dataset, "num_shards", None)
+    return LoaderConfig(
+        stream="hf_datasets",
+        shuffle=shuffle,
+        buffer_size=buffer,
+        num_shards=int(shards) if isinstance(shards, int) else None,
+        split_by_node=getattr(dataset, "_distributed", None) is not None,
+    )
+
+
+def _litdata_stream(dataset: Any, loader: DataLoader) -> LoaderConfig:
+    """A litdata ``StreamingDataset``: shuffle, seed, its chunks (from its ``index.json`` when local) and the
+    in-chunk shuffle window; whether a ``StreamingDataLoader`` sets its epoch."""
+    chunks = chunk_size = None
+    path = getattr(getattr(dataset, "input_dir", None), "path", None)
+    try:
+        with open(os.path.join(str(path), "index.json")) as handle:
+            sizes = [int(c.get("chunk_size", 0)) for c in json.load(handle).get("chunks", [])]
+        if sizes:
+            chunks, chunk_size = len(sizes), round(sum(sizes) / len(sizes))
+    except (OSError, ValueError, TypeError, AttributeError):
+        pass
+    window = getattr(dataset, "_item_shuffle_window", None)
+    shuffle = getattr(dataset, "shuffle", None)
+    seed = getattr(dataset, "seed", None)
+    return LoaderConfig(
+        stream="litdata",
+        shuffle=bool(shuffle) if isinstance(shuffle, bool) else None,
+        seed=int(seed) if isinstance(seed, int) else None,
+        chunks=chunks,
+        chunk_size=chunk_size,
+        item_window=int(window) if isinstance(window, int) else None,
+        loader_sets_epoch=_library(loader) == "litdata",
+    )
+
+
+def describe_loader(loader: DataLoader) -> LoaderConfig:
     """The configuration of a train DataLoader that decides what an epoch presents, as plain data.
 
     Example:
         >>> from torch.utils.data import TensorDataset
-        >>> d = describe_loader(DataLoader(TensorDataset(torch.arange(10)), batch_size=4, shuffle=False))
-        >>> d["sampler"], d["shuffle"], d["length"], d["drop_last"], d["universe"]
-        ('SequentialSampler', False, 10, False, 10)
+        >>> d = describe_loader(DataLoader(TensorDataset(torch.arange(10)), batch_size=4, shuffle=True))
+        >>> d["sampler"], d["shuffle"], d["length"], d["drop_last"], d["universe"], d["design"]
+        ('RandomSampler', True, 10, False, 10, 'sample')
     """
     dataset = loader.dataset
     iterable = isinstance(dataset, IterableDataset)
     sampler = _inner_sampler(loader)
-    batch_sampler = loader.batch_sampler
-    if isinstance(batch_sampler, RecordingSampler):
-        batch_sampler = batch_sampler.inner
+    batch_sampler = _unwrap(loader.batch_sampler)
+    custom_batches = batch_sampler is not None and type(batch_sampler) is not BatchSampler
     shuffle: bool | None = None
     seed: int | None = None
     replacement = False
@@ -285,6 +372,7 @@ def describe_loader(loader: DataLoader) -> dict[str, Any]:
     universe = None if iterable else _sized(dataset)
     padding = 0
     name = type(sampler).__qualname__
+    uniform = False  # a torch sampler that permutes samples uniformly
     if isinstance(sampler, DistributedSampler):
         shuffle = bool(sampler.shuffle)
         seed = int(sampler.seed)
@@ -294,38 +382,103 @@ def describe_loader(loader: DataLoader) -> dict[str, Any]:
         inner = getattr(sampler.dataset, "_sampler", None)  # Lightning's DistributedSamplerWrapper
         if inner is not None:
             name = f"{name}({type(inner).__qualname__})"
+        uniform = inner is None
     elif isinstance(sampler, SequentialSampler):
         shuffle = False
+        uniform = True
     elif isinstance(sampler, RandomSampler):
         shuffle = True
         replacement = bool(sampler.replacement)
         if sampler.generator is not None:
             seed = int(sampler.generator.initial_seed())
+        uniform = True
     elif isinstance(sampler, SubsetRandomSampler):
         shuffle = True
         universe = _sized(sampler.indices)
+        uniform = True
     elif isinstance(sampler, WeightedRandomSampler):
         shuffle = True
         replacement = bool(sampler.replacement)
+        uniform = True
     drop_last = getattr(batch_sampler, "drop_last", None)
     if drop_last is None:
         drop_last = bool(loader.drop_last)
     if isinstance(sampler, DistributedSampler) and sampler.drop_last:
         drop_last = True
-    set_epoch = getattr(dataset, "set_epoch", None)
-    return {
-        "sampler": "" if iterable else name,
-        "shuffle": None if iterable else shuffle,
-        "seed": seed,
-        "length": None if iterable else _sized(sampler),
-        "drop_last": bool(drop_last),
-        "replacement": replacement,
-        "universe": universe,
-        "padding": padding,
-        "iterable": iterable,
-        "dataset": type(dataset).__qualname__,
-        "num_workers": int(loader.num_workers),
-        "persistent_workers": bool(loader.persistent_workers),
-        "dataset_set_epoch": callable(set_epoch),
-        "batched": loader.batch_sampler is not None,
-    }
+    # Lightning calls set_epoch on loader.sampler and loader.batch_sampler.sampler, never on the batch sampler.
+    reached = [_unwrap(loader.sampler), getattr(batch_sampler, "sampler", None)]
+    config = LoaderConfig(
+        sampler="" if iterable else name,
+        shuffle=None if iterable else shuffle,
+        seed=seed,
+        length=None if iterable else _sized(sampler),
+        drop_last=bool(drop_last),
+        replacement=replacement,
+        universe=universe,
+        padding=padding,
+        iterable=iterable,
+        dataset=type(dataset).__qualname__,
+        num_workers=int(loader.num_workers),
+        persistent_workers=bool(loader.persistent_workers),
+        dataset_set_epoch=_has_set_epoch(dataset),
+        batched=loader.batch_sampler is not None,
+        design="block" if iterable else ("sample" if uniform and not custom_batches else "custom"),
+        stream="",
+        batch_sampler=type(batch_sampler).__qualname__ if custom_batches else "",
+        batch_sampler_set_epoch=custom_batches and _has_set_epoch(batch_sampler),
+        sampler_set_epoch=not iterable and any(_has_set_epoch(s) for s in reached),
+    )
+    if iterable:
+        library = _library(dataset)
+        if library == "datasets" and hasattr(dataset, "_ex_iterable"):
+            config.update(_hf_stream(dataset))
+        elif library == "litdata":
+            config.update(_litdata_stream(dataset, loader))
+        else:
+            config["stream"] = "iterable"
+    return config
+
+
+def train_loaders(structure: Any) -> list[tuple[str | None, tuple[Any, ...], Any]]:
+    """Every loader of a train ``CombinedLoader``'s structure (``trainer.train_dataloader``) as ``(name, path,
+    loader)``, in the order Lightning flattens them; ``path`` holds the dict keys and list indices leading to it and
+    ``name`` joins them with ``/`` (None for a fit with a single loader).
+
+    Example:
+        >>> [(name, path) for name, path, _ in train_loaders({"a": None, 2: [None, None]})]
+        [('a', ('a',)), ('2/0', (2, 0)), ('2/1', (2, 1))]
+        >>> train_loaders(4), train_loaders([1, 2])  # a container of primitives is one iterable, as in Lightning
+        ([(None, (), 4)], [(None, (), [1, 2])])
+    """
+    out: list[tuple[str | None, tuple[Any, ...], Any]] = []
+
+    def walk(node: Any, path: tuple[Any, ...]) -> None:
+        children = list(node.values()) if isinstance(node, Mapping) else node if isinstance(node, list | tuple) else []
+        if children and all(isinstance(child, int | float | str) for child in children):
+            out.append(("/".join(map(str, path)) if path else None, path, node))  # a leaf to Lightning, too
+        elif isinstance(node, Mapping):
+            for key, value in node.items():
+                walk(value, (*path, key))
+        elif isinstance(node, list | tuple):
+            for index, value in enumerate(node):
+                walk(value, (*path, index))
+        else:
+            out.append(("/".join(map(str, path)) if path else None, path, node))
+
+    walk(structure, ())
+    return out
+
+
+def sub_batch(batch: Any, path: tuple[Any, ...]) -> Any:
+    """The part of a combined batch that the loader at ``path`` (see :func:`train_loaders`) yielded; None when it
+    yielded nothing this step (an exhausted loader in ``max_size`` mode).
+
+    Example:
+        >>> sub_batch({"a": 1, 2: [2, 3]}, (2, 1)), sub_batch(5, ()), sub_batch({"a": None}, ("a",))
+        (3, 5, None)
+    """
+    for key in path:
+        if batch is None:
+            return None
+        batch = batch[key]
+    return batch

@@ -277,7 +277,7 @@ def test_warmup_is_monotone_and_the_floor_is_reached_at_the_horizon_and_held(
             assert np.all(np.diff(f[max(w - 1, 0) :]) <= 1e-12), name  # never rises after the peak
         if name in DECAYING or name == "cosine_cycles":
             assert np.all(f[t:] == floor), name  # the floor from the horizon on, exactly
-            if floor < 1.0:
+            if floor < 0.999:  # (closer to 1, floor + (1 - floor) * x rounds to the floor)
                 assert f[t - 1] > floor, name  # the last step still trains above the floor
 
 

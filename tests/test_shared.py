@@ -19,15 +19,29 @@ from tests.helpers import RegressionDataModule, RegressionModule, fit_ddp, read_
 
 
 class _Logs(Callback):
+    """Logs through epochkit's helpers from the hooks epochkit's callbacks log from."""
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
+        _logging.log_scalars(trainer, {"probe/batch": 1.0})
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            _logging.log_scalars(trainer, {"probe/validation": 1.0})
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         _logging.log_scalars(trainer, {"probe/epoch": float(trainer.current_epoch)})
         _logging.log_text(trainer, "probe/report", f"**epoch {trainer.current_epoch}**")
 
 
-def test_scalars_reach_every_logger_and_text_reaches_tensorboard(tmp_path: Path) -> None:
+def _steps(run: object, tag: str) -> list[int]:
+    return [step for step, _ in run.scalars[tag]]  # type: ignore[attr-defined]
+
+
+def test_scalars_reach_every_logger_at_lightnings_own_steps_and_text_reaches_tensorboard(tmp_path: Path) -> None:
     trainer = pl.Trainer(
         max_epochs=2,
         accelerator="cpu",
+        log_every_n_steps=1,
         logger=[TensorBoardLogger(tmp_path, name="tb"), CSVLogger(tmp_path, name="csv")],
         callbacks=[_Logs()],
         enable_checkpointing=False,
@@ -36,12 +50,42 @@ def test_scalars_reach_every_logger_and_text_reaches_tensorboard(tmp_path: Path)
     )
     trainer.fit(RegressionModule(), datamodule=RegressionDataModule(num_samples=32, batch_size=8))
     run = read_tensorboard(tmp_path / "tb")
-    # 4 optimizer steps an epoch: epoch-end logs land at the step Lightning logs at, 4 and 8.
-    assert run.scalars["probe/epoch"] == [(4, 0.0), (8, 1.0)]
-    assert run.text_values("probe/report") == ["**epoch 0**", "**epoch 1**"]
+    # 4 optimizer steps an epoch: Lightning logs the epoch's metrics at the step of its last batch, 3 and 7, and
+    # so must epochkit's epoch-end scalars (they were one step late, at 4 and 8: the curves did not line up).
+    assert _steps(run, "train_loss_epoch") == _steps(run, "val_loss") == [3, 7]
+    assert run.scalars["probe/epoch"] == [(3, 0.0), (7, 1.0)]
+    assert _steps(run, "probe/validation") == [3, 7]
+    assert _steps(run, "probe/batch") == _steps(run, "train_loss_step") == list(range(8))
+    assert run.text["probe/report"] == [(3, "**epoch 0**"), (7, "**epoch 1**")]
     csv_text = (Path(trainer.loggers[1].log_dir) / "metrics.csv").read_text()
     assert "probe/epoch" in csv_text.splitlines()[0]
     assert _logging.log_dir(trainer) == Path(trainer.loggers[0].log_dir)
+
+
+def test_epochkits_epoch_scalars_land_on_lightnings_steps(tmp_path: Path) -> None:
+    """The callbacks' own scalars: ShuffleAudit at train epoch end, EarlyStopping where it checks."""
+    from epochkit import EarlyStopping, ShuffleAudit
+
+    trainer = pl.Trainer(
+        max_epochs=3,
+        accelerator="cpu",
+        logger=TensorBoardLogger(tmp_path, name="tb"),
+        callbacks=[
+            ShuffleAudit(on_issue="log"),
+            EarlyStopping("val_loss", patience=5),
+            EarlyStopping("train_loss_epoch", patience=5, check_on_train_epoch_end=True),
+        ],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(RegressionModule(), datamodule=RegressionDataModule(num_samples=40, batch_size=8))
+    run = read_tensorboard(tmp_path / "tb")
+    lightning = _steps(run, "val_loss")
+    assert lightning == _steps(run, "train_loss_epoch") == [4, 9, 14]
+    assert _steps(run, "shuffle_audit/coverage") == lightning
+    assert _steps(run, "early_stopping/val_loss/best_score") == lightning
+    assert _steps(run, "early_stopping/train_loss_epoch/best_score") == lightning
 
 
 def test_log_dir_falls_back_to_default_root_dir(tmp_path: Path) -> None:

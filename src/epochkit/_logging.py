@@ -19,8 +19,20 @@ log = logging.getLogger("epochkit")
 
 
 def current_step(trainer: pl.Trainer) -> int:
-    """The step Lightning itself logs training metrics at (optimizer steps taken, across all optimizers)."""
-    return int(trainer.fit_loop.epoch_loop._batches_that_stepped)
+    """The step Lightning itself logs at from the hook running now, so that epochkit's curves line up with its own.
+
+    That is the index of the training batch that runs now or ran last (counted in batches that stepped the
+    optimizers). Lightning counts a batch after its validation has run, so from ``on_train_epoch_end`` until the next
+    batch its counter is one ahead, and Lightning logs the epoch's metrics at the step before (``_FitLoop`` decrements
+    around them): so does this. In a batch's hooks and in validation the counter is the batch's own index.
+    """
+    loop = trainer.fit_loop.epoch_loop
+    step = int(loop._batches_that_stepped)
+    progress = loop.batch_progress.current
+    between_epochs = progress.ready > 0 and progress.completed == progress.ready  # the epoch's last batch is done
+    if step > 0 and between_epochs and not (trainer.validating or trainer.sanity_checking):
+        return step - 1
+    return step
 
 
 def log_scalars(trainer: pl.Trainer, metrics: Mapping[str, float], step: int | None = None) -> None:

@@ -38,7 +38,7 @@ def test_cv_under_ddp_spawn(tmp_path: Path) -> None:
         },
     )
     assert [f.weights_checksum for f in result.folds] == [initial, initial]
-    assert all(len(f.history) == 2 and "val_loss" in f.final for f in result.folds)
+    assert all(len(f.history) == 2 and "val_loss" in f.last for f in result.folds)
     assert np.array_equal(result.oof_index, np.arange(30))
     x = data.train_set.tensors[0]
     manifest = json.loads((tmp_path / "cv_manifest.json").read_text())
@@ -47,7 +47,10 @@ def test_cv_under_ddp_spawn(tmp_path: Path) -> None:
         member.load_state_dict(torch.load(result.folds[k].model_path))
         with torch.no_grad():
             torch.testing.assert_close(result.oof_predictions[fold["val"]], member(x[fold["val"]]))
-    assert read_tensorboard(tmp_path / "fold_1").text_values("cv/weights_checksum") == [f"fold 1: `{initial}`"]
+    # The kept model (no restore: the last epoch's weights) validated once more, in a second launch of the processes.
+    assert all(f.kept_epoch == 1 and f.kept["val_loss"] == pytest.approx(f.last["val_loss"]) for f in result.folds)
+    checksum = read_tensorboard(tmp_path / "fold_1").text_values("cv/weights_checksum")
+    assert checksum == [f"fold 1: `{initial}` (verified on every rank)"]
     assert len(read_tensorboard(tmp_path / "summary").scalar_values("cv/val_loss_mean")) == 2
 
 
@@ -66,7 +69,8 @@ if __name__ == "__main__":
                         "enable_progress_bar": False, "enable_model_summary": False},
     )
     oof = None if result.oof_index is None else result.oof_index.tolist()
-    print("RESULT", result.folds[0].n_val + result.folds[1].n_val, oof == list(range(30)), flush=True)
+    kept = all(f.kept_epoch == 0 and "val_loss" in f.kept for f in result.folds)
+    print("RESULT", result.folds[0].n_val + result.folds[1].n_val, oof == list(range(30)), kept, flush=True)
 """
 
 
@@ -75,7 +79,8 @@ def test_cv_script_under_ddp(tmp_path: Path) -> None:
     script = tmp_path / "train.py"
     script.write_text(SCRIPT)
     root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": str(root)}
+    # The repository for `tests.helpers`, before whatever this test process imports epochkit from.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH")) if p)}
     env.pop("LOCAL_RANK", None)
     proc = subprocess.run(
         [sys.executable, str(script), str(tmp_path / "cv")], env=env, capture_output=True, text=True, timeout=240
@@ -83,7 +88,7 @@ def test_cv_script_under_ddp(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # Rank 0 merged complete, ordered out-of-fold predictions; rank 1 ran the same folds and returned too.
     lines = sorted(line for line in proc.stdout.splitlines() if line.startswith("RESULT"))
-    assert lines == ["RESULT 30 False", "RESULT 30 True"], proc.stdout
+    assert lines == ["RESULT 30 False True", "RESULT 30 True True"], proc.stdout
     saved = torch.load(tmp_path / "cv" / "oof_predictions.pt", weights_only=True)
     assert torch.equal(saved["index"], torch.arange(30)) and saved["predictions"].shape == (30, 2)
     assert json.loads((tmp_path / "cv" / "cv_results.json").read_text())["folds_done"] == [0, 1]

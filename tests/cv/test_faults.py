@@ -44,7 +44,7 @@ def test_a_full_disk_during_the_results_write_leaves_no_half_file_and_the_rerun_
     assert not [p for p in (tmp_path / "cv").rglob(".*") if p.is_file()], "a temporary file was left behind"
     monkeypatch.undo()
     resumed, clean = _fit(tmp_path / "cv", trainer_kwargs=KWARGS), _fit(tmp_path / "clean", trainer_kwargs=KWARGS)
-    assert [f.final for f in resumed.folds] == [f.final for f in clean.folds]
+    assert [(f.last, f.kept) for f in resumed.folds] == [(f.last, f.kept) for f in clean.folds]
     assert json.loads((tmp_path / "cv" / "cv_results.json").read_text())["folds_done"] == [0, 1]
 
 

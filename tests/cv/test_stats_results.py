@@ -58,7 +58,7 @@ def test_best_follows_the_metric_direction() -> None:
 
 def _result(tmp_path: Path) -> CVResult:
     folds = [
-        FoldResult(fold=k, n_train=8, n_val=2, final={"val_acc": a, "val_loss": 1 - a}, best={"val_acc": a + 0.01})
+        FoldResult(fold=k, n_train=8, n_val=2, last={"val_acc": a, "val_loss": 1 - a}, best={"val_acc": a + 0.01})
         for k, a in enumerate([0.8, 0.9, 0.85])
     ]
     return CVResult(folds=folds, root_dir=str(tmp_path), n_splits=3)
@@ -68,14 +68,14 @@ def test_table_json_and_csv(tmp_path: Path) -> None:
     result = _result(tmp_path)
     result.save()
     table = result.table()
-    assert re.search(r"val_acc \(final\)\s+0.8000\s+0.9000\s+0.8500\s+0.8500\s+0.0500\s+\[0.7258, 0.9742\]", table)
+    assert re.search(r"val_acc \(last\)\s+0.8000\s+0.9000\s+0.8500\s+0.8500\s+0.0500\s+\[0.7258, 0.9742\]", table)
     assert "val_loss (best)" not in table  # no fold has it
     data = json.loads((tmp_path / "cv_results.json").read_text())
-    assert data["aggregate"]["final"]["val_acc"]["mean"] == pytest.approx(0.85)
-    assert data["aggregate"]["final"]["val_acc"]["ci_high"] == pytest.approx(0.85 + 4.303 * 0.05 / math.sqrt(3), 1e-3)
+    assert data["aggregate"]["last"]["val_acc"]["mean"] == pytest.approx(0.85)
+    assert data["aggregate"]["last"]["val_acc"]["ci_high"] == pytest.approx(0.85 + 4.303 * 0.05 / math.sqrt(3), 1e-3)
     rows = list(csv.DictReader((tmp_path / "cv_results.csv").open()))
     assert [r["fold"] for r in rows] == ["0", "1", "2", "mean", "std", "ci_low", "ci_high"]
-    assert float(rows[1]["final/val_acc"]) == 0.9 and float(rows[3]["best/val_acc"]) == pytest.approx(0.86)
+    assert float(rows[1]["last/val_acc"]) == 0.9 and float(rows[3]["best/val_acc"]) == pytest.approx(0.86)
 
 
 def test_ensemble_averages_the_fold_models(tmp_path: Path) -> None:

@@ -3,7 +3,9 @@ fold, results, out-of-fold predictions, TensorBoard output, resume after a failu
 
 from __future__ import annotations
 
+import csv
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -86,21 +88,24 @@ def test_digits_cv_resets_everything_and_reports(tmp_path: Path, capsys: pytest.
     assert len({p["probe_id"] for p in probes}) == 3 and len({p["early_stopping_id"] for p in probes}) == 3
     assert weights_checksum(model) == initial  # handed back as it came
     for k in range(3):
-        text = read_tensorboard(tmp_path / f"fold_{k}").text_values("cv/weights_checksum")
-        assert text == [f"fold {k}: `{initial}`"]
+        run = read_tensorboard(tmp_path / f"fold_{k}")
+        assert run.text_values("cv/weights_checksum") == [f"fold {k}: `{initial}` (verified on every rank)"]
+        assert not [tag for tag in run.scalars if tag.startswith("cv/")]  # no one-point charts
 
-    # Results: final and best per fold, per-fold checkpoint directories, files written.
+    # Results: last, best and kept per fold, per-fold checkpoint directories, files written.
     for fold in result.folds:
-        assert fold.final["val_acc"] == pytest.approx(fold.history[-1]["metrics"]["val_acc"])
+        assert fold.last["val_acc"] == pytest.approx(fold.history[-1]["metrics"]["val_acc"])
+        assert fold.kept_epoch == 1 and fold.kept["val_acc"] == pytest.approx(fold.last["val_acc"])  # no restore
         assert fold.best["val_acc"] == max(h["metrics"]["val_acc"] for h in fold.history)
         assert fold.best_model_path.startswith(str(tmp_path / f"fold_{fold.fold}" / "checkpoints"))
         assert fold.seconds["fit"] > 0 and len(fold.history) == 2
     saved = json.loads((tmp_path / "cv_results.json").read_text())
-    accs = [f.final["val_acc"] for f in result.folds]
-    assert saved["aggregate"]["final"]["val_acc"]["mean"] == pytest.approx(np.mean(accs))
-    assert saved["aggregate"]["final"]["val_acc"]["std"] == pytest.approx(np.std(accs, ddof=1))
-    assert (tmp_path / "cv_results.csv").read_text().startswith("fold,n_train,n_val,final/")
-    assert "val_acc (final)" in capsys.readouterr().out
+    accs = [f.last["val_acc"] for f in result.folds]
+    assert saved["aggregate"]["last"]["val_acc"]["mean"] == pytest.approx(np.mean(accs))
+    assert saved["aggregate"]["last"]["val_acc"]["std"] == pytest.approx(np.std(accs, ddof=1))
+    assert (tmp_path / "cv_results.csv").read_text().startswith("fold,n_train,n_val,last/")
+    out = capsys.readouterr().out
+    assert "val_acc (last)" in out and "val_acc (kept)" in out and "95% CI (t)" in out
 
     # Out-of-fold predictions: every sample once, in dataset order, from the model of the fold that held it out.
     assert np.array_equal(result.oof_index, np.arange(len(labels)))
@@ -120,18 +125,29 @@ def test_digits_cv_resets_everything_and_reports(tmp_path: Path, capsys: pytest.
         values = [f.history[epoch]["metrics"]["val_acc"] for f in result.folds]
         assert summary.scalars["cv/val_acc_mean"][epoch] == (epoch, pytest.approx(np.mean(values), abs=1e-6))
         assert summary.scalars["cv/val_acc_std"][epoch] == (epoch, pytest.approx(np.std(values, ddof=1), abs=1e-6))
+        std = np.std(values, ddof=1)
+        assert summary.scalars["cv/val_acc_mean_plus_std"][epoch][1] == pytest.approx(np.mean(values) + std, abs=1e-6)
+    for fold in result.folds:  # every fold's curve, by epoch, in the summary run itself
+        expected = [(h["epoch"], pytest.approx(h["metrics"]["val_acc"], abs=1e-6)) for h in fold.history]
+        assert summary.scalars[f"cv/val_acc/fold_{fold.fold}"] == expected
     (_, content), *_ = read_plugin_summaries(tmp_path / "summary", "custom_scalars")
     layout = layout_pb2.Layout.FromString(content)
     charts = {c.title: c for c in layout.category[0].chart}
-    assert list(charts["val_acc: all folds"].multiline.tag) == ["^val_acc(_epoch)?$"]
-    assert charts["val_acc: mean +- std"].margin.series[0].lower == "cv/val_acc_lower"
+    assert list(charts["val_acc: every fold"].multiline.tag) == ["^cv/val_acc/fold_[0-9]+$"]
+    margin = charts["val_acc: mean +- std over folds"].margin.series[0]
+    assert (margin.value, margin.lower, margin.upper) == (
+        "cv/val_acc_mean",
+        "cv/val_acc_mean_minus_std",
+        "cv/val_acc_mean_plus_std",
+    )
     sessions = [
         plugin_data_pb2.HParamsPluginData.FromString(c).session_start_info
         for t, c in read_plugin_summaries(tmp_path / "summary", "hparams")
         if t.endswith("session_start_info")
     ]
     assert sorted(s.hparams["fold"].number_value for s in sessions) == [0, 1, 2]
-    assert summary.scalar_values("hparams/val_acc") == pytest.approx(accs)
+    assert summary.scalar_values("hparams/last_val_acc") == pytest.approx(accs)
+    assert summary.scalar_values("hparams/val_acc") == pytest.approx([f.kept["val_acc"] for f in result.folds])
 
 
 class _Boom(Callback):
@@ -177,7 +193,8 @@ def test_an_interrupted_cv_resumes_where_it_failed_and_equals_an_uninterrupted_o
     assert resumed.folds[2].resumed_from is None
     assert [h["epoch"] for h in resumed.folds[1].history] == [0, 1, 2]
     for a, b in zip(resumed.folds, clean.folds, strict=True):
-        assert a.final["val_loss"] == pytest.approx(b.final["val_loss"], rel=1e-6)
+        assert a.last["val_loss"] == pytest.approx(b.last["val_loss"], rel=1e-6)
+        assert a.kept["val_loss"] == pytest.approx(b.kept["val_loss"], rel=1e-6)
         torch.testing.assert_close(torch.load(a.model_path), torch.load(b.model_path), rtol=0, atol=0)
     torch.testing.assert_close(resumed.oof_predictions, clean.oof_predictions)
 
@@ -374,9 +391,10 @@ def test_a_fold_failing_after_its_last_epoch_resumes_with_its_final_metrics(tmp_
 
     assert resumed.folds[0].resumed_from is not None  # restored a checkpoint written after the last epoch
     for a, b in zip(resumed.folds, clean.folds, strict=True):
-        assert set(a.final) == set(b.final) and "val_loss" in a.final
-        assert a.final["val_loss"] == pytest.approx(b.final["val_loss"], rel=1e-6)
-    assert resumed.aggregate()["final"]["val_loss"]["n"] == 2
+        assert set(a.last) == set(b.last) and "val_loss" in a.last
+        assert a.last["val_loss"] == pytest.approx(b.last["val_loss"], rel=1e-6)
+        assert a.kept == pytest.approx(b.kept, rel=1e-6) and a.kept_epoch == b.kept_epoch == 1
+    assert resumed.aggregate()["last"]["val_loss"]["n"] == 2
 
 
 class _LogsAtEpochEnd(RegressionModule):
@@ -389,7 +407,7 @@ def test_metrics_logged_in_the_modules_on_train_epoch_end_are_recorded_in_their_
     result = _regression_cv(tmp_path, n_splits=2, predict=False).fit(_LogsAtEpochEnd(), RegressionDataModule(), kwargs)
     for fold in result.folds:
         assert [h["metrics"].get("epoch_end_metric") for h in fold.history] == [1.0, 2.0]
-        assert fold.final["epoch_end_metric"] == fold.best["epoch_end_metric"] == 2.0
+        assert fold.last["epoch_end_metric"] == fold.best["epoch_end_metric"] == 2.0
         assert fold.best_epoch["epoch_end_metric"] == 1
 
 
@@ -495,3 +513,87 @@ def test_out_of_fold_predictions_use_the_users_cv_dataloader_on_one_device(tmp_p
 
     with pytest.raises(ValueError, match=r"visit every sample of the given dataset once, in order"):
         _regression_cv(tmp_path / "shuffled", n_splits=2).fit(RegressionModule(), _OwnLoaders(True), kwargs)
+
+
+class _LightningInfo(logging.Handler):
+    """Collects what Lightning logs at INFO while the block runs (its per-fold banner and per-epoch notes)."""
+
+    NAMES = ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.trainer.connectors.checkpoint_connector")
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+    def __enter__(self) -> _LightningInfo:
+        for name in self.NAMES:
+            logging.getLogger(name).addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name in self.NAMES:
+            logging.getLogger(name).removeHandler(self)
+
+
+class _WorseLastEpoch(Callback):
+    """Spoils the weights just before the last epoch's validation, so that the best epoch is an earlier one."""
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking and trainer.current_epoch == trainer.max_epochs - 1:
+            with torch.no_grad():
+                for p in pl_module.parameters():
+                    p.add_(torch.randn_like(p))
+
+
+def test_kept_metrics_are_the_restored_models_and_match_its_out_of_fold_score(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The table's "kept" row is what each fold kept (EarlyStopping restored an earlier epoch), not its last epoch:
+    its validation loss and macro accuracy equal those computed from the fold's own out-of-fold predictions."""
+    from epochkit import EarlyStopping as RestoringEarlyStopping
+
+    pl.seed_everything(0)
+    dm = DigitsDataModule(batch_size=100)
+    callbacks = [RestoringEarlyStopping("val_loss", patience=5, restore_best_weights=True), _WorseLastEpoch()]
+    kwargs = {**QUIET, "max_epochs": 3, "limit_train_batches": 4, "logger": False, "callbacks": callbacks}
+    with _LightningInfo() as info:
+        result = CrossValidator(2, stratify=True, seed=1, root_dir=tmp_path).fit(
+            DigitsClassifier(hidden=32), dm, kwargs
+        )
+    # Quiet: no per-epoch "`weights_only` was not set" from the resume checkpoint, Lightning's banner once.
+    assert not [m for m in info.messages if "weights_only" in m], info.messages
+    assert info.messages.count("GPU available: False, used: False") == 1, info.messages
+
+    labels = dm.train_set.tensors[1]
+    manifest = json.loads((tmp_path / "cv_manifest.json").read_text())
+    for fold in result.folds:
+        at_best = fold.best_epoch["val_loss"]
+        assert fold.kept_epoch == at_best < 2  # restored, not the spoiled last epoch
+        assert fold.kept["val_loss"] == pytest.approx(fold.history[at_best]["metrics"]["val_loss"], rel=1e-5)
+        assert fold.kept["val_loss"] < fold.last["val_loss"]
+        val = torch.as_tensor(manifest["folds"][fold.fold]["val"])
+        probs, y = result.oof_predictions[val], labels[val]
+        oof_loss = float(-probs[torch.arange(len(y)), y].log().mean())
+        oof_acc = float(torchmetrics.functional.classification.multiclass_accuracy(probs, y, num_classes=10))
+        assert fold.kept["val_loss"] == pytest.approx(oof_loss, rel=1e-5)
+        assert fold.kept["val_acc"] == pytest.approx(oof_acc, rel=1e-6)
+
+    saved = json.loads((tmp_path / "cv_results.json").read_text())
+    kept = [f.kept["val_loss"] for f in result.folds]
+    assert saved["aggregate"]["kept"]["val_loss"]["mean"] == pytest.approx(np.mean(kept))
+    assert result.mean("val_loss") == pytest.approx(np.mean(kept))  # the kept models by default
+    with pytest.raises(KeyError, match=r"no fold has a 'kept' value of 'train_loss' .*validated once after fit"):
+        result.mean("train_loss")
+    rows = list(csv.DictReader((tmp_path / "cv_results.csv").open()))
+    assert [float(r["kept/val_loss"]) for r in rows[:2]] == pytest.approx(kept)
+    assert [int(r["kept_epoch"]) for r in rows[:2]] == [f.kept_epoch for f in result.folds]
+    out = capsys.readouterr().out.splitlines()
+    for fold in result.folds:
+        line = next(x for x in out if x.startswith(f"fold {fold.fold} ({fold.fold + 1}/2): 3 epochs, "))
+        assert line.endswith(
+            f"; kept epoch {fold.kept_epoch}: val_acc {fold.kept['val_acc']:.4f}, val_loss {fold.kept['val_loss']:.4f}"
+        )
+    row = next(x for x in out if x.startswith("val_loss (kept)"))
+    assert row.split()[2:4] == [f"{v:.4f}" for v in kept]

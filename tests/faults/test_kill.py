@@ -85,7 +85,10 @@ def _assert_files_whole(root: Path) -> None:
 def _results(root: Path) -> dict:
     results = json.loads((root / "cv_results.json").read_text())
     return {
-        "folds": [(f["fold"], f["final"], f["best"], f["best_epoch"], f["history"]) for f in results["folds"]],
+        "folds": [
+            (f["fold"], f["last"], f["best"], f["kept"], f["kept_epoch"], f["best_epoch"], f["history"])
+            for f in results["folds"]
+        ],
         "oof": torch.load(root / "oof_predictions.pt", weights_only=True),
         "models": [torch.load(root / f"fold_{k}" / "model.pt", weights_only=True) for k in range(3)],
     }

@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +20,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins import MixedPrecision
 from torch.utils.data import DataLoader, IterableDataset
 
-from epochkit import LRWarmup
+from epochkit import LRWarmup, schedules
 from epochkit.warmup.schedules import warmup_factor
 from tests.helpers import RegressionDataModule, RegressionModule, fit_ddp, read_tensorboard
 
@@ -574,3 +578,135 @@ def test_a_param_group_added_during_warmup_gets_its_own_ramp(tmp_path: Path) -> 
     # The new group starts its own 4-step ramp at step 2; the warmup lasts until it is done.
     assert [u[1] for u in used[2:]] == pytest.approx([0.05 * _w(k, 4) for k in range(6)], rel=1e-9)
     assert warmup.group_starts_ == [[0, 2]] and warmup.steps_applied_ == [6]
+
+
+# ------------------------------------------------------------------------------ misconfigurations warn
+class _Scheduled(RegressionModule):
+    """SGD (or Adam) with the scheduler ``make(optimizer)`` builds, stepped every optimizer step."""
+
+    def __init__(self, make: Any = None, adam: bool = False) -> None:
+        super().__init__()
+        self.make = make
+        self.adam = adam
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.Adam(self.parameters(), lr=0.01) if self.adam else torch.optim.SGD(self.parameters(), lr=0.1)
+        if self.make is None:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.make(opt), "interval": "step"}}
+
+
+def _hf_style_linear_schedule(optimizer: torch.optim.Optimizer, num_warmup_steps: int, num_training_steps: int) -> Any:
+    """Built as ``transformers.get_linear_schedule_with_warmup`` builds its scheduler (transformers is not a
+    dependency): a LambdaLR over a ``functools.partial`` with a ``num_warmup_steps`` keyword."""
+
+    def lr_lambda(step: int, *, num_warmup_steps: int, num_training_steps: int) -> float:
+        if step < num_warmup_steps:
+            return step / max(1, num_warmup_steps)
+        return max(0.0, (num_training_steps - step) / max(1, num_training_steps - num_warmup_steps))
+
+    bound = functools.partial(lr_lambda, num_warmup_steps=num_warmup_steps, num_training_steps=num_training_steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, bound)
+
+
+def _fit_warnings(tmp_path: Path, warmup: LRWarmup, module: pl.LightningModule) -> list[str]:
+    # 32 samples in batches of 8, 3 epochs: 12 optimizer steps.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _trainer(tmp_path, [warmup], precision="32-true").fit(module, datamodule=_data())
+    return [str(w.message) for w in caught if str(w.message).startswith("LRWarmup")]
+
+
+@pytest.mark.parametrize(
+    ("warmup", "adam", "match"),
+    [
+        (
+            {"steps": 10_000},
+            False,
+            r"the warmup lasts 10000 optimizer steps, longer than this fit's 12 "
+            r"\(trainer.estimated_stepping_batches\): the LR never reaches its peak, and the last step uses 0.12% "
+            r"of it\. .*give a shorter one",
+        ),
+        (
+            {"steps": "untuned"},
+            True,
+            r"the warmup lasts 2000 optimizer steps \(steps='untuned': 2 / \(1 - beta2\) .* 2000 for beta2 = 0.999\), "
+            r"longer than this fit's 12 .*never reaches its peak",
+        ),
+        (
+            {"steps": 12},
+            False,
+            r"the warmup lasts 12 optimizer steps, as long as this fit .*peak on the last step only",
+        ),
+        ({"epochs": 2}, False, r"the warmup lasts 8 optimizer steps, 67% of this fit's 12 \(.*\)\. A warmup usually"),
+    ],
+)
+def test_a_warmup_longer_than_half_the_fit_warns(tmp_path: Path, warmup: dict, adam: bool, match: str) -> None:
+    messages = _fit_warnings(tmp_path, LRWarmup(**warmup), _Scheduled(adam=adam))
+    assert len(messages) == 1 and re.search(match, messages[0]), messages
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda o: schedules.warmup_cosine(o, 3, 12), r"\(epochkit.schedules.warmup_cosine with warmup_steps=3\)"),
+        (lambda o: schedules.warmup_constant(o, 2, shape="cosine"), r"epochkit.schedules.warmup_constant with"),
+        (lambda o: _hf_style_linear_schedule(o, 3, 12), r"\(.*lr_lambda with num_warmup_steps=3\)"),
+        (
+            lambda o: torch.optim.lr_scheduler.LinearLR(o, start_factor=0.01, total_iters=3),
+            r"LinearLR already warms up \(LinearLR from start_factor=0.01 over 3 steps\)",
+        ),
+        (
+            lambda o: torch.optim.lr_scheduler.SequentialLR(
+                o,
+                [
+                    torch.optim.lr_scheduler.LinearLR(o, start_factor=0.1, total_iters=3),
+                    torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=9),
+                ],
+                milestones=[3],
+            ),
+            r"SequentialLR already warms up \(LinearLR from start_factor=0.1 over 3 steps\)",
+        ),
+    ],
+)
+def test_warmup_on_top_of_a_scheduler_that_warms_up_warns(tmp_path: Path, make: Any, match: str) -> None:
+    messages = _fit_warnings(tmp_path, LRWarmup(steps=2), _Scheduled(make))
+    assert len(messages) == 1 and re.search(match + r".*warmup twice\)\. Keep one", messages[0]), messages
+
+
+@pytest.mark.parametrize(
+    ("warmup", "make"),
+    [
+        ({"steps": 6}, None),  # half the fit: allowed
+        ({"epochs": 1}, lambda o: schedules.warmup_cosine(o, 0, 12, floor=0.1)),  # a schedule without warmup
+        ({"steps": 2}, lambda o: torch.optim.lr_scheduler.LinearLR(o, start_factor=1.0, end_factor=0.1)),  # a decay
+        ({"steps": 2}, lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=0.1, total_steps=12)),
+        ({"fraction": 1.0}, None),  # relative to the run: deliberate
+    ],
+)
+def test_sound_warmups_say_nothing(tmp_path: Path, warmup: dict, make: Any) -> None:
+    assert _fit_warnings(tmp_path, LRWarmup(**warmup), _Scheduled(make)) == []
+
+
+class _RankZeroInfo(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_epochs_reads_the_runs_length_without_lightning_loading_the_loader_early(tmp_path: Path) -> None:
+    # Read at fit start, the length made Lightning load the train loader early and log "Loading `train_dataloader`
+    # to estimate number of stepping batches." on every fit (every fold of a cross-validation).
+    handler = _RankZeroInfo()
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    logger.addHandler(handler)
+    try:
+        for warmup in (LRWarmup(epochs=1), LRWarmup(fraction=0.25)):
+            _trainer(tmp_path, [warmup]).fit(SchedModule(), datamodule=_data())
+            assert warmup.warmup_steps_ == [[4]] or warmup.warmup_steps_ == [[3]]
+    finally:
+        logger.removeHandler(handler)
+    assert not [m for m in handler.messages if "to estimate number of stepping batches" in m], handler.messages

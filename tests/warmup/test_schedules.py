@@ -1,14 +1,18 @@
 """The schedule factors against independent references written from the anchors' published formulas, their
 properties (hypothesis), the LambdaLR factories, ``preview`` and ``total_steps``.
 
-References (restated here from the published formulas, not imported):
-- Hugging Face transformers ``optimization.py``: linear, cosine (``num_cycles`` half-waves), cosine with hard
-  restarts, polynomial decay, inverse square root, warmup-stable-decay; all with warmup ``s / W``.
-- timm ``scheduler/cosine_lr.py``: ``lr_min + 0.5 (lr_max - lr_min)(1 + cos(pi t / t_initial))`` after a prefix
-  warmup, ``lr_min`` past ``t_initial`` with ``cycle_limit=1``.
+References, restated here from the anchors' source (not imported; neither library is a dependency):
+- Hugging Face transformers ``optimization.py``: constant, linear, cosine, cosine with a min LR rate, cosine with a
+  min LR rate and a ``(s + 1) / W`` warmup, cosine with hard restarts, polynomial decay, inverse square root and
+  warmup-stable-decay; all but one warm up with ``s / W``, so their first step is at LR 0.
+- timm ``scheduler/cosine_lr.py`` and ``scheduler/poly_lr.py``: ``lr_min + (lr_max - lr_min) * decay(t_curr /
+  t_i)`` per cycle after a prefix warmup from ``warmup_lr_init``, ``lr_min`` after ``cycle_limit`` cycles
+  (``cycle_mul = cycle_decay = k_decay = 1``).
 
-Convention stated in ``epochkit.warmup.schedules``: epochkit(s) == reference(s + 1) for every step before the
-horizon (no wasted first step at LR 0); past it epochkit holds the floor.
+The claims (``epochkit.warmup.schedules``' docstring and the README): epochkit's schedule over ``T`` steps is HF's
+over ``T + 1`` steps without HF's first step, ``epochkit(s; W, T) == hf(s + 1; W, T + 1)`` for every ``s < T``, and
+timm's with ``t_initial = (T - W + 1) / cycles`` likewise ``timm(s + 1)``; no step before the horizon runs at LR 0;
+from the horizon on, the floor.
 """
 
 from __future__ import annotations
@@ -26,126 +30,198 @@ from epochkit import schedules
 from tests.helpers import RegressionDataModule, RegressionModule
 
 
-# ------------------------------------------------------------------------------------------- references
+# ------------------------------------------------------------------------------------------- HF references
+def hf_constant(s: int, w: int) -> float:
+    if s < w:
+        return float(s) / float(max(1.0, w))
+    return 1.0
+
+
 def hf_linear(s: int, w: int, t: int) -> float:
     if s < w:
-        return s / max(1, w)
-    return max(0.0, (t - s) / max(1, t - w))
+        return float(s) / float(max(1, w))
+    return max(0.0, float(t - s) / float(max(1, t - w)))
 
 
-def hf_cosine(s: int, w: int, t: int, num_cycles: float = 0.5) -> float:
+def hf_cosine(s: int, w: int, t: int, num_cycles: float = 0.5, min_lr_rate: float = 0.0) -> float:
+    # get_cosine_schedule_with_warmup (min_lr_rate 0) and get_cosine_with_min_lr_schedule_with_warmup
     if s < w:
-        return s / max(1, w)
-    progress = (s - w) / max(1, t - w)
-    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * num_cycles * 2.0 * progress)))
+        return float(s) / float(max(1, w))
+    progress = float(s - w) / float(max(1, t - w))
+    factor = 0.5 * (1.0 + math.cos(math.pi * float(num_cycles) * 2.0 * progress))
+    return max(0.0, factor * (1 - min_lr_rate) + min_lr_rate)
+
+
+def hf_cosine_warmup_with_min_lr(s: int, w: int, t: int, min_lr_rate: float, num_cycles: float = 0.5) -> float:
+    # get_cosine_with_min_lr_schedule_with_warmup_lr_rate with warmup_lr_rate=None: HF's one schedule whose
+    # warmup skips the step at LR 0, (s + 1) / W
+    if s < w:
+        return (s + 1.0) / max(1.0, w)
+    progress = (s - w + 1.0) / max(1.0, t - w)
+    factor = 0.5 * (1.0 + math.cos(math.pi * num_cycles * 2.0 * progress))
+    return max(0.0, factor * (1 - min_lr_rate) + min_lr_rate)
 
 
 def hf_cosine_hard_restarts(s: int, w: int, t: int, num_cycles: int) -> float:
     if s < w:
-        return s / max(1, w)
-    progress = (s - w) / max(1, t - w)
+        return float(s) / float(max(1, w))
+    progress = float(s - w) / float(max(1, t - w))
     if progress >= 1.0:
         return 0.0
-    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * ((num_cycles * progress) % 1.0))))
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * ((float(num_cycles) * progress) % 1.0))))
 
 
-def hf_polynomial(s: int, w: int, t: int, lr_init: float, lr_end: float, power: float) -> float:
+def hf_polynomial(s: int, w: int, t: int, lr_end: float, power: float, lr_init: float = 1.0) -> float:
     if s < w:
-        return s / max(1, w)
+        return float(s) / float(max(1, w))
     if s > t:
         return lr_end / lr_init
-    decay = (lr_init - lr_end) * (1 - (s - w) / (t - w)) ** power + lr_end
-    return decay / lr_init
+    pct_remaining = 1 - (s - w) / (t - w)
+    return ((lr_init - lr_end) * pct_remaining**power + lr_end) / lr_init
 
 
 def hf_inverse_sqrt(s: int, w: int, timescale: int) -> float:
     if s < w:
-        return s / max(1, w)
+        return float(s) / float(max(1, w))
     shift = timescale - w
     return 1.0 / math.sqrt((s + shift) / timescale)
 
 
-def hf_wsd(s: int, w: int, stable: int, decay: int, min_ratio: float, decay_type: str) -> float:
+def hf_wsd(s: int, w: int, stable: int, decay: int, warmup_type: str, decay_type: str, min_lr_ratio: float) -> float:
     if s < w:
-        return s / max(1, w)
+        progress = float(s) / float(max(1, w))
+        factor = progress if warmup_type == "linear" else 0.5 * (1.0 - math.cos(math.pi * progress))  # or cosine
+        return max(0.0, factor * (1.0 - min_lr_ratio) + min_lr_ratio)
     if s < w + stable:
         return 1.0
     if s < w + stable + decay:
-        p = (s - w - stable) / max(1, decay)
+        progress = float(s - w - stable) / float(max(1, decay))
         if decay_type == "linear":
-            v = 1.0 - p
+            factor = 1.0 - progress
         elif decay_type == "cosine":
-            v = 0.5 * (1.0 + math.cos(math.pi * p))
-        else:
-            v = 1.0 - math.sqrt(p)
-        return (1.0 - min_ratio) * v + min_ratio
-    return min_ratio
+            factor = 0.5 * (1.0 + math.cos(math.pi * 0.5 * 2.0 * progress))
+        else:  # 1-sqrt
+            factor = 1.0 - math.sqrt(progress)
+        return max(0.0, factor * (1.0 - min_lr_ratio) + min_lr_ratio)
+    return min_lr_ratio
 
 
-def timm_cosine(t: int, warmup_t: int, t_initial: int, lr_max: float, lr_min: float) -> float:
+# ----------------------------------------------------------------------------------------- timm references
+def _timm(t: int, warmup_t: int, warmup_lr_init: float, t_initial: float, lr_min: float, cycle_limit: int, decay):  # type: ignore[no-untyped-def]
+    lr_max = 1.0
     if t < warmup_t:
-        return lr_max * t / warmup_t  # warmup_lr_init = 0
+        return warmup_lr_init + t * (lr_max - warmup_lr_init) / warmup_t
     t = t - warmup_t  # warmup_prefix=True
-    if t >= t_initial:  # cycle_limit=1
-        return lr_min
-    return lr_min + 0.5 * (lr_max - lr_min) * (1 + math.cos(math.pi * t / t_initial))
+    i = t // t_initial  # cycle_mul == 1
+    t_curr = t - t_initial * i
+    if i < cycle_limit:
+        return lr_min + decay(lr_max - lr_min, t_curr / t_initial)
+    return lr_min
 
 
-W, T = 7, 40
-STEPS = range(T)
+def timm_cosine(
+    t: int, warmup_t: int, t_initial: float, lr_min: float, cycle_limit: int = 1, init: float = 0.0
+) -> float:
+    return _timm(
+        t, warmup_t, init, t_initial, lr_min, cycle_limit, lambda span, x: 0.5 * span * (1 + math.cos(math.pi * x))
+    )
 
 
-def test_linear_matches_hf_one_step_later() -> None:
-    ours = schedules.warmup_linear_factor(np.arange(T), W, T)
-    assert ours == pytest.approx([hf_linear(s + 1, W, T) for s in STEPS], abs=1e-12)
+def timm_poly(t: int, warmup_t: int, t_initial: float, lr_min: float, power: float, init: float = 0.0) -> float:
+    return _timm(t, warmup_t, init, t_initial, lr_min, 1, lambda span, x: span * (1 - x) ** power)
 
 
-def test_cosine_matches_hf_one_step_later_and_does_not_rise_past_the_horizon() -> None:
-    ours = schedules.warmup_cosine_factor(np.arange(T), W, T)
-    assert ours == pytest.approx([hf_cosine(s + 1, W, T) for s in STEPS], abs=1e-12)
-    past = schedules.warmup_cosine_factor(np.arange(T, 2 * T), W, T)
-    assert np.all(past == 0.0)
-    # HF's cosine turns back up past its horizon; epochkit's must not.
-    assert hf_cosine(T + 10, W, T) > 0.0
+# ------------------------------------------------------------------------------------ against the anchors
+# (W, T): no warmup, a one-step warmup and decay, warmup longer than the decay, the usual shapes, a long run.
+HORIZONS = [(0, 1), (0, 12), (1, 2), (3, 4), (9, 12), (7, 40), (5, 36), (100, 1000)]
+EXTRA = 6  # steps past the horizon that are compared too, where the anchor holds its floor
 
 
-def test_cosine_cycles_match_hf_hard_restarts() -> None:
-    ours = schedules.warmup_cosine_factor(np.arange(T - 1), W, T, cycles=3)
-    # HF reaches its floor only at s == T, which it never uses, and jumps at cycle boundaries where epochkit
-    # finishes the cycle on the floor first: compare away from the two cycle boundaries.
-    boundaries = {W - 1 + round(k * (T - W) / 3) for k in (1, 2)}
-    for s in range(T - 1):
-        if s not in boundaries:
-            assert ours[s] == pytest.approx(hf_cosine_hard_restarts(s + 1, W, T, 3), abs=1e-12), s
-    assert all(ours[s] == pytest.approx(0.0, abs=1e-12) for s in boundaries)
+def _ours(fn, w: int, t: int, n: int, **kwargs) -> list[float]:  # type: ignore[no-untyped-def]
+    return np.asarray(fn(np.arange(n), w, t, **kwargs)).tolist()
 
 
-def test_cosine_floor_matches_timm_one_step_later() -> None:
-    ours = schedules.warmup_cosine_factor(np.arange(T + 5), W, T, floor=0.1)
-    ref = [timm_cosine(s + 1, W, T - W, 1.0, 0.1) for s in range(T + 5)]
+@pytest.mark.parametrize(("w", "t"), HORIZONS)
+def test_constant_and_inverse_sqrt_are_hf_one_step_later(w: int, t: int) -> None:
+    s = np.arange(t + EXTRA)
+    assert np.asarray(schedules.warmup_constant_factor(s, w)).tolist() == pytest.approx(
+        [hf_constant(i + 1, w) for i in s], abs=1e-12
+    )
+    for timescale in (None, 3, 50):
+        ours = schedules.warmup_inverse_sqrt_factor(s, w, timescale)
+        tau = timescale or w or 10_000
+        assert np.asarray(ours).tolist() == pytest.approx([hf_inverse_sqrt(i + 1, w, tau) for i in s], abs=1e-12)
+
+
+@pytest.mark.parametrize(("w", "t"), HORIZONS)
+def test_linear_is_hf_over_one_more_step_without_its_first(w: int, t: int) -> None:
+    ours = _ours(schedules.warmup_linear_factor, w, t, t + EXTRA)
+    assert ours == pytest.approx([hf_linear(s + 1, w, t + 1) for s in range(t + EXTRA)], abs=1e-12)
+    for floor in (0.1, 0.5):  # HF's linear has no floor: its polynomial decay with power 1 and lr_end does
+        ours = _ours(schedules.warmup_linear_factor, w, t, t + EXTRA, floor=floor)
+        ref = [hf_polynomial(s + 1, w, t + 1, lr_end=floor, power=1.0) for s in range(t + EXTRA)]
+        assert ours == pytest.approx(ref, abs=1e-12)
+
+
+@pytest.mark.parametrize(("w", "t"), HORIZONS)
+def test_cosine_is_hf_over_one_more_step_and_holds_its_floor_where_hf_rises(w: int, t: int) -> None:
+    ours = _ours(schedules.warmup_cosine_factor, w, t, t + EXTRA)
+    assert ours[:t] == pytest.approx([hf_cosine(s + 1, w, t + 1) for s in range(t)], abs=1e-12)
+    assert ours[t:] == [0.0] * EXTRA
+    assert hf_cosine(t + 1 + (t + 1 - w) // 2, w, t + 1) > 0.0  # HF's cosine turns back up past its horizon
+    for floor in (0.1, 0.5):
+        ours = _ours(schedules.warmup_cosine_factor, w, t, t, floor=floor)
+        assert ours == pytest.approx([hf_cosine(s + 1, w, t + 1, min_lr_rate=floor) for s in range(t)], abs=1e-12)
+        # HF's newest cosine already starts at (s + 1) / W: with one more step it is epochkit's, unshifted.
+        assert ours == pytest.approx([hf_cosine_warmup_with_min_lr(s, w, t + 1, floor) for s in range(t)], abs=1e-12)
+
+
+@pytest.mark.parametrize(("w", "t"), HORIZONS)
+@pytest.mark.parametrize("cycles", [2, 3, 5])
+def test_cosine_cycles_are_hf_hard_restarts_one_step_later(w: int, t: int, cycles: int) -> None:
+    ours = _ours(schedules.warmup_cosine_factor, w, t, t + EXTRA, cycles=cycles)
+    ref = [hf_cosine_hard_restarts(s + 1, w, t + 1, cycles) for s in range(t + EXTRA)]
     assert ours == pytest.approx(ref, abs=1e-12)
 
 
-@pytest.mark.parametrize(("power", "floor"), [(1.0, 0.0), (2.0, 0.1), (0.5, 0.25)])
-def test_polynomial_matches_hf_one_step_later(power: float, floor: float) -> None:
-    ours = schedules.warmup_polynomial_factor(np.arange(T + 3), W, T, power=power, floor=floor)
-    ref = [hf_polynomial(s + 1, W, T, 1.0, floor, power) for s in range(T + 3)]
+@pytest.mark.parametrize(("w", "t", "cycles"), [(0, 11, 3), (1, 4, 2), (3, 4, 1), (7, 40, 2), (5, 36, 4), (0, 29, 5)])
+@pytest.mark.parametrize("floor", [0.0, 0.1, 0.6])
+@pytest.mark.parametrize("start_factor", [0.0, 0.25])
+def test_cosine_cycles_and_floors_are_timm_one_step_later(
+    w: int, t: int, cycles: int, floor: float, start_factor: float
+) -> None:
+    assert (t - w + 1) % cycles == 0  # timm's t_initial is a whole number of steps
+    ours = _ours(schedules.warmup_cosine_factor, w, t, t + EXTRA, cycles=cycles, floor=floor, start_factor=start_factor)
+    t_initial = (t - w + 1) // cycles
+    ref = [timm_cosine(s + 1, w, t_initial, floor, cycle_limit=cycles, init=start_factor) for s in range(t + EXTRA)]
     assert ours == pytest.approx(ref, abs=1e-12)
 
 
-@pytest.mark.parametrize("timescale", [None, 3, 50])
-def test_inverse_sqrt_matches_hf_one_step_later(timescale: int | None) -> None:
-    ours = schedules.warmup_inverse_sqrt_factor(np.arange(200), W, timescale)
-    ref = [hf_inverse_sqrt(s + 1, W, timescale or W) for s in range(200)]
+@pytest.mark.parametrize(("w", "t"), HORIZONS)
+@pytest.mark.parametrize(("power", "floor"), [(1.0, 0.0), (2.0, 0.1), (0.5, 0.25), (3.0, 0.0)])
+def test_polynomial_is_hf_and_timm_one_step_later(w: int, t: int, power: float, floor: float) -> None:
+    ours = _ours(schedules.warmup_polynomial_factor, w, t, t + EXTRA, power=power, floor=floor)
+    assert ours == pytest.approx([hf_polynomial(s + 1, w, t + 1, floor, power) for s in range(t + EXTRA)], abs=1e-12)
+    assert ours == pytest.approx([timm_poly(s + 1, w, t - w + 1, floor, power) for s in range(t + EXTRA)], abs=1e-12)
+    # The linear schedule is the polynomial of power 1; timm starts its warmup from warmup_lr_init (start_factor).
+    ours = _ours(schedules.warmup_linear_factor, w, t, t + EXTRA, floor=floor, start_factor=0.3)
+    ref = [timm_poly(s + 1, w, t - w + 1, floor, 1.0, init=0.3) for s in range(t + EXTRA)]
     assert ours == pytest.approx(ref, abs=1e-12)
 
 
+@pytest.mark.parametrize(("w", "d", "t"), [(0, 1, 1), (1, 1, 2), (2, 2, 4), (3, 10, 40), (7, 10, 40), (0, 5, 30)])
 @pytest.mark.parametrize("decay_shape", ["linear", "cosine", "1-sqrt"])
-def test_wsd_matches_hf_one_step_later(decay_shape: str) -> None:
-    decay = 10
-    ours = schedules.warmup_stable_decay_factor(np.arange(T + 3), W, decay, T, 0.05, decay_shape)  # type: ignore[arg-type]
-    ref = [hf_wsd(s + 1, W, T - W - decay, decay, 0.05, decay_shape) for s in range(T + 3)]
-    assert ours == pytest.approx(ref, abs=1e-12)
+@pytest.mark.parametrize("shape", ["linear", "cosine"])
+@pytest.mark.parametrize("floor", [0.0, 0.05, 0.1])
+def test_wsd_is_hf_one_step_later_with_hfs_warmup_start(
+    w: int, d: int, t: int, decay_shape: str, shape: str, floor: float
+) -> None:
+    # HF's WSD (only) ramps its warmup up from min_lr_ratio: epochkit's start_factor; its decay counts one step more.
+    ours = schedules.warmup_stable_decay_factor(
+        np.arange(t + EXTRA), w, d, t, floor, decay_shape, shape, start_factor=floor
+    )  # type: ignore[arg-type]
+    ref = [hf_wsd(s + 1, w, t - w - d, d + 1, shape, decay_shape, floor) for s in range(t + EXTRA)]
+    assert np.asarray(ours).tolist() == pytest.approx(ref, abs=1e-12)
 
 
 # ----------------------------------------------------------------------------------------- properties
@@ -155,48 +231,54 @@ horizons = st.integers(min_value=1, max_value=300).flatmap(
 floors = st.floats(min_value=0.0, max_value=1.0)
 starts = st.floats(min_value=0.0, max_value=0.99)
 shapes = st.sampled_from(["linear", "cosine"])
+cycle_counts = st.integers(min_value=1, max_value=7)
+DECAYING = {"linear", "cosine", "poly", "wsd", "wsd_linear", "wsd_1-sqrt"}
 
 
-def _all_schedules(w: int, t: int, floor: float, shape: str, start: float) -> dict[str, np.ndarray]:
+def _all_schedules(w: int, t: int, floor: float, shape: str, start: float, cycles: int = 3) -> dict[str, np.ndarray]:
     s = np.arange(2 * t + 5)
     kw = {"shape": shape, "start_factor": start}
+    decay = max(1, (t - w) // 2)
     out = {
         "constant": schedules.warmup_constant_factor(s, w, **kw),
         "linear": schedules.warmup_linear_factor(s, w, t, floor, **kw),
         "cosine": schedules.warmup_cosine_factor(s, w, t, 1, floor, **kw),
-        "cosine3": schedules.warmup_cosine_factor(s, w, t, 3, floor, **kw),
+        "cosine_cycles": schedules.warmup_cosine_factor(s, w, t, cycles, floor, **kw),
         "poly": schedules.warmup_polynomial_factor(s, w, t, 2.0, floor, **kw),
         "inverse_sqrt": schedules.warmup_inverse_sqrt_factor(s, w, None, **kw),
-        "wsd": schedules.warmup_stable_decay_factor(s, w, max(1, (t - w) // 2), t, floor, "cosine", **kw),
+        "wsd": schedules.warmup_stable_decay_factor(s, w, decay, t, floor, "cosine", **kw),
+        "wsd_linear": schedules.warmup_stable_decay_factor(s, w, decay, t, floor, "linear", **kw),
+        "wsd_1-sqrt": schedules.warmup_stable_decay_factor(s, w, decay, t, floor, "1-sqrt", **kw),
     }
     return {k: np.asarray(v) for k, v in out.items()}
 
 
-@given(horizons, floors, shapes, starts)
-def test_factors_are_finite_in_range_and_never_zero_on_the_first_step(
-    wt: tuple[int, int], floor: float, shape: str, start: float
+@given(horizons, floors, shapes, starts, cycle_counts)
+def test_no_step_before_the_horizon_runs_at_lr_0_and_the_peak_ends_the_warmup(
+    wt: tuple[int, int], floor: float, shape: str, start: float, cycles: int
 ) -> None:
     t, w = wt
-    for name, f in _all_schedules(w, t, floor, shape, start).items():
+    for name, f in _all_schedules(w, t, floor, shape, start, cycles).items():
         assert np.all(np.isfinite(f)), name
         assert np.all((f >= 0.0) & (f <= 1.0 + 1e-12)), name
+        assert np.all(f[:t] > 0.0), (name, np.flatnonzero(f[:t] <= 0.0))  # every step of the run trains
         if w > 0:
-            assert f[0] > 0.0, name
             assert f[w - 1] == 1.0, name  # peak exactly at the end of warmup
 
 
-@given(horizons, floors, shapes, starts)
-def test_warmup_is_monotone_and_the_decay_holds_its_floor(
-    wt: tuple[int, int], floor: float, shape: str, start: float
+@given(horizons, floors, shapes, starts, cycle_counts)
+def test_warmup_is_monotone_and_the_floor_is_reached_at_the_horizon_and_held(
+    wt: tuple[int, int], floor: float, shape: str, start: float, cycles: int
 ) -> None:
     t, w = wt
-    for name, f in _all_schedules(w, t, floor, shape, start).items():
+    for name, f in _all_schedules(w, t, floor, shape, start, cycles).items():
         assert np.all(np.diff(f[:w]) > 0), name
-        if name in {"linear", "cosine", "poly", "wsd"}:
+        if name in DECAYING:
             assert np.all(np.diff(f[max(w - 1, 0) :]) <= 1e-12), name  # never rises after the peak
-            assert np.allclose(f[t - 1 :], floor, atol=1e-12), name  # floor on the last step and after
-        if name == "cosine3":
-            assert np.allclose(f[t - 1 :], floor, atol=1e-12), name
+        if name in DECAYING or name == "cosine_cycles":
+            assert np.all(f[t:] == floor), name  # the floor from the horizon on, exactly
+            if floor < 0.999:  # (closer to 1, floor + (1 - floor) * x rounds to the floor)
+                assert f[t - 1] > floor, name  # the last step still trains above the floor
 
 
 @given(st.integers(min_value=1, max_value=500), st.integers(min_value=1, max_value=400), shapes)
@@ -208,11 +290,13 @@ def test_continuity_at_the_end_of_warmup(w: int, extra: int, shape: str) -> None
         "constant": 0.0,
         "linear": 1.0,
         "cosine": math.pi / 2,
-        "cosine3": 3 * math.pi / 2,
+        "cosine_cycles": 3 * math.pi / 2,
         "poly": 2.0,
         "wsd": 0.0,
     }
     for name, f in _all_schedules(w, t, 0.0, shape, 0.0).items():
+        if name not in slopes and name != "inverse_sqrt":
+            continue  # the other WSD decays: 1-sqrt is steep at its start by design
         bound = 1 / (2 * w) if name == "inverse_sqrt" else slopes[name] / extra
         decay = max(1, extra // 2)  # as in _all_schedules
         if name == "wsd" and decay >= extra:  # no stable phase: the cosine decay starts right at the peak
@@ -318,6 +402,9 @@ def test_preview_returns_the_whole_run_and_saves_a_plot(tmp_path) -> None:  # ty
 class _ScheduledModule(RegressionModule):
     """Builds its schedule from the Trainer inside configure_optimizers, as the docs show."""
 
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.lrs_used_ = [*getattr(self, "lrs_used_", []), optimizer.param_groups[0]["lr"]]
+
     def configure_optimizers(self):  # type: ignore[no-untyped-def]
         optimizer = torch.optim.SGD(self.parameters(), lr=0.1)
         total = schedules.total_steps(self.trainer)
@@ -338,8 +425,12 @@ def test_total_steps_inside_configure_optimizers(tmp_path) -> None:  # type: ign
         default_root_dir=tmp_path,
     )
     trainer.fit(model, datamodule=RegressionDataModule(num_samples=48, batch_size=8))
-    # 6 batches an epoch, 2 accumulated per step: 3 steps an epoch, 9 in all; the last one used the floor.
+    # 6 batches an epoch, 2 accumulated per step: 3 steps an epoch, 9 in all. The last one still trained (the
+    # schedule reaches its floor at the horizon, step 9), and the scheduler now holds the floor.
     assert model.total_ == 9 == trainer.global_step
+    assert (
+        model.lrs_used_[-1] == pytest.approx(0.1 * schedules.warmup_cosine_factor(8, 3, 9)) and model.lrs_used_[-1] > 0
+    )
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
 
 

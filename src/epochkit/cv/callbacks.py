@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from epochkit._distributed import all_ranks, broadcast
 from epochkit._io import atomic_path, save_torch_atomic, write_json_atomic
-from epochkit._logging import log_scalars, log_text
+from epochkit._logging import log_text
 from epochkit.cv.data import rebuild_loader
 from epochkit.cv.reset import weights_checksum
 
@@ -46,20 +46,23 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 class FoldMonitor(Checkpoint):
-    """Checks at setup that every rank runs the same fold on the verified weights, logs the checksum, and records
-    every epoch's metrics to ``history_path`` (its state, so a resumed fold keeps its history).
+    """Checks at setup that every rank runs the same fold on the verified weights, logs the checksum, records every
+    epoch's metrics to ``history_path`` (its state, so a resumed fold keeps its history) and, at fit end, which epoch's
+    weights the fold keeps to ``kept_path``.
 
     A :class:`~lightning.pytorch.callbacks.Checkpoint` subclass only for the hook order: Lightning runs the
     ``on_train_epoch_end`` of monitoring callbacks (``EarlyStopping``, ``Checkpoint``) after the LightningModule's
     own, so what the module logs there is recorded in the same epoch, not the next.
     """
 
-    def __init__(self, fold: int, plan_hash: str, checksum: str, history_path: str) -> None:
+    def __init__(self, fold: int, plan_hash: str, checksum: str, history_path: str, kept_path: str) -> None:
         self.fold = fold
         self.plan_hash = plan_hash
         self.checksum = checksum
         self.history_path = history_path
+        self.kept_path = kept_path
         self.history: list[dict[str, Any]] = []
+        self.kept_epoch: int | None = None
 
     @property
     def state_key(self) -> str:
@@ -80,8 +83,20 @@ class FoldMonitor(Checkpoint):
             )
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        log_text(trainer, "cv/weights_checksum", f"fold {self.fold}: `{self.checksum}`")
-        log_scalars(trainer, {"cv/fold": float(self.fold), "cv/weights_verified": 1.0})
+        # Text, not scalars: a fold number or a "verified" flag logged once makes a one-point chart.
+        log_text(trainer, "cv/weights_checksum", f"fold {self.fold}: `{self.checksum}` (verified on every rank)")
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # After `on_train_end`, where EarlyStopping restores its best weights: those are what the fold keeps.
+        restored = [
+            int(epoch)
+            for cb in trainer.callbacks  # type: ignore[attr-defined]
+            if isinstance(epoch := getattr(cb, "restored_epoch", None), int) and epoch >= 0
+        ]
+        last = self.history[-1]["epoch"] if self.history else None
+        self.kept_epoch = restored[-1] if restored else last
+        if trainer.is_global_zero:
+            write_json_atomic(self.kept_path, {"kept_epoch": self.kept_epoch, "epochs": len(self.history)})
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -169,11 +184,13 @@ class ResumeCheckpoint(Checkpoint):
         if trainer.sanity_checking:
             return
         target = Path(self.path)
+        # weights_only=False said explicitly: the optimizer, loops and callbacks are what a resume needs, and left
+        # unset Lightning logs "`weights_only` was not set, defaulting to `False`." at every epoch of every fold.
         if not trainer.is_global_zero:
-            trainer.save_checkpoint(target)  # a collective: every rank enters; only rank 0 writes
+            trainer.save_checkpoint(target, weights_only=False)  # a collective: every rank enters; rank 0 writes
             return
         with atomic_path(target) as tmp:
-            trainer.save_checkpoint(tmp)
+            trainer.save_checkpoint(tmp, weights_only=False)
         write_json_atomic(target.with_suffix(".json"), {"global_step": int(trainer.global_step)})
 
 

@@ -110,16 +110,37 @@ def best_of(
     return best, epoch
 
 
+Kind = Literal["last", "best", "kept"]
+KINDS: tuple[Kind, ...] = ("last", "best", "kept")
+_KIND_WORDS = {
+    "last": "the last epoch's value",
+    "best": "the best epoch's value",
+    "kept": "the value of the model the fold kept, validated once after fit (after an EarlyStopping restore)",
+}
+
+
 @dataclass
 class FoldResult:
-    """One fold: sizes, the final and best value of every logged metric, files and timings (seconds)."""
+    """One fold: sizes, every logged metric at its last epoch, at its best epoch and for the model the fold kept,
+    files and timings (seconds).
+
+    Attributes:
+        last: Every metric of the last epoch trained.
+        best: The best value of every metric over the epochs, and ``best_epoch`` where it was reached.
+        kept: What validating the fold's final model once after fit gives: the model whose weights are in
+            ``model_path`` and made the out-of-fold predictions, i.e. after an
+            ``EarlyStopping(restore_best_weights=...)`` restore. Validation metrics only; empty without validation.
+        kept_epoch: The epoch those weights come from: the epoch ``EarlyStopping`` restored, else the last one.
+    """
 
     fold: int
     n_train: int
     n_val: int
-    final: dict[str, float] = field(default_factory=dict)
+    last: dict[str, float] = field(default_factory=dict)
     best: dict[str, float] = field(default_factory=dict)
     best_epoch: dict[str, int] = field(default_factory=dict)
+    kept: dict[str, float] = field(default_factory=dict)
+    kept_epoch: int | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     best_model_path: str | None = None
     model_path: str | None = None
@@ -133,7 +154,10 @@ class FoldResult:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FoldResult:
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        if "final" in data and "last" not in data:  # written before "final" was named for what it is
+            values["last"] = data["final"]
+        return cls(**values)
 
 
 def _fmt(value: float) -> str:
@@ -143,6 +167,13 @@ def _fmt(value: float) -> str:
 @dataclass
 class CVResult:
     """All folds of one cross-validation.
+
+    Per fold and metric there are three values (see :class:`FoldResult`): ``"last"`` (the last epoch), ``"best"``
+    (the best epoch) and ``"kept"`` (the model the fold kept: its weights are saved, ensembled and made the
+    out-of-fold predictions). Over the folds each gets its mean, sample standard deviation and the Student-t
+    confidence interval of the mean (:func:`~epochkit.cv.stats.summarize`): ``mean +- t(0.975, K - 1) std /
+    sqrt(K)`` for 95%, a normal-theory interval that can reach past the range of a bounded metric (an accuracy
+    above 1) when folds disagree.
 
     Attributes:
         folds: One :class:`FoldResult` per fold run so far, by fold.
@@ -167,33 +198,47 @@ class CVResult:
     @property
     def metrics(self) -> list[str]:
         """Every metric some fold logged, sorted."""
-        return sorted({name for f in self.folds for name in (*f.final, *f.best)})
+        return sorted({name for f in self.folds for name in (*f.last, *f.best, *f.kept)})
 
     def aggregate(self, confidence: float = 0.95) -> dict[str, dict[str, dict[str, float]]]:
-        """``{"final" | "best": {metric: {"mean", "std", "ci_low", "ci_high", "n"}}}`` over the folds."""
-        out: dict[str, dict[str, dict[str, float]]] = {"final": {}, "best": {}}
-        for kind in out:
+        """``{"last" | "best" | "kept": {metric: {"mean", "std", "ci_low", "ci_high", "n"}}}`` over the folds;
+        ``ci_low``/``ci_high`` bound the Student-t ``confidence`` interval of the mean."""
+        out: dict[str, dict[str, dict[str, float]]] = {kind: {} for kind in KINDS}
+        for kind in KINDS:
             for name in self.metrics:
                 values = [getattr(f, kind).get(name, float("nan")) for f in self.folds]
                 out[kind][name] = summarize(values, confidence)
         return out
 
-    def mean(self, metric: str, kind: Literal["final", "best"] = "final") -> float:
-        """Mean over folds of one metric."""
-        return self.aggregate()[kind][metric]["mean"]
+    def mean(self, metric: str, kind: Kind = "kept") -> float:
+        """Mean over folds of one metric: by default of the models the folds kept (``"last"``, ``"best"``: of
+        their last and best epochs).
 
-    def table(self, kind: Literal["final", "best", "both"] = "both") -> str:
-        """A plain-text table: one row per metric, one column per fold, then mean, std and the 95% interval."""
-        kinds = ["final", "best"] if kind == "both" else [kind]
+        Raises:
+            KeyError: If no fold has that value (``"kept"`` holds validation metrics only: use ``kind="last"`` for
+                a training metric).
+        """
+        if kind not in KINDS:
+            raise ValueError(f"`kind` must be one of {KINDS}, got {kind!r}.")
+        summary = self.aggregate()[kind].get(metric)
+        if summary is None or summary["n"] == 0:
+            have = sorted({name for f in self.folds for name in getattr(f, kind)})
+            raise KeyError(f"no fold has a {kind!r} value of {metric!r} ({_KIND_WORDS[kind]}); those are {have}.")
+        return summary["mean"]
+
+    def table(self, kind: Kind | Literal["all"] = "all") -> str:
+        """A plain-text table: one row per metric and kind (``last``, ``best``, ``kept``), one column per fold,
+        then the mean, the standard deviation and the Student-t 95% confidence interval of the mean."""
+        kinds = list(KINDS) if kind == "all" else [kind]
         agg = self.aggregate()
-        header = ["metric", *(f"fold {f.fold}" for f in self.folds), "mean", "std", "95% CI"]
+        header = ["metric", *(f"fold {f.fold}" for f in self.folds), "mean", "std", "95% CI (t)"]
         rows = [header]
-        for k in kinds:
-            for name in self.metrics:
+        for name in self.metrics:
+            for k in kinds:
                 s = agg[k][name]
                 if s["n"] == 0:
                     continue
-                label = name if kind != "both" else f"{name} ({k})"
+                label = name if kind != "all" else f"{name} ({k})"
                 cells = [_fmt(getattr(f, k).get(name, float("nan"))) for f in self.folds]
                 ci = f"[{_fmt(s['ci_low'])}, {_fmt(s['ci_high'])}]"
                 rows.append([label, *cells, _fmt(s["mean"]), _fmt(s["std"]), ci])
@@ -203,7 +248,10 @@ class CVResult:
         return "\n".join(lines)
 
     def __str__(self) -> str:
-        return f"{len(self.folds)}-fold cross-validation ({self.root_dir})\n{self.table()}"
+        return (
+            f"{len(self.folds)}-fold cross-validation ({self.root_dir}): last = last epoch, best = best epoch, "
+            f"kept = the model each fold kept\n{self.table()}"
+        )
 
     # ------------------------------------------------------------------------------------------------ files
     def to_dict(self) -> dict[str, Any]:
@@ -218,21 +266,22 @@ class CVResult:
         }
 
     def csv_rows(self) -> list[dict[str, Any]]:
-        """One row per fold (``final/<metric>``, ``best/<metric>``, timings), then rows ``mean``, ``std``,
-        ``ci_low`` and ``ci_high``."""
+        """One row per fold (``last/<metric>``, ``best/<metric>``, ``kept/<metric>``, ``kept_epoch``, timings), then
+        rows ``mean``, ``std``, ``ci_low`` and ``ci_high`` (the Student-t 95% interval of the mean)."""
         rows: list[dict[str, Any]] = []
         for f in self.folds:
             row: dict[str, Any] = {"fold": f.fold, "n_train": f.n_train, "n_val": f.n_val}
-            for kind in ("final", "best"):
+            for kind in KINDS:
                 for name in self.metrics:
                     row[f"{kind}/{name}"] = getattr(f, kind).get(name, "")
+            row["kept_epoch"] = "" if f.kept_epoch is None else f.kept_epoch
             row.update({f"seconds/{k}": v for k, v in f.seconds.items()})
             row["best_model_path"] = f.best_model_path or ""
             rows.append(row)
         agg = self.aggregate()
         for stat in ("mean", "std", "ci_low", "ci_high"):
             row = {"fold": stat}
-            for kind in ("final", "best"):
+            for kind in KINDS:
                 for name in self.metrics:
                     row[f"{kind}/{name}"] = agg[kind][name][stat]
             rows.append(row)
@@ -249,16 +298,19 @@ class CVResult:
         self,
         model: nn.Module | None = None,
         transform: Callable[[Any], Any] | None = None,
-        weights: Literal["final", "best"] = "final",
+        weights: Literal["kept", "best", "final"] = "kept",
     ) -> FoldEnsemble:
         """A module whose ``forward`` averages the fold models' outputs, for test-time prediction.
 
         Args:
             model: A module of the cross-validated architecture to copy (default: the model given to ``fit``).
             transform: Applied to each fold model's output before averaging (e.g. ``lambda z: z.softmax(-1)``).
-            weights: ``"final"``: the weights each fold ended with; ``"best"``: the fold's best checkpoint
-                (``ModelCheckpoint``), falling back to the final weights where there is none.
+            weights: ``"kept"``: the weights each fold kept (``model.pt``; ``"final"`` is the former name);
+                ``"best"``: the fold's best checkpoint (``ModelCheckpoint``), falling back to the kept weights where
+                there is none.
         """
+        if weights not in ("kept", "best", "final"):
+            raise ValueError(f"`weights` must be 'kept' or 'best', got {weights!r}.")
         template = model if model is not None else self.model
         if template is None:
             raise ValueError("CVResult.ensemble() needs `model=`: this result holds no model (it was loaded).")

@@ -38,7 +38,14 @@ log = logging.getLogger("epochkit.cv")
 OWNER = "CrossValidator"
 MANIFEST = "cv_manifest.json"
 FOLD_RESULT = "fold_result.json"
+KEPT_FILE = "kept.json"
 OOF_FILE = "oof_predictions.pt"
+# Loggers through which Lightning prints its INFO lines (device banner, tips, "`Trainer.fit` stopped", ...).
+_LIGHTNING_INFO_LOGGERS = (
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.fabric.utilities.rank_zero",
+    "lightning.pytorch.accelerators.cuda",
+)
 TrainerFactory = Callable[[int], pl.Trainer]
 
 
@@ -50,6 +57,53 @@ def _is_rank_zero() -> bool:
 def _stable_repr(value: Any) -> str:
     """``repr`` without memory addresses, so equal settings give equal strings in two runs."""
     return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))
+
+
+class _RepeatedInfoDropped(logging.Filter):
+    """While active, drops INFO (and DEBUG) records of the named loggers that repeat, word for word, one already
+    shown: every fold's Trainer prints Lightning's device banner and tips again. Warnings always pass."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        super().__init__()
+        self.names = tuple(names)
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        message = record.getMessage()
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
+
+    def __enter__(self) -> _RepeatedInfoDropped:
+        for name in self.names:
+            logging.getLogger(name).addFilter(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name in self.names:
+            logging.getLogger(name).removeFilter(self)
+
+
+def _fold_line(fold: FoldResult, n_splits: int, skipped_from: Path | None) -> str:
+    """The one line a user reads per fold: what ran (or that an earlier run finished it) and what the fold kept."""
+    head = f"fold {fold.fold} ({fold.fold + 1}/{n_splits}): "
+    if skipped_from is not None:
+        head += f"finished in an earlier run, skipped ({skipped_from})"
+    else:
+        epochs = len(fold.history)
+        head += f"{epochs} epoch{'s' if epochs != 1 else ''}"
+        if fold.resumed_from:
+            head += f" (resumed from {fold.resumed_from})"
+        head += f", {fold.seconds.get('total', float('nan')):.1f} s"
+    values, which = (fold.kept, "kept") if fold.kept else (fold.last, "last epoch")
+    if fold.kept and fold.kept_epoch is not None:
+        last_epoch = fold.history[-1]["epoch"] if fold.history else None
+        which = "kept the last epoch" if fold.kept_epoch == last_epoch else f"kept epoch {fold.kept_epoch}"
+    shown = ", ".join(f"{name} {value:.4f}" for name, value in sorted(values.items()))
+    return f"{head}; {which}: {shown}" if shown else head
 
 
 def _reset_metric_states(module: nn.Module) -> None:
@@ -93,7 +147,8 @@ class CrossValidator:
         seed: Seeds the default splitter and, as ``seed + k``, fold ``k`` (and ``reset="reinit"``).
         reset: ``"snapshot"`` or ``"reinit"`` (``reset_parameters`` with seed ``seed + k``; every parameter must be
             covered).
-        root_dir: Directory for the manifest, fold logs and checkpoints, results and predictions.
+        root_dir: Directory for the manifest, fold logs and checkpoints, results and predictions (default
+            ``cv_runs``, relative to the working directory).
         overwrite: Start over in a ``root_dir`` that holds another cross-validation (its outputs are deleted).
         predict: Out-of-fold predictions from ``predict_step``: ``"auto"`` when the module overrides it.
         metric_modes: ``{"metric": "min" | "max"}`` for the "best" values, where the name does not tell (a name
@@ -103,7 +158,10 @@ class CrossValidator:
             global torch, NumPy and Python RNG states (rank 0's), so a shuffling train loader continues its
             stream. A loader's own ``generator=`` is not saved: a resumed fold then draws other orders.
         seed_folds: Call ``seed_everything(seed + k)`` before fold ``k`` (so a resumed CV equals a fresh one).
-        verbose: Print the results table at the end (rank 0).
+        verbose: Print, on rank 0, one line per fold (what ran, or that an earlier run finished it, and the metrics
+            of the model it kept), the results table and where the files are. Whatever its value, Lightning's INFO
+            lines that repeat, word for word, one an earlier fold printed (its device banner and tips, every fold)
+            are dropped while the folds run; its warnings are not.
 
     Example:
         >>> cv = CrossValidator(n_splits=3, seed=1, root_dir="runs/cv")
@@ -288,23 +346,37 @@ class CrossValidator:
         log.info(
             "CrossValidator: %d folds over %d samples, snapshot %s", plan.n_splits, plan.n_samples, snapshot_checksum
         )
-        for k in range(plan.n_splits):
-            fold_dir = root / f"fold_{k}"
-            done = fold_dir / FOLD_RESULT
-            if done.exists():
-                fold_result = FoldResult.from_dict(json.loads(done.read_text()))
-                log.info("CrossValidator: fold %d finished in an earlier run; skipped", k)
-            else:
-                fold_result = self._run_fold(
-                    k, model, datamodule, dataset, plan, resetter, trainer_kwargs, trainer_factory, modes, seen, predict
-                )
+        self._say(f"CrossValidator: {plan.n_splits} folds of {plan.n_samples} samples ({plan.splitter}) in {root}")
+        with _RepeatedInfoDropped(_LIGHTNING_INFO_LOGGERS):
+            for k in range(plan.n_splits):
+                fold_dir = root / f"fold_{k}"
+                done = fold_dir / FOLD_RESULT
+                skipped = done.exists()
+                if skipped:
+                    fold_result = FoldResult.from_dict(json.loads(done.read_text()))
+                    log.info("CrossValidator: fold %d finished in an earlier run; skipped", k)
+                else:
+                    fold_result = self._run_fold(
+                        k,
+                        model,
+                        datamodule,
+                        dataset,
+                        plan,
+                        resetter,
+                        trainer_kwargs,
+                        trainer_factory,
+                        modes,
+                        seen,
+                        predict,
+                    )
+                    if _is_rank_zero():
+                        write_json_atomic(done, fold_result.to_dict())
+                self._say(_fold_line(fold_result, plan.n_splits, done if skipped else None))
+                result.folds.append(fold_result)
+                histories.append(fold_result.history)
                 if _is_rank_zero():
-                    write_json_atomic(done, fold_result.to_dict())
-            result.folds.append(fold_result)
-            histories.append(fold_result.history)
-            if _is_rank_zero():
-                result.save()
-        self._warn_missing_final(result)
+                    result.save()
+        self._warn_missing_last(result)
         resetter.restore(model)  # leave the model as it came (the folds' weights are in fold_k/model.pt)
         _reset_metric_states(core)
         if predict and _is_rank_zero():  # under `ddp` scripts, other ranks may run ahead of rank 0's merge
@@ -312,9 +384,15 @@ class CrossValidator:
         if _is_rank_zero():
             write_summary_run(root / "summary", result, histories, hparams=dict(getattr(core, "hparams", {}) or {}))
             log.info("CrossValidator results:\n%s", result.table())
-            if self.verbose:
-                print(result)
+        self._say(str(result))
+        files = [root / name for name in ("cv_results.json", "cv_results.csv", OOF_FILE) if (root / name).exists()]
+        self._say(f"results: {', '.join(map(str, files))}; curves: tensorboard --logdir {root}")
         return result
+
+    def _say(self, line: str) -> None:
+        """Print ``line`` on rank 0 when ``verbose``: what a user running a cross-validation wants to read."""
+        if self.verbose and _is_rank_zero():
+            print(line, flush=True)
 
     # ------------------------------------------------------------------------------------------ internals
     def _fingerprint(
@@ -485,7 +563,7 @@ class CrossValidator:
             shutil.rmtree(fold_dir)  # an attempt that left no checkpoint: start the fold clean
 
         trainer = self._make_trainer(k, fold_dir, trainer_kwargs, trainer_factory, purge_step, seen)
-        monitor = FoldMonitor(k, plan.hash, checksum, str(fold_dir / "history.json"))
+        monitor = FoldMonitor(k, plan.hash, checksum, str(fold_dir / "history.json"), str(fold_dir / KEPT_FILE))
         # The fold's DDP processes (ddp_spawn workers) exit right after it: without this, gloo may abort them.
         internal: list[Callback] = [monitor, DestroyProcessGroupAtExit()]
         if self.resume_checkpoints:
@@ -507,7 +585,7 @@ class CrossValidator:
         history = self._read_history(fold_dir, monitor)
         # A fold restored from a checkpoint written after its last epoch runs no epoch and logs nothing, so
         # `callback_metrics` is empty: the last recorded epoch (restored with FoldMonitor's state) holds the values.
-        final = {**(history[-1]["metrics"] if history else {}), **scalar_metrics(dict(trainer.callback_metrics))}
+        last = {**(history[-1]["metrics"] if history else {}), **scalar_metrics(dict(trainer.callback_metrics))}
         best, best_epoch = best_of(history, modes)
         checkpoints = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
         best_path = checkpoints[0].best_model_path if checkpoints and checkpoints[0].best_model_path else None
@@ -515,14 +593,19 @@ class CrossValidator:
         predict_seconds = 0.0
         if predict and _is_rank_zero():
             predict_seconds = self._merge_fold_oof(fold_dir, plan.val[k])
+        validated = time.perf_counter()
+        kept = self._validate_kept(trainer, model, fold_data)
+        kept_epoch = self._read_kept_epoch(fold_dir, monitor)
         end = time.perf_counter()
         return FoldResult(
             fold=k,
             n_train=len(plan.train[k]),
             n_val=len(plan.val[k]),
-            final=final,
+            last=last,
             best=best,
             best_epoch=best_epoch,
+            kept=kept,
+            kept_epoch=kept_epoch,
             history=history,
             best_model_path=best_path,
             model_path=str(model_path),
@@ -532,9 +615,36 @@ class CrossValidator:
                 "restore": restored - start,
                 "fit": fitted - restored - predict_seconds,
                 "predict": predict_seconds,
+                "validate_kept": end - validated,
                 "total": end - start,
             },
         )
+
+    @staticmethod
+    def _validate_kept(trainer: pl.Trainer, model: pl.LightningModule, fold_data: FoldDataModule) -> dict[str, float]:
+        """Validate the model the fold kept (after an EarlyStopping restore), once, with the fold's own Trainer: the
+        metrics of the weights that are saved, ensembled and made the out-of-fold predictions. Not logged: the
+        fold's curves keep one point per epoch."""
+        core = unwrap_compiled(model)
+        if not is_overridden("validation_step", core) or trainer.limit_val_batches == 0:
+            return {}
+        loggers = trainer.loggers
+        trainer.loggers = []
+        try:
+            outputs = trainer.validate(model, datamodule=fold_data, verbose=False)
+        finally:
+            trainer.loggers = loggers
+        kept: dict[str, float] = {}
+        for per_loader in outputs or []:
+            kept.update(scalar_metrics(dict(per_loader)))
+        return kept
+
+    @staticmethod
+    def _read_kept_epoch(fold_dir: Path, monitor: FoldMonitor) -> int | None:
+        path = fold_dir / KEPT_FILE
+        if path.exists():  # written by rank 0, wherever that ran (ddp_spawn workers included)
+            return json.loads(path.read_text()).get("kept_epoch")
+        return monitor.kept_epoch
 
     @staticmethod
     def _read_history(fold_dir: Path, monitor: FoldMonitor) -> list[dict[str, Any]]:
@@ -544,14 +654,14 @@ class CrossValidator:
         return list(monitor.history)
 
     @staticmethod
-    def _warn_missing_final(result: CVResult) -> None:
-        """The aggregates skip missing values: say so when a fold lacks a final metric that other folds have."""
-        names = set().union(*(f.final for f in result.folds)) if result.folds else set()
+    def _warn_missing_last(result: CVResult) -> None:
+        """The aggregates skip missing values: say so when a fold lacks a last-epoch metric that other folds have."""
+        names = set().union(*(f.last for f in result.folds)) if result.folds else set()
         for fold in result.folds:
-            missing = sorted(names - set(fold.final))
+            missing = sorted(names - set(fold.last))
             if missing:
                 log.warning(
-                    "CrossValidator: fold %d has no final value for %s; the aggregates over folds leave it out",
+                    "CrossValidator: fold %d has no last-epoch value for %s; the aggregates over folds leave it out",
                     fold.fold,
                     missing,
                 )

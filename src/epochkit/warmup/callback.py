@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from functools import cached_property, partial
@@ -11,6 +12,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch.utils.hooks import RemovableHandle
 
 from epochkit._logging import current_step, log_scalars
@@ -20,6 +22,34 @@ from epochkit.warmup.schedules import WarmupShape, check_warmup, warmup_factor
 log = logging.getLogger("epochkit.warmup")
 
 UNTUNED = "untuned"
+
+
+def _warmup_in(scheduler: Any) -> str | None:
+    """What in ``scheduler`` ramps the LR up from (near) zero, described, or ``None``: an ``epochkit.schedules``
+    factory or a Hugging Face ``get_*_with_warmup`` schedule (a ``LambdaLR`` of a ``functools.partial``), torch's
+    ``LinearLR`` rising, timm's ``warmup_t``, and any of these inside ``SequentialLR`` / ``ChainedScheduler``."""
+    for inner in getattr(scheduler, "_schedulers", None) or []:
+        found = _warmup_in(inner)
+        if found:
+            return found
+    if isinstance(scheduler, torch.optim.lr_scheduler.LinearLR):
+        if scheduler.start_factor < scheduler.end_factor and scheduler.total_iters > 0:
+            return f"LinearLR from start_factor={scheduler.start_factor} over {scheduler.total_iters} steps"
+        return None
+    for fn in getattr(scheduler, "lr_lambdas", None) or []:
+        if not isinstance(fn, functools.partial):
+            continue
+        name = getattr(fn.func, "__name__", "?")
+        ours = fn.keywords.get("warmup_steps") if fn.func.__module__ == "epochkit.warmup.schedules" else None
+        if ours:
+            return f"epochkit.schedules.{name.removesuffix('_factor')} with warmup_steps={ours}"
+        theirs = fn.keywords.get("num_warmup_steps")
+        if theirs:
+            return f"{fn.func.__module__}.{name} with num_warmup_steps={theirs}"
+    warmup_t = getattr(scheduler, "warmup_t", 0)  # timm's schedulers
+    if isinstance(warmup_t, int | float) and not isinstance(warmup_t, bool) and warmup_t > 0:
+        return f"warmup_t={warmup_t}"
+    return None
 
 
 class LRWarmup(Callback):
@@ -45,6 +75,11 @@ class LRWarmup(Callback):
     does not advance the warmup. Each optimizer (manual optimization included) has its own count; every param group
     is warmed up from its own LR, and a group added during warmup (an unfreeze) gets a full ramp of its own from
     the step it appears. A group added after the optimizer's warmup has ended is not warmed up.
+
+    It warns at the start of training when the warmup cannot be what was meant: a ``steps``/``epochs`` warmup
+    (``"untuned"`` included) longer than half of the fit's optimizer steps, or a scheduler that warms up by itself
+    (an :mod:`epochkit.schedules` factory with ``warmup_steps > 0``, a Hugging Face ``get_*_with_warmup`` schedule,
+    a rising ``LinearLR``, timm's ``warmup_t``), whose ramp this one would multiply.
 
     Give exactly one of ``steps``, ``epochs`` or ``fraction``.
 
@@ -131,7 +166,9 @@ class LRWarmup(Callback):
         self._pending_lrs: list[tuple[int, dict[str, torch.Tensor]]] = []
         self._length: int | str = 0
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Here, not at fit start: the train loader is set up by now, so reading the run's length loads nothing
+        # (at fit start Lightning would load it early and say so), and no optimizer step has run yet.
         optimizers = trainer.optimizers
         if not optimizers:
             log.warning("LRWarmup: the module configured no optimizer; there is nothing to warm up.")
@@ -162,6 +199,44 @@ class LRWarmup(Callback):
                     optimizer.register_step_post_hook(partial(self._after_step, i)),
                 ]
         log.info("LRWarmup: warmup steps per optimizer and param group: %s", self.warmup_steps_)
+        self._warn_misconfigured(trainer)
+
+    def _warn_misconfigured(self, trainer: pl.Trainer) -> None:
+        """Say so when the warmup cannot be what was meant: longer than most of the fit, or on top of a scheduler
+        that warms up itself."""
+        total = trainer.estimated_stepping_batches
+        longest = max((max(lengths) for lengths in self.warmup_steps_ if lengths), default=0)
+        # `fraction=` is relative to the run by construction: whatever it gives was asked for.
+        if self.fraction is None and math.isfinite(total) and total > 0 and longest > total / 2:
+            total = int(total)
+            rule = ""
+            if self.steps == UNTUNED:
+                rule = " (steps='untuned': 2 / (1 - beta2) for Adam-family betas, 2000 for beta2 = 0.999)"
+            if longest > total:
+                how = (
+                    f"longer than this fit's {total} (trainer.estimated_stepping_batches): the LR never reaches its "
+                    f"peak, and the last step uses {self._factor(total - 1, longest):.2%} of it"
+                )
+            elif longest == total:
+                how = (
+                    "as long as this fit (trainer.estimated_stepping_batches): the LR reaches its peak on the last "
+                    "step only"
+                )
+            else:
+                how = f"{longest / total:.0%} of this fit's {total} (trainer.estimated_stepping_batches)"
+            rank_zero_warn(
+                f"LRWarmup: the warmup lasts {longest} optimizer steps{rule}, {how}. A warmup usually takes a few "
+                "percent of a run: give a shorter one (`steps=`, `epochs=` or `fraction=`), or check max_epochs / "
+                "max_steps."
+            )
+        for config in trainer.lr_scheduler_configs:
+            found = _warmup_in(config.scheduler)
+            if found:
+                rank_zero_warn(
+                    f"LRWarmup: the LR scheduler {type(config.scheduler).__name__} already warms up ({found}); "
+                    "LRWarmup multiplies its own ramp on top, so the first steps run at the product of two ramps "
+                    "(warmup twice). Keep one: give the schedule no warmup (warmup_steps=0), or remove LRWarmup."
+                )
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -382,7 +457,7 @@ class LRWarmup(Callback):
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        # Applied at on_fit_start, once the optimizers exist; also readable right away.
+        # Applied at on_train_start, once the optimizers exist; also readable right away.
         self._restored = dict(state_dict)
         self.steps_applied_ = list(state_dict.get("steps_applied", []))
         self.warmup_steps_ = [list(x) for x in state_dict.get("warmup_steps", [])]

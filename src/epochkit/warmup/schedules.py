@@ -1,19 +1,30 @@
 r"""Learning-rate schedules with warmup: pure factor functions and the ``LambdaLR`` factories built on them.
 
 Conventions (shared by every schedule here and by :class:`~epochkit.LRWarmup`), with ``s`` the 0-based index of
-the optimizer step, ``W`` the warmup steps and ``T`` the total steps:
+the optimizer step, ``W`` the warmup steps and ``T`` the total steps (the run's steps are ``0 .. T - 1``):
 
-- **No step at LR 0.** Warmup factors are ``w(s) = f0 + (1 - f0) * r((s + 1) / W)`` for ``s < W``, where ``f0`` is
-  ``start_factor`` and ``r`` the ramp (``linear``: ``r(x) = x``; ``cosine``: ``r(x) = (1 - cos(pi x)) / 2``). The
-  first step uses ``f0 + (1 - f0) r(1/W) > 0``.
+- **No step at LR 0, at either end.** A schedule's two zeros lie just outside the run: the ramp starts from
+  ``f0`` one step before the first step, and the decay reaches its floor one step after the last, at the horizon
+  ``T``. Warmup factors are ``w(s) = f0 + (1 - f0) * r((s + 1) / W)`` for ``s < W``, where ``f0`` is
+  ``start_factor`` and ``r`` the ramp (``linear``: ``r(x) = x``; ``cosine``: ``r(x) = (1 - cos(pi x)) / 2``), so
+  the first step uses ``f0 + (1 - f0) r(1/W) > 0``. The decay progress is
+  ``p(s) = clip((s - W + 1) / (T - W + 1), 0, 1)``: 0 on the peak step ``W - 1``, 1 at the horizon ``T``, so the
+  last step ``T - 1`` still trains, a little above the floor (with the default ``floor=0`` a step at LR 0 would
+  change nothing but cost a forward and backward pass). Cosine cycles restart at the peak, as HF's and timm's do,
+  so no cycle ends on a step at the floor either.
 - **Peak exactly at the end of warmup**: ``w(W - 1) = 1``.
-- **Decay ends on the last step**: with ``p(s) = clip((s - W + 1) / (T - W), 0, 1)`` the decay progress, the last step
-  ``s = T - 1`` uses the floor, and every later step holds it: the LR never rises past the horizon.
+- **The floor from the horizon on**: every step ``s >= T`` uses the floor: the LR never rises past the horizon.
 
-Relation to the anchors: during and after warmup these factors equal Hugging Face ``transformers``' schedule
-factors one step later (``epochkit(s) == hf(s + 1)`` for ``s < T``): the same curve without HF's wasted first step
-at LR 0. Past the horizon HF's cosine rises again (``cos`` keeps turning); epochkit holds the floor. timm's cosine
-with ``warmup_prefix=True`` and ``cycle_limit=1`` is likewise ``timm(s + 1)``.
+Relation to the anchors (each checked in ``tests/warmup/test_schedules.py`` against their formulas, restated
+there): epochkit's schedule over ``T`` steps is Hugging Face ``transformers``' schedule over ``T + 1`` steps without
+its first step (the one at LR 0): ``epochkit(s; W, T) == hf(s + 1; W, T + 1)`` for every ``s < T``, for the
+constant, linear, cosine (``min_lr_rate`` = ``floor``), cosine with hard restarts, polynomial (``lr_end`` =
+``floor`` times the LR) and warmup-stable-decay schedules (``num_decay_steps = D + 1``, ``min_lr_ratio`` = ``floor``;
+HF's WSD ramps up from ``min_lr_ratio``, which is ``start_factor=floor`` here); the inverse square root, which has
+no horizon, is ``hf(s + 1)``. Past the horizon HF's cosine rises again (``cos`` keeps turning); epochkit holds the
+floor. timm's ``CosineLRScheduler`` and ``PolyLRScheduler`` with ``warmup_prefix=True``, ``warmup_lr_init`` =
+``start_factor``, ``lr_min`` = ``floor``, ``t_initial = (T - W + 1) / cycles`` and ``cycle_limit = cycles`` are
+likewise ``timm(s + 1)``, past the horizon included.
 
 Each factor function takes an int or a NumPy array of steps (vectorised) and returns a float or an array.
 """
@@ -131,9 +142,10 @@ def warmup_factor(step: Steps, warmup_steps: int, shape: WarmupShape = "linear",
     return _out(np.where(x >= 1.0, 1.0, start_factor + (1.0 - start_factor) * ramp), scalar)
 
 
-def _progress(s: NDArray[np.float64], start: int, length: int) -> NDArray[np.float64]:
-    """Decay progress in [0, 1]: 0 on step ``start - 1`` (the peak), 1 on step ``start + length - 1`` and after."""
-    return np.clip((s - start + 1.0) / length, 0.0, 1.0)
+def _progress(s: NDArray[np.float64], start: int, stop: int) -> NDArray[np.float64]:
+    """Decay progress in [0, 1]: 0 on step ``start - 1`` (the peak), 1 at step ``stop`` (the horizon) and after, so
+    every step of the decay, ``start .. stop - 1``, lies strictly between."""
+    return np.clip((s - start + 1.0) / (stop - start + 1.0), 0.0, 1.0)
 
 
 def _decay(p: NDArray[np.float64], shape: str, floor: float, power: float = 1.0) -> NDArray[np.float64]:
@@ -175,19 +187,19 @@ def warmup_linear_factor(
     shape: WarmupShape = "linear",
     start_factor: float = 0.0,
 ) -> Factor:
-    r"""Warmup, then a linear decay from 1 to ``floor`` on the last step; ``floor`` after.
+    r"""Warmup, then a linear decay from 1 that reaches ``floor`` at the horizon ``T``; ``floor`` after.
 
     .. math:: f(s) = \text{floor} + (1 - \text{floor})(1 - p(s)),\quad p(s) = \text{clip}\!\left(
-              \tfrac{s - W + 1}{T - W}, 0, 1\right)
+              \tfrac{s - W + 1}{T - W + 1}, 0, 1\right)
 
     Example:
-        >>> [round(warmup_linear_factor(s, 2, 6), 3) for s in range(8)]
-        [0.5, 1.0, 0.75, 0.5, 0.25, 0.0, 0.0, 0.0]
+        >>> [round(warmup_linear_factor(s, 2, 6), 3) for s in range(8)]  # steps 0..5 all train; 6, 7: past T
+        [0.5, 1.0, 0.8, 0.6, 0.4, 0.2, 0.0, 0.0]
     """
     check_warmup(warmup_steps, shape, start_factor)
     _check_horizon(warmup_steps, total_steps, floor)
     s, scalar = _steps(step)
-    after = _decay(_progress(s, warmup_steps, total_steps - warmup_steps), "linear", floor)
+    after = _decay(_progress(s, warmup_steps, total_steps), "linear", floor)
     return _out(_with_warmup(s, warmup_steps, shape, start_factor, after), scalar)
 
 
@@ -200,26 +212,30 @@ def warmup_cosine_factor(
     shape: WarmupShape = "linear",
     start_factor: float = 0.0,
 ) -> Factor:
-    r"""Warmup, then ``cycles`` half-cosine decays from 1 to ``floor`` (hard restarts); ``floor`` after the last.
+    r"""Warmup, then ``cycles`` half-cosine decays from 1 towards ``floor`` (hard restarts); ``floor`` from ``T`` on.
 
-    With ``q = cycles * p(s)`` and cycle position ``c = q - ceil(q) + 1`` in (0, 1] (0 at the peak), each cycle
-    ends exactly on ``floor`` and the next restarts at the peak:
+    With the cycle position ``c = (cycles * p(s)) mod 1`` in [0, 1) before the horizon (0 at the peak), every cycle
+    restarts at the peak, as in HF's ``cosine_with_hard_restarts`` and timm's ``cycle_limit``; the last one reaches
+    ``floor`` at the horizon (``c = 1``), so no step runs at the floor itself:
 
     .. math:: f(s) = \text{floor} + (1 - \text{floor})\,\tfrac{1 + \cos(\pi c)}{2}
 
     Example:
         >>> [round(warmup_cosine_factor(s, 1, 5), 3) for s in range(7)]
-        [1.0, 0.854, 0.5, 0.146, 0.0, 0.0, 0.0]
-        >>> [round(warmup_cosine_factor(s, 1, 5, cycles=2, floor=0.1), 3) for s in range(6)]
-        [1.0, 0.55, 0.1, 0.55, 0.1, 0.1]
+        [1.0, 0.905, 0.655, 0.345, 0.095, 0.0, 0.0]
+        >>> [round(warmup_cosine_factor(s, 1, 8, cycles=2), 3) for s in range(9)]
+        [1.0, 0.854, 0.5, 0.146, 1.0, 0.854, 0.5, 0.146, 0.0]
     """
     check_warmup(warmup_steps, shape, start_factor)
     _check_horizon(warmup_steps, total_steps, floor)
     if isinstance(cycles, bool) or not isinstance(cycles, int | np.integer) or cycles < 1:
         raise ValueError(f"`cycles` must be an int >= 1, got {cycles!r}.")
     s, scalar = _steps(step)
-    q = cycles * _progress(s, warmup_steps, total_steps - warmup_steps)
-    c = np.where(q > 0, q - np.ceil(q) + 1.0, 0.0)
+    # In integers (exact for any realistic step count), so a restart lands exactly on its step: with floats,
+    # cycles * p could come out as 0.999... there and give the floor instead of the peak.
+    done = np.clip(s - warmup_steps + 1.0, 0.0, None) * cycles
+    span = float(total_steps - warmup_steps + 1)
+    c = np.where(done >= cycles * span, 1.0, np.mod(done, span) / span)
     after = _decay(c, "cosine", floor)
     return _out(_with_warmup(s, warmup_steps, shape, start_factor, after), scalar)
 
@@ -233,20 +249,20 @@ def warmup_polynomial_factor(
     shape: WarmupShape = "linear",
     start_factor: float = 0.0,
 ) -> Factor:
-    r"""Warmup, then a polynomial decay from 1 to ``floor`` on the last step; ``floor`` after.
+    r"""Warmup, then a polynomial decay from 1 that reaches ``floor`` at the horizon ``T``; ``floor`` after.
 
     .. math:: f(s) = \text{floor} + (1 - \text{floor})(1 - p(s))^{\text{power}}
 
     Example:
         >>> [round(warmup_polynomial_factor(s, 1, 5, power=2.0), 4) for s in range(6)]
-        [1.0, 0.5625, 0.25, 0.0625, 0.0, 0.0]
+        [1.0, 0.64, 0.36, 0.16, 0.04, 0.0]
     """
     check_warmup(warmup_steps, shape, start_factor)
     _check_horizon(warmup_steps, total_steps, floor)
     if not power > 0:
         raise ValueError(f"`power` must be > 0, got {power!r}.")
     s, scalar = _steps(step)
-    after = _decay(_progress(s, warmup_steps, total_steps - warmup_steps), "polynomial", floor, power)
+    after = _decay(_progress(s, warmup_steps, total_steps), "polynomial", floor, power)
     return _out(_with_warmup(s, warmup_steps, shape, start_factor, after), scalar)
 
 
@@ -287,14 +303,15 @@ def warmup_stable_decay_factor(
     shape: WarmupShape = "linear",
     start_factor: float = 0.0,
 ) -> Factor:
-    r"""Warmup-stable-decay: warmup, hold 1, then decay to ``floor`` over the last ``decay_steps`` steps.
+    r"""Warmup-stable-decay: warmup, hold 1, then decay over the last ``decay_steps`` steps towards ``floor``.
 
-    The decay starts after step ``T - D - 1`` and reaches ``floor`` on the last step ``T - 1``; ``decay_shape`` is
-    ``linear`` (``1 - p``), ``cosine`` (``(1 + cos(pi p)) / 2``) or ``1-sqrt`` (``1 - sqrt(p)``).
+    The last ``D`` steps ``T - D .. T - 1`` decay, with progress ``p = (s - T + D + 1) / (D + 1)``; the floor is
+    reached at the horizon ``T`` and held after. ``decay_shape`` is ``linear`` (``1 - p``), ``cosine``
+    (``(1 + cos(pi p)) / 2``) or ``1-sqrt`` (``1 - sqrt(p)``).
 
     Example:
         >>> [round(warmup_stable_decay_factor(s, 2, 2, 6, decay_shape="linear"), 3) for s in range(7)]
-        [0.5, 1.0, 1.0, 1.0, 0.5, 0.0, 0.0]
+        [0.5, 1.0, 1.0, 1.0, 0.667, 0.333, 0.0]
     """
     check_warmup(warmup_steps, shape, start_factor)
     _check_horizon(warmup_steps, total_steps, floor)
@@ -308,7 +325,7 @@ def warmup_stable_decay_factor(
     if decay_shape not in DECAY_SHAPES:
         raise ValueError(f"`decay_shape` must be one of {DECAY_SHAPES}, got {decay_shape!r}.")
     s, scalar = _steps(step)
-    after = _decay(_progress(s, total_steps - decay_steps, decay_steps), decay_shape, floor)
+    after = _decay(_progress(s, total_steps - decay_steps, total_steps), decay_shape, floor)
     return _out(_with_warmup(s, warmup_steps, shape, start_factor, after), scalar)
 
 
@@ -352,7 +369,7 @@ def warmup_linear(
     start_factor: float = 0.0,
     last_epoch: int = -1,
 ) -> LambdaLR:
-    """A ``LambdaLR`` with :func:`warmup_linear_factor` (warmup, linear decay to ``floor`` x the peak)."""
+    """A ``LambdaLR`` with :func:`warmup_linear_factor` (warmup, linear decay to ``floor`` x the peak at ``T``)."""
     return _scheduler(
         optimizer,
         warmup_linear_factor,
@@ -494,8 +511,8 @@ def preview(
         save_path: If given, also save a PNG plot there (needs matplotlib: ``pip install epochkit[plot]``).
 
     Example:
-        >>> preview(lambda opt: warmup_linear(opt, warmup_steps=2, total_steps=4), steps=5).tolist()
-        [0.5, 1.0, 0.5, 0.0, 0.0]
+        >>> preview(lambda opt: warmup_linear(opt, warmup_steps=2, total_steps=5), steps=6).tolist()
+        [0.5, 1.0, 0.75, 0.5, 0.25, 0.0]
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"`steps` must be an int >= 1, got {steps!r}.")

@@ -6,9 +6,13 @@
 2. Per-epoch overhead of the callback in a real fit of a tiny model, against no callback and Lightning's
    ``EarlyStopping``; and the time of the check itself per call, with the ratio epochkit / Lightning when only
    Lightning's arguments are given (then epochkit calls Lightning's own decision code and adds rank agreement,
-   best-epoch tracking and the logging guard around it).
+   best-epoch tracking and the logging guard around it). Without a logger.
+3. The same per-call ratio with a logger: none, ``CSVLogger`` and ``TensorBoardLogger`` (the Trainer's default when
+   tensorboard is installed). Lightning's class logs nothing; epochkit writes five ``early_stopping/...`` scalars
+   per check, one TensorBoard event.
 
-Run: ``.venv/bin/python benchmarks/early_stopping.py`` (about a minute on 2 CPU cores). ``--quick`` for a smoke run.
+Run: ``.venv/bin/python benchmarks/early_stopping.py`` (about two minutes on 2 CPU cores). ``--quick`` for a smoke
+run.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import gc
 import logging
 import os
 import statistics
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -27,6 +32,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -133,7 +139,9 @@ class _EpochClock(Callback):
         self.starts.append(time.perf_counter())
 
 
-def _fit(callback: Callback | None, epochs: int, loaders: tuple[DataLoader, DataLoader]) -> tuple[float, list[float]]:
+def _fit(
+    callback: Callback | None, epochs: int, loaders: tuple[DataLoader, DataLoader], logger: Logger | bool = False
+) -> tuple[float, list[float]]:
     check_times: list[float] = []
     if callback is not None:
         check = callback._run_early_stopping_check  # type: ignore[attr-defined]
@@ -149,7 +157,7 @@ def _fit(callback: Callback | None, epochs: int, loaders: tuple[DataLoader, Data
         max_epochs=epochs,
         accelerator="cpu",
         callbacks=[clock] if callback is None else [clock, callback],
-        logger=False,
+        logger=logger,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -162,11 +170,18 @@ def _fit(callback: Callback | None, epochs: int, loaders: tuple[DataLoader, Data
     return statistics.median(epoch_times), check_times
 
 
-def bench_epoch_overhead(repeats: int, epochs: int) -> None:
+def _loaders() -> tuple[DataLoader, DataLoader]:
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(256, 16, generator=gen), torch.randn(256, 1, generator=gen)
-    loaders = (DataLoader(TensorDataset(x, y), batch_size=64), DataLoader(TensorDataset(x, y), batch_size=128))
-    never = {"monitor": "val_loss", "patience": 10**6}
+    return DataLoader(TensorDataset(x, y), batch_size=64), DataLoader(TensorDataset(x, y), batch_size=128)
+
+
+NEVER = {"monitor": "val_loss", "patience": 10**6}  # never stops: every fit runs all its epochs
+
+
+def bench_epoch_overhead(repeats: int, epochs: int) -> None:
+    loaders = _loaders()
+    never = NEVER
     configs: dict[str, Callable[[], Callback | None]] = {
         "no callback": lambda: None,
         "lightning EarlyStopping": lambda: LightningEarlyStopping(**never),
@@ -207,6 +222,60 @@ def bench_epoch_overhead(repeats: int, epochs: int) -> None:
     )
 
 
+def bench_check_per_logger(repeats: int, epochs: int) -> None:
+    loaders = _loaders()
+    makers: dict[str, Callable[[str], Logger | bool]] = {
+        "no logger": lambda root: False,
+        "CSVLogger": lambda root: CSVLogger(root),
+        "TensorBoardLogger (default)": lambda root: TensorBoardLogger(root),
+    }
+    classes = {"lightning": LightningEarlyStopping, "epochkit": EarlyStopping}
+    per_check: dict[tuple[str, str], list[float]] = {(k, c): [] for k in makers for c in classes}
+    with tempfile.TemporaryDirectory() as root:
+        for repeat in range(repeats):  # interleaved: loggers and classes alike see the machine's drift
+            for kind, make in makers.items():
+                for name, cls in classes.items():
+                    _, checks = _fit(cls(**NEVER), epochs, loaders, logger=make(f"{root}/{repeat}/{kind}/{name}"))
+                    per_check[kind, name].extend(checks)
+    print(f"== check per call, Lightning's arguments only, by logger ({epochs} epochs x {repeats} interleaved fits)")
+    for kind in makers:
+        ours, theirs = (statistics.median(per_check[kind, name]) for name in ("epochkit", "lightning"))
+        print(
+            f"  {kind:28s} epochkit {ours * 1e6:6.0f} us, Lightning {theirs * 1e6:6.0f} us:"
+            f" {ours / theirs:.2f}x (+{(ours - theirs) * 1e6:.0f} us per check)"
+        )
+    print("  (Lightning's class logs nothing; epochkit logs five early_stopping/ scalars per check)")
+
+
+def bench_tensorboard_write(repeats: int) -> None:
+    """The five scalars of one check written to TensorBoard: Lightning's ``TensorBoardLogger.log_metrics`` (one event
+    per scalar, what epochkit did before) against epochkit's ``log_scalars`` (one event), alternating, with a pause
+    between writes so that TensorBoard's writer thread is idle at each one, as between the checks of a fit."""
+    from epochkit import _logging
+
+    names = ("best_score", "best_epoch", "wait_count", "stopped", "stopping_reason")
+    scalars = {f"early_stopping/val_loss/{name}": 1.0 for name in names}
+    with tempfile.TemporaryDirectory() as root:
+        logger = TensorBoardLogger(root)
+        writers: dict[str, Callable[[dict[str, float], int], Any]] = {
+            "log_metrics (one event per scalar)": logger.log_metrics,
+            "log_scalars (one event)": lambda metrics, step: _logging._tensorboard_scalars(logger, metrics, step),
+        }
+        times: dict[str, list[float]] = {name: [] for name in writers}
+        for step in range(repeats):
+            for name, write in writers.items():
+                time.sleep(0.002)
+                start = time.perf_counter()
+                write(scalars, step)
+                times[name].append(time.perf_counter() - start)
+        logger.finalize("success")
+    old, new = (statistics.median(t) for t in times.values())
+    print(f"== five scalars to TensorBoard per check (medians of {repeats} alternating writes)")
+    for name, median in zip(times, (old, new), strict=True):
+        print(f"  {name:38s} {median * 1e6:6.0f} us")
+    print(f"  ratio one event / one event per scalar: {new / old:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a smaller model and fewer repeats (smoke run)")
@@ -219,6 +288,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
     bench_restore_copy(repeats=3 if args.quick else 7, layers=1 if args.quick else 8)
     bench_epoch_overhead(repeats=2 if args.quick else 7, epochs=5 if args.quick else 30)
+    bench_check_per_logger(repeats=1 if args.quick else 5, epochs=5 if args.quick else 30)
+    bench_tensorboard_write(repeats=50 if args.quick else 500)
 
 
 if __name__ == "__main__":

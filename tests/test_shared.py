@@ -13,6 +13,7 @@ import pytest
 import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
 
 from epochkit import DestroyProcessGroupAtExit, _distributed, _logging
 from tests.helpers import RegressionDataModule, RegressionModule, fit_ddp, read_tensorboard
@@ -86,6 +87,48 @@ def test_epochkits_epoch_scalars_land_on_lightnings_steps(tmp_path: Path) -> Non
     assert _steps(run, "shuffle_audit/coverage") == lightning
     assert _steps(run, "early_stopping/val_loss/best_score") == lightning
     assert _steps(run, "early_stopping/train_loss_epoch/best_score") == lightning
+
+
+class _ThreeScalars(Callback):
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        _logging.log_scalars(trainer, {"probe/a": 0.5 + epoch, "probe/b": float(epoch), "probe/c": 7})
+
+
+def _events_with(log_dir: Path, prefix: str) -> list[list[tuple[str, float]]]:
+    """The (tag, value) pairs of each event under ``log_dir`` whose tags start with ``prefix``, read with
+    TensorBoard's own event file loader."""
+    events = []
+    for path in sorted(log_dir.rglob("events.out.tfevents.*")):
+        for event in LegacyEventFileLoader(str(path)).Load():
+            values = [(v.tag, v.simple_value) for v in event.summary.value if v.tag.startswith(prefix)]
+            if values:
+                events.append(values)
+    return events
+
+
+def test_tensorboard_gets_the_scalars_of_one_call_as_one_event(tmp_path: Path) -> None:
+    """One call, one event (TensorBoardLogger.log_metrics writes one per scalar, each a wake-up of TensorBoard's
+    writer thread); the values read back are the same. A logger with a prefix goes through log_metrics."""
+    trainer = pl.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=[TensorBoardLogger(tmp_path, name="tb"), TensorBoardLogger(tmp_path, name="prefixed", prefix="p")],
+        callbacks=[_ThreeScalars()],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(RegressionModule(), datamodule=RegressionDataModule(num_samples=32, batch_size=8))
+    assert _events_with(tmp_path / "tb", "probe/") == [
+        [("probe/a", 0.5), ("probe/b", 0.0), ("probe/c", 7.0)],
+        [("probe/a", 1.5), ("probe/b", 1.0), ("probe/c", 7.0)],
+    ]
+    assert len(_events_with(tmp_path / "prefixed", "p-probe/")) == 6  # Lightning's path: one event per scalar
+    run, prefixed = read_tensorboard(tmp_path / "tb"), read_tensorboard(tmp_path / "prefixed")
+    for name in ("a", "b", "c"):
+        assert run.scalars[f"probe/{name}"] == prefixed.scalars[f"p-probe/{name}"]
+    assert run.scalars["probe/a"] == [(3, 0.5), (7, 1.5)]  # Lightning's own epoch-end steps
 
 
 def test_log_dir_falls_back_to_default_root_dir(tmp_path: Path) -> None:

@@ -91,3 +91,42 @@ def test_metric_missing_on_one_rank_with_strict_true_raises_on_every_rank(tmp_pa
         error = torch.load(path, weights_only=False)["error"]
         assert "Early stopping conditioned on metric `val_loss` which is not available" in error
         assert "missing on rank(s) [1] only" in error
+
+
+class _SkipEpochsOneAndTwo(epochkit.EarlyStopping):
+    """Overrides Lightning's ``_validate_condition_metric`` (module level: it is pickled into the workers)."""
+
+    def _validate_condition_metric(self, logs: dict[str, torch.Tensor]) -> bool:
+        return self._epoch not in (1, 2) and super()._validate_condition_metric(logs)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch = trainer.current_epoch
+        super().on_train_epoch_end(trainer, pl_module)
+
+
+def _probe_stop(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+    es = trainer.early_stopping_callback
+    return {"stopped_epoch": es.stopped_epoch, "best_score": es.best_score, "wait_count": es.wait_count}
+
+
+def test_an_override_of_the_metric_check_is_honoured_on_every_rank(tmp_path: Path) -> None:
+    """As on one process (test_lightning_parity.py): checks at epochs 0 and 3 only, so patience 1 stops at 3, not 1.
+    Each rank asks its own override, and the ranks agree on the result."""
+    val: dict[int, list[float | None]] = {0: [1.0, 1.1, 1.2, 1.3, 1.4], 1: [1.0, 1.1, 1.2, 1.3, 1.4]}
+    reports = fit_ddp(
+        ScriptedModule(val),
+        RegressionDataModule(num_samples=32, batch_size=8),
+        tmp_path,
+        callbacks=[_SkipEpochsOneAndTwo(monitor="val_loss", patience=1)],
+        probe=_probe_stop,
+        max_epochs=5,
+        limit_train_batches=1,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+    )
+    for report in reports:
+        assert report.error is None
+        assert (report.current_epoch, report.extra["stopped_epoch"], report.extra["wait_count"]) == (4, 3, 1)
+        best = report.extra["best_score"]
+        # Lightning keeps best_score on the metric's device, with its dtype (a CPU float32 here).
+        assert best.device == torch.device("cpu") and best.dtype == torch.float32 and float(best) == 1.0

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import inspect
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 import epochkit
+from epochkit.stopping.early_stopping import _EXTRA_DEFAULTS
 from tests.stopping.scripted import fit
 
 
@@ -117,3 +121,37 @@ def test_pq_checked_at_validation_end_fails_at_setup(setting: dict[str, Any], tm
     )
     with pytest.raises(MisconfigurationException, match=r"criterion='PQ'\) needs this epoch's training loss"):
         fit(es, [1.0, 0.9, 0.8, 0.7], tmp_path, **setting.get("trainer", {}))
+
+
+@pytest.mark.parametrize(
+    "name", ["_run_early_stopping_check", "_evaluate_stopping_criteria", "_validate_condition_metric"]
+)
+def test_a_renamed_lightning_method_fails_at_setup_with_a_clear_error(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lightning's hooks call these methods by name; if a Lightning release renamed one, ours would silently never
+    run (or fail at the first check, after training started)."""
+    monkeypatch.delattr(LightningEarlyStopping, name)  # what a rename in Lightning looks like from here
+    es = epochkit.EarlyStopping(monitor="val_loss")
+    with pytest.raises(MisconfigurationException, match=rf"Lightning \S+ has no \['{name}'\]\. Please report it"):
+        fit(es, [1.0, 0.9], tmp_path)
+    assert es.best_epoch == -1  # before any training
+
+
+def test_each_fit_warns_once_about_a_missing_metric(tmp_path: Path) -> None:
+    es = epochkit.EarlyStopping(monitor="val_los", strict=False)
+    for run in ("first", "second"):
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            fit(es, [1.0, 0.9], tmp_path / run)
+        assert len([w for w in record if "a check found no `val_los`" in str(w.message)]) == 1, run
+
+
+def test_the_extra_defaults_are_the_signatures() -> None:
+    """With every keyword-only argument at its default, the callback is Lightning's (its state_dict keys)."""
+    signature = inspect.signature(epochkit.EarlyStopping.__init__)
+    defaults = {n: p.default for n, p in signature.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert defaults == _EXTRA_DEFAULTS and len(defaults) == 11
+    es = epochkit.EarlyStopping(monitor="val_loss", **defaults)
+    assert not es._extras_in_use
+    assert list(es.state_dict()) == list(LightningEarlyStopping(monitor="val_loss").state_dict())

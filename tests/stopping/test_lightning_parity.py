@@ -19,6 +19,7 @@ import pickle
 import random
 import warnings
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lightning.fabric.utilities.rank_zero import rank_zero_only as fabric_rank_zero_only
 from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
+from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.utilities.rank_zero import rank_zero_only as pytorch_rank_zero_only
 from lightning_utilities.core.rank_zero import rank_zero_only as utilities_rank_zero_only
@@ -278,6 +280,56 @@ def test_an_override_of_lightnings_metric_check_is_honoured(tmp_path: Path) -> N
     assert runs["epochkit"] == runs["lightning"] == (4, 3, [0, 0, 0, 1])
 
 
+def test_a_patched_lightning_metric_check_decides_for_both_classes(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A patch of Lightning's ``_validate_condition_metric`` (here: skip every check) reaches ours too."""
+    monkeypatch.setattr(LightningEarlyStopping, "_validate_condition_metric", lambda self, logs: False)
+    runs = _run_both([1.0, 1.1, 1.2, 1.3, 1.4], {"patience": 1}, tmp_path)
+    for callback, trainer, trace, _ in runs.values():
+        assert (trainer.current_epoch, callback.stopped_epoch, trace.rows[-1]["should_stop"]) == (5, 0, False)
+
+
+def test_a_patched_lightning_metric_check_error_gets_the_closest_name(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def stricter(self: LightningEarlyStopping, logs: dict[str, torch.Tensor]) -> bool:
+        if self.monitor not in logs:
+            raise RuntimeError(f"no {self.monitor} here")
+        return True
+
+    monkeypatch.setattr(LightningEarlyStopping, "_validate_condition_metric", stricter)
+    with pytest.raises(RuntimeError, match=r"^no val_los here\. Did you mean `val_loss`\?$"):
+        fit(epochkit.EarlyStopping(monitor="val_los", strict=False), [1.0, 0.9], tmp_path)
+
+
+class _SkipAll:
+    """Mixed into both classes: a ``_validate_condition_metric`` override that skips every check."""
+
+    def _validate_condition_metric(self, logs: dict[str, torch.Tensor]) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_an_override_of_the_metric_check_is_honoured_under_a_faked_world_size(
+    rank: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under DDP (world size > 1) every rank asks its own ``_validate_condition_metric``, as Lightning's class does.
+    (The real 2-process case: ``test_ddp.py``.)"""
+    monkeypatch.chdir(tmp_path)
+    for fn in (pytorch_rank_zero_only, fabric_rank_zero_only, utilities_rank_zero_only):
+        monkeypatch.setattr(fn, "rank", getattr(fn, "rank", 0))  # restored after the test
+    for base in CLASSES.values():
+        skip_all = type("SkipAll", (_SkipAll, base), {})
+        trainer = pl.Trainer(accelerator="cpu", strategy="ddp", devices=2, logger=False, enable_progress_bar=False)
+        trainer.strategy.cluster_environment.set_global_rank(rank)  # type: ignore[attr-defined]
+        callback = skip_all(monitor="foo", patience=0)
+        for value in (1.0, 2.0, 3.0):
+            trainer.callback_metrics["foo"] = torch.tensor(value)
+            callback._run_early_stopping_check(trainer)
+        assert not trainer.should_stop and callback.wait_count == 0 and float(callback.best_score) == inf
+
+
 class _StopWhenAboveOne(epochkit.EarlyStopping):
     """A subclass written against Lightning's signature, as users do."""
 
@@ -515,6 +567,48 @@ def test_a_stop_another_callback_raised_first_is_never_withdrawn(tmp_path: Path)
     seq = [1.0, 1.1, 0.9, 0.8, 0.7, 0.6, 0.5]
     runs = _run_both(seq, {"patience": 1}, tmp_path, min_epochs=4, extra_callbacks=[StopAtEpochOne()])
     assert runs["epochkit"][1].current_epoch == runs["lightning"][1].current_epoch == 4
+
+
+@pytest.mark.parametrize("ours_first", [True, False], ids=["ours_first", "other_first"])
+def test_a_withdrawal_never_cancels_a_stop_another_early_stopping_asked_for_since(
+    ours_first: bool, tmp_path: Path
+) -> None:
+    # min_epochs=4; ours (val_loss, patience 1) signals at epoch 1 and recovers at epoch 2; at epoch 2, a Lightning
+    # EarlyStopping on a training metric reaches its stopping_threshold. Its stop must fire at min_epochs, as with
+    # Lightning's class in our place.
+    val, train = [1.0, 1.1, 0.9, 0.8, 0.7, 0.6, 0.5], [1.0, 1.0, 0.4, 1.0, 1.0, 1.0, 1.0]
+    handler = _Lines()
+    logging.getLogger("lightning.pytorch").addHandler(handler)
+    try:
+        epochs = {}
+        for name, cls in CLASSES.items():
+            other = LightningEarlyStopping(monitor="train_err", stopping_threshold=0.5, check_on_train_epoch_end=True)
+            ours = cls(monitor="val_loss", patience=1)
+            first, second = (ours, other) if ours_first else (other, ours)
+            trainer, _, _ = fit(first, val, tmp_path / name, train=train, extra_callbacks=[second], min_epochs=4)
+            assert other.stopping_reason is EarlyStoppingReason.STOPPING_THRESHOLD and other.stopped_epoch == 2
+            epochs[name] = trainer.current_epoch
+    finally:
+        logging.getLogger("lightning.pytorch").removeHandler(handler)
+    assert epochs == {"lightning": 4, "epochkit": 4}
+    # Ours withdrew its own claim (the metric recovered); the Trainer's flag is the other callback's, raised after
+    # the withdrawal (ours runs first) or kept by it (the other's stop came first).
+    assert ours.stopping_reason is EarlyStoppingReason.NOT_STOPPED and ours.stopped_epoch == 0
+    (line,) = [line for line in handler.lines if line.startswith("EarlyStopping: withdrew")]
+    kept = "but another callback asked to stop since: the Trainer still stops."
+    assert line.endswith("so training continues." if ours_first else kept)
+
+
+def test_a_timer_whose_time_ran_out_counts_as_a_stop_request(tmp_path: Path) -> None:
+    """What the withdrawal compares for a ``Timer``: whether its time is up (it asks to stop at its next check)."""
+    states = {}
+    for name, duration in (("running", timedelta(days=1)), ("elapsed", timedelta(0))):
+        timer = Timer(duration=duration)
+        es = epochkit.EarlyStopping(monitor="val_loss")
+        trainer = pl.Trainer(callbacks=[timer, es], logger=False, default_root_dir=tmp_path, enable_progress_bar=False)
+        timer.on_train_start(trainer, None)  # type: ignore[arg-type]  # Timer starts its clock here
+        states[name] = es._stop_requests(trainer)
+    assert states == {"running": (False,), "elapsed": (True,)}
 
 
 def test_difference_the_withdrawal_is_logged_where_lightnings_messages_go(tmp_path: Path) -> None:

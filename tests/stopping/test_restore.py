@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -248,3 +249,35 @@ def test_lightning_cli_users_find_the_restored_weights_in_the_best_checkpoint(re
     assert _same(cli.model.state_dict(), on_disk)
     last = sorted((tmp_path / "ckpt").glob("*.ckpt"))
     assert [p.name for p in last] == ["epoch=2-step=6.ckpt"]
+
+
+@pytest.mark.parametrize(
+    ("seq", "mode", "best_epoch"),
+    [
+        # Every value is worse than the one before, by less than the tolerance: Lightning's best_score drifts up to
+        # the worst value, but the best weights stay those of epoch 0.
+        ([1.0, 1.04, 1.08, 1.12, 1.16], "min", 0),
+        ([1.0, 1.04, 0.98, 1.02, 1.06, 1.1], "min", 2),  # a strict improvement at epoch 2, then drift again
+        ([1.0, 0.96, 1.01, 0.97, 0.93, 0.89], "max", 2),
+    ],
+    ids=["drift_only", "min", "max"],
+)
+def test_a_negative_min_delta_restores_the_best_value_not_the_tolerated_drift(
+    seq: list[float], mode: str, best_epoch: int, tmp_path: Path
+) -> None:
+    kwargs: dict[str, Any] = {"monitor": "val_loss", "patience": 2, "min_delta": -0.05, "mode": mode}
+    theirs = LightningEarlyStopping(**kwargs)
+    fit(theirs, seq, tmp_path / "lightning")
+    es = epochkit.EarlyStopping(**kwargs, restore_best_weights=True)
+    _, trace, model = fit(es, seq, tmp_path / "ours", logger=TensorBoardLogger(tmp_path, name="tb"))
+    # Lightning's decisions and its best_score (the tolerance moved it along) are unchanged ...
+    assert float(es.best_score) == float(theirs.best_score) == pytest.approx(seq[-1])
+    assert (es.wait_count, es.stopping_reason) == (theirs.wait_count, theirs.stopping_reason)
+    # ... and the best epoch, the weights restored and what is reported follow the best value.
+    assert es.best_epoch == es.restored_epoch == best_epoch
+    assert _same(model.state_dict(), trace.weights[best_epoch])
+    run = read_tensorboard(tmp_path / "tb")
+    assert (
+        f"Best val_loss: {seq[best_epoch]:.6g} at epoch {best_epoch}."
+        in run.text_values("early_stopping/val_loss/reason")[-1]
+    )

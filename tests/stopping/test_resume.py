@@ -7,9 +7,12 @@ from typing import Any
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
+from lightning.pytorch.loggers import TensorBoardLogger
 
 import epochkit
 from epochkit.stopping import StoppingReason
+from tests.helpers import read_tensorboard
 from tests.stopping.scripted import fit
 from tests.stopping.test_extras import E_TR, E_VA
 
@@ -47,6 +50,7 @@ def test_resumed_run_equals_uninterrupted(
     assert trainer.current_epoch == whole_trainer.current_epoch
     assert resumed.stopping_reason is whole.stopping_reason
     assert resumed.stopping_reason_message == whole.stopping_reason_message
+    assert resumed.best_epoch == whole.best_epoch >= 0
     a, b = resumed.state_dict(), whole.state_dict()
     assert a.keys() == b.keys()
     for key in a:
@@ -81,3 +85,29 @@ def test_a_checkpoint_written_after_an_epochkit_stop_reason_loads(
     fresh.load_state_dict(state)
     assert fresh.stopping_reason == reason and fresh.stopping_reason.name == reason.name
     assert fresh.state_dict()["stopping_reason"] == state["stopping_reason"] == reason.value
+
+
+def test_with_lightnings_arguments_only_a_resumed_run_logs_and_reports_the_best_epoch(tmp_path: Path) -> None:
+    """Lightning's state_dict keys, exactly, and still the best epoch after a resume: it travels beside them."""
+    seq = [1.0, 0.8, 0.85, 0.9, 0.95, 0.97, 0.99]
+    runs = {}
+    for name, interrupt in (("whole", None), ("resumed", 3)):
+        ckpt_path = None
+        if interrupt is not None:
+            first = epochkit.EarlyStopping(monitor="val_loss", patience=4)
+            trainer, _, _ = fit(first, seq, tmp_path / "first", max_epochs=interrupt)
+            trainer.save_checkpoint(tmp_path / "mid.ckpt")
+            ckpt_path = str(tmp_path / "mid.ckpt")
+            saved = torch.load(tmp_path / "mid.ckpt", weights_only=True)
+            assert list(saved["callbacks"][first.state_key]) == list(LightningEarlyStopping("val_loss").state_dict())
+            beside = saved["epochkit.EarlyStopping"][first.state_key]
+            assert beside == {"best_epoch": 1, "best_epoch_score": pytest.approx(0.8)}
+        es = epochkit.EarlyStopping(monitor="val_loss", patience=4)
+        fit(es, seq, tmp_path / name, ckpt_path=ckpt_path, logger=TensorBoardLogger(tmp_path / name, name="tb"))
+        runs[name] = (es, read_tensorboard(tmp_path / name / "tb"))
+    (whole, whole_run), (resumed, resumed_run) = runs["whole"], runs["resumed"]
+    assert resumed.best_epoch == whole.best_epoch == 1
+    tag = "early_stopping/val_loss/"
+    assert resumed_run.scalar_values(tag + "best_epoch") == whole_run.scalar_values(tag + "best_epoch")[3:] == [1] * 3
+    assert resumed_run.text_values(tag + "reason") == whole_run.text_values(tag + "reason")
+    assert "Best val_loss: 0.8 at epoch 1." in resumed_run.text_values(tag + "reason")[0]

@@ -10,6 +10,7 @@ deferred stop, logging, restoring weights) runs around it.
 from __future__ import annotations
 
 import difflib
+import inspect
 import itertools
 import math
 import pickle
@@ -21,7 +22,7 @@ import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
-from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
+from lightning.pytorch.callbacks import ModelCheckpoint, Timer, WeightAveraging
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn, TrainerStatus
@@ -69,21 +70,6 @@ def _reason_member(value: int) -> EarlyStoppingReason | StoppingReason:
         return StoppingReason(value)
 
 
-# The epochkit arguments and their defaults: with all of them at these values the callback is Lightning's.
-_EXTRA_DEFAULTS: dict[str, Any] = {
-    "restore_best_weights": False,
-    "start_from_epoch": 0,
-    "baseline": None,
-    "min_delta_mode": "abs",
-    "smoothing": None,
-    "smoothing_window": 5,
-    "criterion": "patience",
-    "alpha": None,
-    "strip_length": 5,
-    "successive_strips": None,
-    "train_monitor": None,
-}
-
 # What a NaN in one of Lightning's numeric arguments does there (every comparison with NaN is False).
 _NAN_EFFECT = {
     "patience": "patience never runs out",
@@ -106,6 +92,13 @@ def _as_real(value: Any) -> float | None:
         return None
 
 
+# Lightning's methods this class extends: its hooks call them by name.
+_LIGHTNING_METHODS = ("_run_early_stopping_check", "_evaluate_stopping_criteria", "_validate_condition_metric")
+
+# Where a checkpoint keeps what Lightning's state_dict has no key for (with Lightning's arguments only).
+_CHECKPOINT_KEY = "epochkit.EarlyStopping"
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, Integral) and not isinstance(value, bool)
 
@@ -115,28 +108,65 @@ def _fit_is_running(trainer: pl.Trainer) -> bool:
     return trainer.state.fn == TrainerFn.FITTING and trainer.state.status == TrainerStatus.RUNNING
 
 
+def _missing_message(name: str, logs: dict[str, Tensor]) -> str:
+    """Lightning's message for a metric that is not in ``logs``."""
+    return (
+        f"Early stopping conditioned on metric `{name}` which is not available."
+        " Pass in or modify your `EarlyStopping` callback to use any of the following:"
+        f" `{'`, `'.join(list(logs.keys()))}`"
+    )
+
+
+def _closest_hint(name: str, logs: dict[str, Tensor]) -> str:
+    """``". Did you mean `val_loss`?"`` for the logged metric closest to ``name``, or ``""``."""
+    close = difflib.get_close_matches(name, [str(key) for key in logs], n=1, cutoff=0.6)
+    return f". Did you mean `{close[0]}`?" if close else ""
+
+
+def _on_device(value: Tensor, device: torch.device) -> Tensor:
+    """``value`` on ``device``: the value the ranks agreed on (a host copy) back where the metric lives.
+
+    Example:
+        >>> _on_device(torch.tensor(0.5), torch.device("meta")).device
+        device(type='meta')
+    """
+    return value.to(device)
+
+
+def _validation_results(trainer: pl.Trainer) -> Any:
+    """Lightning's result collection of the fit's validation loop (what validation logged), or None."""
+    val_loop = getattr(getattr(trainer.fit_loop, "epoch_loop", None), "val_loop", None)
+    results = getattr(val_loop, "_results", None)
+    return results if hasattr(results, "_forked_name") else None
+
+
 class EarlyStopping(LightningEarlyStopping):
     r"""Lightning's ``EarlyStopping`` with what its users have asked for; a drop-in replacement.
 
-    With only Lightning's arguments it decides with Lightning's own ``_evaluate_stopping_criteria`` (so a subclass or
-    patch of Lightning's method reaches it), and has Lightning's ``state_key``, ``state_dict``, ``stopping_reason``
-    members, messages, stop step and epoch. The deliberate differences, each listed in the README: a stop signalled
-    before the Trainer's ``min_epochs``/``min_steps`` is withdrawn if a later check no longer asks for it; a metric
-    missing at a check names the closest logged metric and, with ``strict=False``, warns at the first miss; a
-    non-numeric ``monitor``/``patience``/``min_delta``/threshold fails at construction instead of at a check; under DDP
-    every rank decides on the same value. Every epochkit argument is keyword-only and off by default.
+    With only Lightning's arguments it checks the metric with Lightning's own ``_validate_condition_metric`` and
+    decides with Lightning's own ``_evaluate_stopping_criteria`` (so a subclass or patch of either reaches it, on
+    every DDP rank), and has Lightning's ``state_key``, ``state_dict``, ``stopping_reason`` members, messages, stop
+    step and epoch. The deliberate differences, each listed in the README: a stop signalled before the Trainer's
+    ``min_epochs``/``min_steps`` is withdrawn if a later check no longer asks for it (the Trainer's flag stays raised
+    if another early-stopping callback or a ``Timer`` asked to stop since); a metric missing at a check names the
+    closest logged metric and, with ``strict=False``, warns at the first miss; a non-numeric
+    ``monitor``/``patience``/``min_delta``/threshold fails at construction instead of at a check; under DDP every rank
+    decides on the same value; ``best_epoch`` is saved beside Lightning's state in a checkpoint. Every epochkit
+    argument is keyword-only and off by default.
 
     Args:
         monitor, min_delta, patience, verbose, mode, strict, check_finite, stopping_threshold, divergence_threshold,
             check_on_train_epoch_end, log_rank_zero_only: As in Lightning's ``EarlyStopping``, with its meaning for
             every number it accepts (a numpy scalar, a one-element tensor, a float ``patience``, a negative
             ``min_delta``, which is a tolerance: a check that is worse than the best by less than ``-min_delta``
-            still counts as an improvement).
+            still counts as an improvement and moves ``best_score``; ``best_epoch`` and the weights restored stay with
+            the best value).
         restore_best_weights: ``True`` keeps a host-memory copy of every parameter and buffer (non-persistent buffers
             too) at the best check and loads it into the module when fit ends (stopped early or not), identical on
-            every rank. With a ``WeightAveraging`` callback (e.g. ``EMAWeightAveraging``) the copy holds the averaged
-            weights validation ran with, and they are restored into the module and into the averaging callback's
-            model. ``"checkpoint"`` instead reloads the best file of a ``ModelCheckpoint`` that monitors the same
+            every rank. With a ``WeightAveraging`` callback (e.g. ``EMAWeightAveraging``; one at most) and a
+            validation metric, the copy holds the averaged weights validation ran with (a training metric: the
+            training weights), and they are restored into the module and into the averaging callback's model.
+            ``"checkpoint"`` instead reloads the best file of a ``ModelCheckpoint`` that monitors the same
             metric in the same mode (a clear error at setup if there is none), with ``torch.load(weights_only=True)``;
             it is the one that works with sharded models, where ``True`` fails at setup (``ModelParallelStrategy``,
             ``FSDPStrategy(use_orig_params=False)`` or ``FSDPStrategy`` sharding over several processes: see
@@ -165,14 +195,16 @@ class EarlyStopping(LightningEarlyStopping):
             ``"train_loss_epoch"``); required by ``"PQ"`` only.
 
     Attributes:
-        best_epoch: The epoch of the best check so far (-1 before the first).
+        best_epoch: The epoch of the best check so far (-1 before the first): the last check that improved on the
+            best by more than ``min_delta`` (with a negative ``min_delta``, the check with the best value).
         restored_epoch: The epoch whose weights were loaded at the end of the last fit (-1 if none).
 
     Raises:
         ValueError: At construction, for an argument of the wrong type or out of range; the message names the
             argument, the value and what is allowed.
-        MisconfigurationException: For an unknown ``mode`` (as Lightning), or at setup for ``"checkpoint"`` restore
-            without a matching ``ModelCheckpoint``.
+        MisconfigurationException: For an unknown ``mode`` (as Lightning); at setup for ``"checkpoint"`` restore
+            without a matching ``ModelCheckpoint``, ``restore_best_weights=True`` with sharded weights or several
+            weight-averaging callbacks, or a Lightning version without the methods this class extends.
 
     Example:
         >>> es = EarlyStopping(monitor="val_loss", patience=5, restore_best_weights=True)
@@ -339,6 +371,7 @@ class EarlyStopping(LightningEarlyStopping):
     def _reset_extra_state(self) -> None:
         self.best_epoch = -1
         self.restored_epoch = -1
+        self._best_epoch_score: float | None = None  # the (smoothed) value at best_epoch
         self._history: list[float] = []  # raw values, the last smoothing_window of them
         self._ema: float | None = None
         self._error_opt: float | None = None  # Prechelt's E_opt: the lowest (smoothed) value so far
@@ -350,19 +383,31 @@ class EarlyStopping(LightningEarlyStopping):
         self._train_current: Tensor | None = None  # this check's train_monitor value, for PQ
         self._best_weights: HostWeights | None = None  # created at the first improvement
         self._best_weights_epoch = -1
-        self._validated_weights: HostWeights | None = None  # the weights validation ran with (weight averaging)
-        self._validated_fresh = False
+        self._validated_weights: HostWeights | None = None  # a copy of the averaged weights validation ran with
+        self._validated_fresh = False  # a validation ran since the last check (with a weight-averaging callback)
+        self._validated_copied = False  # ... and its averaged weights were copied into _validated_weights
+        self._validated_version: Tensor | None = None  # the average's update count at that validation
         self._latch: tuple[Any, int, str | None] | None = None  # (reason, stopped_epoch, message) before our stop
+        self._raised_stop = False  # the Trainer's flag was down when this callback's pending stop raised it
+        self._stops_at_latch: tuple[Any, ...] = ()  # the other callbacks' stop requests at that moment
+        self._checkpoint_state: dict[str, Any] | None = None  # this callback's part of a checkpoint being loaded
         self._stats: dict[str, float] = {}
         self._warned_rank_disagreement = False
         self._warned_missing = False
+        self._warned_average_moved = False
+
+    def _epochkit_state(self) -> dict[str, Any]:
+        """What Lightning's ``state_dict`` has no key for and a resumed run needs."""
+        return {"best_epoch": self.best_epoch, "best_epoch_score": self._best_epoch_score}
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         if not self._extras_in_use:
-            return state  # exactly Lightning's keys: checkpoints load into either class
+            # Exactly Lightning's keys: checkpoints load into either class. best_epoch travels beside it in the
+            # checkpoint (on_save_checkpoint).
+            return state
         state.update(
-            best_epoch=self.best_epoch,
+            **self._epochkit_state(),
             history=list(self._history),
             ema=self._ema,
             error_opt=self._error_opt,
@@ -379,11 +424,17 @@ class EarlyStopping(LightningEarlyStopping):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # With Lightning's arguments only, best_epoch came beside the state, in the checkpoint (on_load_checkpoint,
+        # which Lightning calls just before this).
+        beside, self._checkpoint_state = self._checkpoint_state or {}, None
+        state_dict = {**beside, **state_dict}
         # Lightning's loader only knows its own reasons and would reject epochkit's (values 5-8): hand it a neutral
         # value, then set the real member.
         super().load_state_dict({**state_dict, "stopping_reason": 0})
         self.stopping_reason = _reason_member(int(state_dict.get("stopping_reason", 0)))  # type: ignore[assignment]
         self.best_epoch = int(state_dict.get("best_epoch", -1))
+        best_epoch_score = state_dict.get("best_epoch_score")
+        self._best_epoch_score = None if best_epoch_score is None else float(best_epoch_score)
         self._history = [float(v) for v in state_dict.get("history", [])]
         self._ema = state_dict.get("ema")
         self._error_opt = state_dict.get("error_opt")
@@ -398,15 +449,43 @@ class EarlyStopping(LightningEarlyStopping):
             self._best_weights = HostWeights()
             self._best_weights.load_state(state_dict["best_weights"])
 
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """With Lightning's arguments only, ``state_dict`` has exactly Lightning's keys; ``best_epoch`` (which a
+        resumed run logs and restores by) is saved beside it, under the checkpoint's ``"epochkit.EarlyStopping"``
+        entry, keyed by ``state_key``. Lightning's class loads such a checkpoint unchanged."""
+        if not self._extras_in_use:
+            checkpoint.setdefault(_CHECKPOINT_KEY, {})[self.state_key] = self._epochkit_state()
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        beside = checkpoint.get(_CHECKPOINT_KEY)
+        self._checkpoint_state = dict(beside.get(self.state_key) or {}) if isinstance(beside, dict) else None
+
     # ------------------------------------------------------------------ hooks
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         if stage != "fit":
             return
+        missing = [name for name in _LIGHTNING_METHODS if not callable(getattr(LightningEarlyStopping, name, None))]
+        if missing:
+            # Lightning's hooks call these by name: after a rename, ours would silently never run.
+            raise MisconfigurationException(
+                "epochkit.EarlyStopping extends Lightning's EarlyStopping through its methods"
+                f" {list(_LIGHTNING_METHODS)}, but Lightning {pl.__version__} has no {missing}. Please report it to"
+                " epochkit with your Lightning version; until then, use Lightning's EarlyStopping or a Lightning"
+                " version epochkit supports."
+            )
         self.restored_epoch = -1
         self._latch = None
-        self._validated_fresh = False
+        self._raised_stop = False
+        self._stops_at_latch = ()
+        self._validated_fresh = self._validated_copied = False
+        self._validated_version = None
+        self._warned_missing = self._warned_rank_disagreement = self._warned_average_moved = False
         if self.restore_best_weights == "checkpoint":
             self._matching_checkpoint(trainer)
         if self.restore_best_weights is True:
@@ -430,7 +509,8 @@ class EarlyStopping(LightningEarlyStopping):
                 " Validate once per epoch and leave check_on_train_epoch_end unset (or True)."
             )
         if self.restore_best_weights:
-            for averager in self._averagers(trainer):
+            averagers = self._averagers(trainer)
+            for averager in averagers:
                 if not hasattr(averager, "_average_model"):
                     raise MisconfigurationException(
                         f"EarlyStopping(restore_best_weights={self.restore_best_weights!r}) restores the averaged"
@@ -438,21 +518,53 @@ class EarlyStopping(LightningEarlyStopping):
                         " keeps elsewhere (no `_average_model`). Please report it to epochkit with your Lightning"
                         " version."
                     )
+            if self.restore_best_weights is True and len(averagers) > 1:
+                raise MisconfigurationException(
+                    "EarlyStopping(restore_best_weights=True) keeps the averaged weights validation ran with, but the"
+                    f" Trainer has {len(averagers)} weight-averaging callbacks"
+                    f" ({', '.join(type(a).__name__ for a in averagers)}): each swaps its own average in and out"
+                    " around validation, so no one of them holds the evaluated weights. Use one."
+                )
+            if self.restore_best_weights is True and averagers and _validation_results(trainer) is None:
+                raise MisconfigurationException(
+                    "EarlyStopping(restore_best_weights=True) with weight averaging tells a validation metric (which"
+                    " describes the averaged weights) from a training metric by Lightning's validation results"
+                    " (`trainer.fit_loop.epoch_loop.val_loop._results`), which this Lightning version keeps"
+                    " elsewhere. Please report it to epochkit with your Lightning version."
+                )
 
-    def on_validation_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        # With a weight-averaging callback the module holds the averaged weights only during validation (swapped in
-        # at validation epoch start, back at its end): the weights a validation metric describes are the ones here,
-        # at the first batch, after every callback's and the module's epoch-start hook, whatever their order.
-        if self.restore_best_weights is not True or batch_idx != 0 or dataloader_idx != 0 or trainer.sanity_checking:
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._note_validation(trainer)
+        super().on_validation_end(trainer, pl_module)
+
+    def _note_validation(self, trainer: pl.Trainer) -> None:
+        """With a weight-averaging callback, keep track of the averaged weights this validation ran with.
+
+        Lightning's ``WeightAveraging`` swaps its average into the module at validation epoch start and back at
+        validation epoch end (before this hook), so its averaged model now holds exactly the weights validation ran
+        with. They are copied to host memory here only if they could be needed and lost: when the check runs at
+        train epoch end and the average may be updated before it (a per-epoch update at this epoch's end, or
+        training steps after a mid-epoch validation). Otherwise the check copies them from the averaged model, and
+        only if the metric improved.
+        """
+        if self.restore_best_weights is not True or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
-        if trainer.state.fn != TrainerFn.FITTING or not self._averagers(trainer):
+        average = self._average_model(trainer)
+        if average is None or not self._monitor_is_validated(trainer):
             return
-        if self._validated_weights is None:
-            self._validated_weights = HostWeights()
-        self._validated_weights.capture(pl_module)
         self._validated_fresh = True
+        self._validated_copied = False
+        self._validated_version = average.n_averaged.detach().clone()  # stays on its device: no host sync here
+        if self._check_on_train_epoch_end and self._average_may_move_before_the_check(trainer):
+            if self._validated_weights is None:
+                self._validated_weights = HostWeights()
+            self._validated_weights.capture(average.module)
+            self._validated_copied = True
+
+    def _average_may_move_before_the_check(self, trainer: pl.Trainer) -> bool:
+        (averager,) = self._averagers(trainer)
+        more_steps_this_epoch = not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        return more_steps_this_epoch or bool(averager.should_update(epoch_idx=trainer.current_epoch))
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.restore_best_weights is True:
@@ -467,13 +579,19 @@ class EarlyStopping(LightningEarlyStopping):
         else:
             text = f"**{reason.name}** at epoch {self.stopped_epoch}: {self.stopping_reason_message}"
         if self.best_epoch >= 0:
-            text += f"\n\nBest {self.monitor}: {float(self.best_score):.6g} at epoch {self.best_epoch}."
+            text += f"\n\nBest {self.monitor}: {self._best_value_text()} at epoch {self.best_epoch}."
         if self.restored_epoch >= 0:
             text += f"\n\nRestored the weights of epoch {self.restored_epoch}."
         if _fit_is_running(trainer):
             _logging.log_text(trainer, self._tag("reason"), text)
             if self.restored_epoch >= 0:
                 _logging.log_scalars(trainer, {self._tag("restored_epoch"): float(self.restored_epoch)})
+
+    def _best_value_text(self) -> str:
+        """The (smoothed) value at ``best_epoch``; Lightning's ``best_score`` where that is unknown (a checkpoint
+        written by Lightning's class)."""
+        value = self._best_epoch_score if self._best_epoch_score is not None else float(self.best_score)
+        return f"{value:.6g}"
 
     # ------------------------------------------------------------------ the check
 
@@ -506,70 +624,131 @@ class EarlyStopping(LightningEarlyStopping):
         self._stats = {}
         self._train_current = train_current
         should_stop, reason = self._evaluate_stopping_criteria(current)
-        improved = self.best_score is not best_before
-        if improved:
+        new_best = self.best_score is not best_before and self._beats_best_epoch(self.best_score)
+        if new_best:
             self.best_epoch = epoch
+            self._best_epoch_score = float(self.best_score)
 
         # stop every ddp process if any world process decides to stop
         should_stop = bool(trainer.strategy.reduce_boolean_decision(should_stop, all=False))
         if should_stop:
-            if not trainer.should_stop:
-                # This callback raises the flag: it may withdraw it while the Trainer cannot stop yet (min_epochs /
+            if self._latch is None:
+                # This callback's stop claim; it may withdraw it while the Trainer cannot stop yet (min_epochs /
                 # min_steps not met), if a later check no longer asks to stop.
                 self._latch = before
+                self._raised_stop = not trainer.should_stop
+                self._stops_at_latch = self._stop_requests(trainer)
             trainer.should_stop = True  # as Lightning: the Trainer stops as soon as min_epochs / min_steps allow
             self.stopped_epoch = epoch
             self.stopping_reason_message = reason
-        elif self._latch is not None and trainer.should_stop:
+        elif self._latch is not None:
             self._withdraw_stop(trainer, current)
         if reason and self.verbose:
             self._log_info(trainer, reason, self.log_rank_zero_only)
 
-        if improved and self.restore_best_weights is True and trainer.lightning_module is not None:
-            self._capture_best(trainer.lightning_module, epoch, validated_fresh)
+        if new_best and self.restore_best_weights is True and trainer.lightning_module is not None:
+            self._capture_best(trainer, trainer.lightning_module, epoch, validated_fresh)
         self._log_check(trainer, should_stop)
+
+    def _beats_best_epoch(self, best: Tensor) -> bool:
+        """Whether Lightning's new ``best_score`` is strictly better than the value at ``best_epoch``.
+
+        With ``min_delta >= 0`` every improvement is (the best epoch is the last improvement, as in Keras). A
+        negative ``min_delta`` is Lightning's tolerance: a value worse than the best by less than ``-min_delta``
+        counts as an improvement and moves ``best_score``, but the best epoch (and the weights restored) stays with
+        the best value.
+        """
+        if self._best_epoch_score is None:
+            return True
+        value = float(best)
+        return value < self._best_epoch_score if self.mode == "min" else value > self._best_epoch_score
+
+    def _stop_requests(self, trainer: pl.Trainer) -> tuple[Any, ...]:
+        """The stop requests of the other callbacks that keep them in their state: every other early-stopping
+        callback (Lightning's or ours) and ``Timer``. One entry per callback, in the Trainer's order."""
+        requests: list[Any] = []
+        for callback in trainer.callbacks:  # type: ignore[attr-defined]
+            if isinstance(callback, LightningEarlyStopping) and callback is not self:
+                requests.append((callback.stopped_epoch, callback.stopping_reason, callback.stopping_reason_message))
+            elif isinstance(callback, Timer):
+                remaining = callback.time_remaining()
+                requests.append(remaining is not None and remaining <= 0)
+        return tuple(requests)
 
     def _withdraw_stop(self, trainer: pl.Trainer, current: Tensor) -> None:
         """A stop this callback signalled has not happened yet (the Trainer's min_epochs / min_steps were not met),
-        and this check no longer asks for it: Lightning would stop anyway; we keep training."""
+        and this check no longer asks for it: Lightning would stop anyway; we withdraw our claim and keep training,
+        unless another callback asked to stop before us or since."""
         assert self._latch is not None
         signalled_at, signalled_reason = self.stopped_epoch, self.stopping_reason
         self.stopping_reason, self.stopped_epoch, self.stopping_reason_message = self._latch
         self._latch = None
-        trainer.should_stop = False
-        rank_zero_info(
+        others = self._stop_requests(trainer) != self._stops_at_latch
+        where = (
             f"EarlyStopping: withdrew the stop signalled at epoch {signalled_at} ({signalled_reason.name}), which was"
             f" waiting for the Trainer's min_epochs={trainer.fit_loop.min_epochs} /"
             f" min_steps={trainer.fit_loop.min_steps}: the check at epoch {trainer.current_epoch}"
-            f" ({self.monitor} = {float(current):.6g}) no longer asks to stop, so training continues."
+            f" ({self.monitor} = {float(current):.6g}) no longer asks to stop"
         )
+        if self._raised_stop and not others:
+            trainer.should_stop = False
+            rank_zero_info(f"{where}, so training continues.")
+        elif trainer.should_stop:
+            asked = "since" if self._raised_stop else "before this one did"
+            rank_zero_info(f"{where}, but another callback asked to stop {asked}: the Trainer still stops.")
 
     def _agreed_metric(self, trainer: pl.Trainer, logs: dict[str, Tensor], name: str) -> Tensor | None:
         """The metric's value, the same on every rank: the lowest rank that has it decides.
 
-        Every rank enters the same collective whether or not it has the metric, so a metric missing on one rank
-        cannot hang the others; with ``strict=True`` all ranks raise together.
+        For the monitored metric, every rank asks Lightning's ``_validate_condition_metric`` (so an override or a
+        patch of it is honoured on every rank), then the ranks agree: if it raised on any rank, every rank raises;
+        the value is the lowest rank's whose check passed. Every rank enters the same collective whether or not it
+        has the metric, so a metric missing on one rank cannot hang the others.
         """
-        value = logs.get(name)
-        if value is not None:
-            value = value.squeeze()  # as Lightning does: a shape-[1] metric is a scalar
+        is_monitor = name == self.monitor
         if trainer.world_size <= 1:
-            if name == self.monitor:
-                # Lightning's own hook (a subclass may override it), here with the closest-name hint and warning.
-                return value if self._validate_condition_metric(logs) else None
+            if is_monitor:
+                if not self._validate_condition_metric(logs):  # Lightning's hook, as Lightning calls it
+                    return None
+                return logs[name].squeeze()  # as Lightning: a shape-[1] metric is a scalar
+            value = logs.get(name)
             if value is None:
                 self._missing_metric(name, logs, missing_on=None)
-            return value
+                return None
+            return value.squeeze()
+
+        error: Exception | None = None
+        if is_monitor:
+            try:
+                valid = self._validate_condition_metric(logs)
+            except Exception as err:  # raised on every rank below, after the ranks agreed
+                valid, error = False, err
+        else:
+            valid = logs.get(name) is not None
+        value = logs.get(name)
+        value = value.squeeze() if valid and value is not None else None
         local = None if value is None else value.detach().to("cpu", copy=True)
-        values = _distributed.gather_objects(trainer, local)  # [local] when no process group is up
+        raised = None if error is None else str(error)
+        gathered = _distributed.gather_objects(trainer, (local, raised))  # [ours] when no process group is up
+        values = [v for v, _ in gathered]
         missing = [rank for rank, v in enumerate(values) if v is None]
         present = [v for v in values if v is not None]
+        errors = [(rank, message) for rank, (_, message) in enumerate(gathered) if message is not None]
+        if errors:
+            raise self._agreed_error(error, errors, missing if present else [])
         if missing:
-            self._missing_metric(name, logs, missing_on=missing if present else None)
-            if not present or self.strict:
-                return None
-        if len(values) == 1:
-            return value
+            if not is_monitor:
+                self._missing_metric(name, logs, missing_on=missing if present else None)  # raises if strict
+            if not present:
+                return None  # skipped on every rank (each rank's _validate_condition_metric warned as Lightning's)
+            if is_monitor and not self._warned_missing:
+                self._warned_missing = True
+                rank_zero_warn(
+                    f"EarlyStopping: `{name}` did not pass the check on rank(s) {missing} (missing there, or"
+                    " `_validate_condition_metric` returned False); every rank uses the value of rank"
+                    f" {values.index(present[0])} (warned once).",
+                    category=RuntimeWarning,
+                )
         chosen: Tensor = present[0]
         disagree = any(not torch.equal(v, chosen) for v in present[1:])
         if disagree and trainer.is_global_zero and not self._warned_rank_disagreement:
@@ -580,32 +759,57 @@ class EarlyStopping(LightningEarlyStopping):
                 " Metric) to stop on the value of the whole dataset.",
                 category=RuntimeWarning,
             )
-        return chosen
+        # Lightning keeps the metric (and so best_score) on the metric's device; the gathered copy is on the host.
+        return _on_device(chosen, value.device if value is not None else trainer.strategy.root_device)
+
+    @staticmethod
+    def _agreed_error(own: Exception | None, errors: list[tuple[int, str]], missing_on: list[int]) -> Exception:
+        """The error every rank raises when ``_validate_condition_metric`` raised on some: a rank that raised
+        re-raises its own exception, the others a ``RuntimeError`` with the first one's message; both say where."""
+        ranks = [rank for rank, _ in errors]
+        if missing_on and missing_on == ranks:
+            where = f" (it is missing on rank(s) {missing_on} only)"
+        else:
+            where = f" (raised by `_validate_condition_metric` on rank(s) {ranks})"
+        if own is not None:
+            if own.args and isinstance(own.args[0], str):
+                own.args = (own.args[0] + where, *own.args[1:])
+            return own
+        return RuntimeError(errors[0][1] + where)
 
     def _validate_condition_metric(self, logs: dict[str, Tensor]) -> bool:
-        """Lightning's check that the monitored metric was logged (raise, warn or skip), with the closest name."""
-        if logs.get(self.monitor) is not None:
-            return True
-        self._missing_metric(self.monitor, logs, missing_on=None)
-        return False
+        """Lightning's check that the monitored metric was logged (raise, warn or skip), called as Lightning's class
+        calls it (so a patch of Lightning's method, or an override in a subclass, decides here too), plus the
+        closest logged name in its error and, with ``strict=False``, a warning at the first check that misses it."""
+        try:
+            valid = super()._validate_condition_metric(logs)
+        except RuntimeError as err:
+            hint = _closest_hint(self.monitor, logs)
+            if hint and err.args and isinstance(err.args[0], str) and not err.args[0].endswith(hint):
+                err.args = (err.args[0] + hint, *err.args[1:])
+            raise
+        if not valid and logs.get(self.monitor) is None and not self.verbose > 0 and not self._warned_missing:
+            # Lightning says nothing here unless verbose: a misspelled monitor would silently never stop.
+            self._warned_missing = True
+            rank_zero_warn(
+                f"EarlyStopping(strict=False): a check found no `{self.monitor}` and was skipped, as every later check"
+                f" that misses it will be (warned once). {_missing_message(self.monitor, logs)}"
+                f"{_closest_hint(self.monitor, logs)}",
+                category=RuntimeWarning,
+            )
+        return valid
 
     def _missing_metric(self, name: str, logs: dict[str, Tensor], missing_on: list[int] | None) -> None:
-        error_msg = (
-            f"Early stopping conditioned on metric `{name}` which is not available."
-            " Pass in or modify your `EarlyStopping` callback to use any of the following:"
-            f" `{'`, `'.join(list(logs.keys()))}`"
-        )
+        """Lightning's treatment of a missing metric for ``train_monitor``: raise if strict, else warn."""
+        error_msg = _missing_message(name, logs)
         if missing_on is not None:
             error_msg += f" (it is missing on rank(s) {missing_on} only)"
-        close = difflib.get_close_matches(name, [str(key) for key in logs], n=1, cutoff=0.6)
-        if close:
-            error_msg += f". Did you mean `{close[0]}`?"
+        error_msg += _closest_hint(name, logs)
         if self.strict:
             raise RuntimeError(error_msg)
         if self.verbose > 0:
             rank_zero_warn(error_msg, category=RuntimeWarning)
         elif not self._warned_missing:
-            # Lightning says nothing here unless verbose: a misspelled monitor would silently never stop.
             self._warned_missing = True
             rank_zero_warn(
                 f"EarlyStopping(strict=False): a check found no `{name}` and was skipped, as every later check that"
@@ -746,15 +950,49 @@ class EarlyStopping(LightningEarlyStopping):
     def _averagers(trainer: pl.Trainer) -> list[WeightAveraging]:
         return [cb for cb in trainer.callbacks if isinstance(cb, WeightAveraging)]  # type: ignore[attr-defined]
 
-    def _capture_best(self, pl_module: pl.LightningModule, epoch: int, validated_fresh: bool) -> None:
-        if validated_fresh and self._validated_weights is not None:
-            # The weights this check's validation ran with (averaged ones) become the best: swap the two copies, so
-            # the old best's buffers take the next validation's weights and nothing is copied twice.
-            self._best_weights, self._validated_weights = self._validated_weights, self._best_weights
-        else:
-            if self._best_weights is None:
-                self._best_weights = HostWeights()
-            self._best_weights.capture(pl_module)
+    def _average_model(self, trainer: pl.Trainer) -> Any:
+        """The one weight-averaging callback's ``AveragedModel`` (setup refuses several), or None."""
+        averagers = self._averagers(trainer)
+        return getattr(averagers[0], "_average_model", None) if len(averagers) == 1 else None
+
+    def _monitor_is_validated(self, trainer: pl.Trainer) -> bool:
+        """Whether ``monitor`` is logged by validation (so it describes the weights validation ran with, the averaged
+        ones under weight averaging) rather than by training (the training weights)."""
+        results = _validation_results(trainer)
+        if results is None:
+            return True
+        return any(self.monitor in results._forked_name(metric, False) for metric in list(results.values()))
+
+    def _capture_best(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, validated_fresh: bool
+    ) -> None:
+        """Copy the weights the monitored value describes: the module's; with a weight-averaging callback and a
+        validation metric, the averaged weights validation ran with."""
+        average = self._average_model(trainer) if self._averagers(trainer) else None
+        source: nn.Module = pl_module
+        if average is not None and self._monitor_is_validated(trainer):
+            if validated_fresh and self._validated_copied and self._validated_weights is not None:
+                # Copied at validation end because the average could move before this check: that copy becomes the
+                # best, and the old best's buffers take the next one (nothing is copied twice).
+                self._best_weights, self._validated_weights = self._validated_weights, self._best_weights
+                self._validated_copied = False
+                self._best_weights_epoch = epoch
+                return
+            moved = self._validated_version is not None and not torch.equal(
+                self._validated_version.to(average.n_averaged.device), average.n_averaged
+            )
+            if (moved or not validated_fresh) and not self._warned_average_moved:
+                self._warned_average_moved = True
+                rank_zero_warn(
+                    f"EarlyStopping(restore_best_weights=True): the best `{self.monitor}` at epoch {epoch} was"
+                    " measured on averaged weights that the averaging callback updated before this check (or no"
+                    " validation ran since the last check); the copy holds the current average (warned once).",
+                    category=RuntimeWarning,
+                )
+            source = average.module
+        if self._best_weights is None:
+            self._best_weights = HostWeights()
+        self._best_weights.capture(source)
         self._best_weights_epoch = epoch
 
     def _restore_from_host_copy(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -772,10 +1010,11 @@ class EarlyStopping(LightningEarlyStopping):
                 for tensor in self._distinct_tensors(pl_module):
                     dist.broadcast(tensor, src=0)
         self.restored_epoch = self._best_weights_epoch
-        averaged = " (the averaged weights validation ran with)" if self._averagers(trainer) else ""
+        validated = self._averagers(trainer) and self._monitor_is_validated(trainer)
+        averaged = " (the averaged weights validation ran with)" if validated else ""
         rank_zero_info(
             f"EarlyStopping: restored the weights of epoch {self.restored_epoch}{averaged}, the best `{self.monitor}`"
-            f" = {float(self.best_score):.6g}."
+            f" = {self._best_value_text()}."
         )
 
     @staticmethod
@@ -868,3 +1107,12 @@ class EarlyStopping(LightningEarlyStopping):
             **self._stats,
         }
         _logging.log_scalars(trainer, {self._tag(k): v for k, v in scalars.items()})
+
+
+# epochkit's arguments (the keyword-only ones) and their defaults, read from the signature so that they cannot drift
+# apart: with all of them at these values the callback is Lightning's.
+_EXTRA_DEFAULTS: dict[str, Any] = {
+    name: parameter.default
+    for name, parameter in inspect.signature(EarlyStopping.__init__).parameters.items()
+    if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+}

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import pytest
@@ -129,6 +130,30 @@ def test_tensorboard_gets_the_scalars_of_one_call_as_one_event(tmp_path: Path) -
     for name in ("a", "b", "c"):
         assert run.scalars[f"probe/{name}"] == prefixed.scalars[f"p-probe/{name}"]
     assert run.scalars["probe/a"] == [(3, 0.5), (7, 1.5)]  # Lightning's own epoch-end steps
+
+
+_QUIET: dict[str, Any] = {"enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False}
+
+
+class _CountingLogger(TensorBoardLogger):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls: list[dict[str, float]] = []
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.calls.append(dict(metrics))
+        super().log_metrics(metrics, step)
+
+
+def test_a_tensorboard_logger_that_overrides_log_metrics_sees_every_call(tmp_path: Path) -> None:
+    logger = _CountingLogger(tmp_path, name="tb")
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=logger, callbacks=[_ThreeScalars()], **_QUIET)
+    trainer.fit(RegressionModule(), datamodule=RegressionDataModule(num_samples=32, batch_size=8))
+    assert [call for call in logger.calls if "probe/a" in call] == [
+        {"probe/a": 0.5, "probe/b": 0.0, "probe/c": 7},
+        {"probe/a": 1.5, "probe/b": 1.0, "probe/c": 7},
+    ]
+    assert read_tensorboard(tmp_path / "tb").scalars["probe/a"] == [(3, 0.5), (7, 1.5)]
 
 
 def test_log_dir_falls_back_to_default_root_dir(tmp_path: Path) -> None:

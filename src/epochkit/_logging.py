@@ -51,7 +51,8 @@ def log_scalars(trainer: pl.Trainer, metrics: Mapping[str, float], step: int | N
 
 def _tensorboard_scalars(logger: Logger, metrics: Mapping[str, float], step: int) -> bool:
     """Write ``metrics`` to a ``TensorBoardLogger``'s event file as one event holding one value per tag; False
-    (nothing written) where that does not apply: another logger, a logger ``prefix``, a writer other than torch's
+    (nothing written) where that does not apply: another logger, a logger ``prefix``, a subclass that overrides
+    ``log_metrics``, a writer other than torch's
     ``SummaryWriter``, a value that is not a real number.
 
     ``TensorBoardLogger.log_metrics`` writes one event per scalar (``add_scalar``), each handed to TensorBoard's
@@ -62,6 +63,8 @@ def _tensorboard_scalars(logger: Logger, metrics: Mapping[str, float], step: int
     prefix: Any = getattr(logger, "_prefix", None)
     if not isinstance(logger, TensorBoardLogger) or prefix:
         return False
+    if type(logger).log_metrics is not TensorBoardLogger.log_metrics:
+        return False  # a subclass that does its own work in log_metrics must see every call
     if not all(isinstance(value, int | float) for value in metrics.values()):
         return False
     # Imported here: torch's TensorBoard writer is loaded only by a TensorBoardLogger's experiment.

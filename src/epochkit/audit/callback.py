@@ -18,8 +18,10 @@ import torch
 from lightning.fabric.utilities.data import sized_len
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, TensorDataset
+from typing_extensions import override
 
 from epochkit import _distributed, _logging
+from epochkit._callback import cached_state_key, hook_process_dataloader, unhook_process_dataloader
 from epochkit._io import write_bytes_atomic
 from epochkit.audit import images as img
 from epochkit.audit.digests import digest_lines
@@ -214,59 +216,49 @@ class ShuffleAudit(Callback):
         self.ignore = ignore
         self.escalate = escalate
         self.images = images
+        self._reset_state()
 
     # ----------------------------------------------------------------------------------------------- identity
 
     @property
+    @override
     def state_key(self) -> str:
-        # Lightning reads this for every hook of every step (profiler names): cache it per settings.
-        settings = (self.max_samples, self.sample_ids)
-        cached = self.__dict__.get("_state_key_")
-        if cached is None or cached[0] != settings:
-            ids = self.sample_ids if not callable(self.sample_ids) else getattr(self.sample_ids, "__qualname__", "fn")
-            cached = (settings, self._generate_state_key(max_samples=self.max_samples, sample_ids=ids))
-            self.__dict__["_state_key_"] = cached
-        return cached[1]
+        ids = self.sample_ids if not callable(self.sample_ids) else getattr(self.sample_ids, "__qualname__", "fn")
+        return cached_state_key(self, max_samples=self.max_samples, sample_ids=ids)
 
     # ------------------------------------------------------------------------------------------------- hooks
 
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        self._reset_run_state()
-        strategy = trainer.strategy
-        original = strategy.process_dataloader
+        self._reset_state()
+        # The recorder goes in where each train loader is made, before its first iteration: one per train loader.
+        self._patched_ = hook_process_dataloader(trainer, self._attach)
 
-        # Lightning creates and iterates each train loader inside the fit loop before any callback hook sees it (at
-        # fit start and at every reload); the strategy's process_dataloader is the last step between the two, so
-        # the recorder goes in there, one per train loader.
-        def process_dataloader(dataloader: object) -> object:
-            processed = original(dataloader)
-            if trainer.training and isinstance(processed, DataLoader) and id(processed) not in self._attached_:
-                self._attached_[id(processed)] = (processed, attach(processed))
-            return processed
+    def _attach(self, loader: object) -> None:
+        if isinstance(loader, DataLoader) and id(loader) not in self._attached_:
+            self._attached_[id(loader)] = (loader, attach(loader))
 
-        strategy.process_dataloader = process_dataloader  # type: ignore[method-assign]
-        self._patched_ = (strategy, process_dataloader)
-
+    @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._undo()
 
+    @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         # Lightning skips teardown when fit raises (ShuffleAuditError included): restore the user's loaders here.
         self._undo()
 
     def _undo(self) -> None:
         """Restore the strategy and every train loader (idempotent)."""
-        patched = getattr(self, "_patched_", None)
-        if patched is not None and patched[0].__dict__.get("process_dataloader") is patched[1]:
-            del patched[0].__dict__["process_dataloader"]
+        unhook_process_dataloader(self._patched_)
         self._patched_ = None
-        for loader, _ in getattr(self, "_attached_", {}).values():
+        for loader, _ in self._attached_.values():
             detach(loader)
         self._attached_ = {}
         self._loaders_ = []
 
+    @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # overfit_batches replays the same sequential batches on purpose: no order finding then.
         self._intended_ = _INTENDED_BY_OVERFIT if getattr(trainer, "overfit_batches", 0) > 0 else frozenset()
@@ -283,6 +275,7 @@ class ShuffleAudit(Callback):
         self.fit_start_ = self._combine(None, parts)
         self._report(trainer, self.fit_start_, tag_step=0)
 
+    @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._steps_ = 0
         self._pending_ = None
@@ -325,6 +318,7 @@ class ShuffleAudit(Callback):
         for slot in self._loaders_:
             slot.ids, slot.labels = [], []
 
+    @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
@@ -356,6 +350,7 @@ class ShuffleAudit(Callback):
                         labels = labels.argmax(dim=-1)
                     slot.labels.append(labels.detach().reshape(-1))
 
+    @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         payloads = {slot.key: self._local_payload(trainer, slot) for slot in self._loaders_}
         gathered = _distributed.gather_objects(trainer, payloads)  # collective
@@ -394,6 +389,7 @@ class ShuffleAudit(Callback):
         self.verdicts_.append(verdict)
         self._report(trainer, verdict)
 
+    @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
             log.info(summary(self.fit_start_, self.verdicts_))
@@ -401,15 +397,16 @@ class ShuffleAudit(Callback):
 
     # -------------------------------------------------------------------------------------------- resume
 
+    @override
     def state_dict(self) -> dict[str, Any]:
-        previous = getattr(self, "previous_", {}) or {}
         return {
-            "verdicts": [v.to_dict() for v in getattr(self, "verdicts_", [])],
-            "previous": {key: record.to_state() for key, record in previous.items()},
-            "previous_epoch": dict(getattr(self, "previous_epoch_", {}) or {}),
-            "fit_start": fit_start.to_dict() if (fit_start := getattr(self, "fit_start_", None)) else None,
+            "verdicts": [v.to_dict() for v in self.verdicts_],
+            "previous": {key: record.to_state() for key, record in self.previous_.items()},
+            "previous_epoch": dict(self.previous_epoch_),
+            "fit_start": self.fit_start_.to_dict() if self.fit_start_ else None,
         }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.verdicts_ = [EpochVerdict.from_dict(v) for v in state_dict.get("verdicts", [])]
         previous = state_dict.get("previous") or {}
@@ -424,9 +421,8 @@ class ShuffleAudit(Callback):
 
     # ----------------------------------------------------------------------------------------- internals
 
-    def _reset_run_state(self) -> None:
-        # Always reset: Lightning restores callback state (load_state_dict) after setup, so a resumed fit still
-        # gets its checkpointed state, and a later fit never inherits a previous one.
+    def _reset_state(self) -> None:
+        """The state of one fit, fresh (see :mod:`epochkit._callback`)."""
         self.verdicts_ = []
         self.fit_start_ = None
         self.previous_ = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from functools import cached_property, partial
+from functools import partial
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -14,7 +14,9 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch.utils.hooks import RemovableHandle
+from typing_extensions import override
 
+from epochkit._callback import cached_state_key
 from epochkit._logging import current_step, log_scalars
 from epochkit._validation import check_bool, check_number
 from epochkit.warmup.schedules import WarmupShape, check_warmup, warmup_factor
@@ -101,6 +103,20 @@ class LRWarmup(Callback):
         "LRWarmup{'steps': 100, 'epochs': None, 'fraction': None, 'shape': 'cosine', 'start_factor': 0.0}"
     """
 
+    # State of one fit (skorch's trailing underscore: public, learned), made by _reset_state.
+    steps_applied_: list[int]
+    warmup_steps_: list[list[int]]
+    group_starts_: list[list[int]]
+    _restored: dict[str, Any] | None
+    _ends: list[int]
+    _handles: dict[int, list[RemovableHandle]]
+    _tables: dict[int, list[float]]
+    _saved: dict[int, list[tuple[Any, Any]]]
+    _used: dict[int, tuple[float, list[Any]]]
+    _finished: list[int]
+    _pending_lrs: list[tuple[int, dict[str, torch.Tensor]]]
+    _length: int | str
+
     def __init__(
         self,
         steps: int | Literal["untuned"] | None = None,
@@ -136,11 +152,13 @@ class LRWarmup(Callback):
         self.shape = shape
         self.start_factor = start_factor
         self.log_lr = log_lr
+        self._reset_state()
 
-    @cached_property
+    @property
+    @override
     def state_key(self) -> str:
-        # Lightning asks for it on every hook call (profiler action names): build the string once.
-        return self._generate_state_key(
+        return cached_state_key(
+            self,
             steps=self.steps,
             epochs=self.epochs,
             fraction=self.fraction,
@@ -149,23 +167,27 @@ class LRWarmup(Callback):
         )
 
     # ------------------------------------------------------------------------------------------- lifecycle
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return  # validate/test/predict: keep what the last fit (or a checkpoint) left
-        # Made here, not in __init__: state of one fit (constructor = parameters).
-        self.steps_applied_: list[int] = []
-        self.warmup_steps_: list[list[int]] = []
-        self.group_starts_: list[list[int]] = []
-        self._restored: dict[str, Any] | None = None
-        self._ends: list[int] = []
-        self._handles: dict[int, list[RemovableHandle]] = {}
-        self._tables: dict[int, list[float]] = {}
-        self._saved: dict[int, list[tuple[Any, Any]]] = {}
-        self._used: dict[int, tuple[float, list[Any]]] = {}
-        self._finished: list[int] = []
-        self._pending_lrs: list[tuple[int, dict[str, torch.Tensor]]] = []
-        self._length: int | str = 0
+    def _reset_state(self) -> None:
+        """The state of one fit, fresh (see :mod:`epochkit._callback`)."""
+        self.steps_applied_ = []
+        self.warmup_steps_ = []
+        self.group_starts_ = []
+        self._restored = None
+        self._ends = []
+        self._handles = {}
+        self._tables = {}
+        self._saved = {}
+        self._used = {}
+        self._finished = []
+        self._pending_lrs = []
+        self._length = 0
 
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":  # validate/test/predict: keep what the last fit (or a checkpoint) left
+            self._reset_state()
+
+    @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Here, not at fit start: the train loader is set up by now, so reading the run's length loads nothing
         # (at fit start Lightning would load it early and say so), and no optimizer step has run yet.
@@ -238,6 +260,7 @@ class LRWarmup(Callback):
                     "(warmup twice). Keep one: give the schedule no warmup (warmup_steps=0), or remove LRWarmup."
                 )
 
+    @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -265,15 +288,17 @@ class LRWarmup(Callback):
         if deferred:
             self._pending_lrs.append((current_step(trainer), deferred))
 
+    @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._log_tensor_lrs(trainer)
 
+    @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._log_tensor_lrs(trainer)
 
     def _log_tensor_lrs(self, trainer: pl.Trainer) -> None:
         """Log the tensor LRs kept since the last call at the steps they were used, with one host transfer."""
-        pending, self._pending_lrs = getattr(self, "_pending_lrs", []), []
+        pending, self._pending_lrs = self._pending_lrs, []
         if not pending or not trainer.is_global_zero:
             return
         flat = [lr for _, tensors in pending for lr in tensors.values()]
@@ -281,18 +306,20 @@ class LRWarmup(Callback):
         for step, tensors in pending:
             log_scalars(trainer, {tag: next(values) for tag in tensors}, step=step)
 
+    @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._release(trainer)
 
+    @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._release(trainer)
 
     def _release(self, trainer: pl.Trainer) -> None:
         """Remove the hooks, and undo a scaling whose step raised before the post-hook could restore it."""
-        for i, saved in getattr(self, "_saved", {}).items():
+        for i, saved in self._saved.items():
             self._restore(trainer.optimizers[i], saved)
         self._saved = {}
-        for handles in getattr(self, "_handles", {}).values():
+        for handles in self._handles.values():
             for handle in handles:
                 handle.remove()
         self._handles = {}
@@ -449,13 +476,15 @@ class LRWarmup(Callback):
         return math.ceil(2.0 / (1.0 - beta2) - 1e-9)
 
     # ---------------------------------------------------------------------------------------- checkpoints
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {
-            "steps_applied": list(getattr(self, "steps_applied_", [])),
-            "warmup_steps": [list(x) for x in getattr(self, "warmup_steps_", [])],
-            "group_starts": [list(x) for x in getattr(self, "group_starts_", [])],
+            "steps_applied": list(self.steps_applied_),
+            "warmup_steps": [list(x) for x in self.warmup_steps_],
+            "group_starts": [list(x) for x in self.group_starts_],
         }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # Applied at on_train_start, once the optimizers exist; also readable right away.
         self._restored = dict(state_dict)

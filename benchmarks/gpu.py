@@ -122,8 +122,8 @@ from epochkit import EarlyStopping, LRWarmup, ShuffleAudit
 from epochkit.audit.callback import ShuffleAuditWarning
 from epochkit.audit.recording import RecordingSampler, fingerprint
 from epochkit.cv.reset import WeightReset, WeightResetError, weights_checksum
+from epochkit.schedules import warmup_factor
 from epochkit.stopping import HostWeights
-from epochkit.warmup.schedules import warmup_factor
 
 SYNC_TEXT = "called a synchronizing CUDA operation"  # torch's warning text in set_sync_debug_mode("warn")
 SCRIPTED_VAL = (5.0, 4.0, 1.0, 3.0, 2.0)  # section 6's val_loss per epoch: best at epoch 2, training goes on to 4

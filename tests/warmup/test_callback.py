@@ -21,7 +21,7 @@ from lightning.pytorch.plugins import MixedPrecision
 from torch.utils.data import DataLoader, IterableDataset
 
 from epochkit import LRWarmup, schedules
-from epochkit.warmup.schedules import warmup_factor
+from epochkit.schedules import warmup_factor
 from tests.helpers import RegressionDataModule, RegressionModule, fit_ddp, read_tensorboard
 
 BASE_LR = 0.1

@@ -9,7 +9,7 @@ References, restated here from the anchors' source (not imported; neither librar
   t_i)`` per cycle after a prefix warmup from ``warmup_lr_init``, ``lr_min`` after ``cycle_limit`` cycles
   (``cycle_mul = cycle_decay = k_decay = 1``).
 
-The claims (``epochkit.warmup.schedules``' docstring and the README): epochkit's schedule over ``T`` steps is HF's
+The claims (``epochkit.schedules``' docstring and the README): epochkit's schedule over ``T`` steps is HF's
 over ``T + 1`` steps without HF's first step, ``epochkit(s; W, T) == hf(s + 1; W, T + 1)`` for every ``s < T``, and
 timm's with ``t_initial = (T - W + 1) / cycles`` likewise ``timm(s + 1)``; no step before the horizon runs at LR 0;
 from the horizon on, the floor.

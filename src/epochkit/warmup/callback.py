@@ -19,7 +19,7 @@ from typing_extensions import override
 from epochkit._callback import cached_state_key
 from epochkit._logging import current_step, log_scalars
 from epochkit._validation import check_bool, check_number
-from epochkit.warmup.schedules import WarmupShape, check_warmup, warmup_factor
+from epochkit.schedules import WarmupShape, check_warmup, warmup_factor
 
 log = logging.getLogger("epochkit.warmup")
 
@@ -42,7 +42,7 @@ def _warmup_in(scheduler: Any) -> str | None:
         if not isinstance(fn, functools.partial):
             continue
         name = getattr(fn.func, "__name__", "?")
-        ours = fn.keywords.get("warmup_steps") if fn.func.__module__ == "epochkit.warmup.schedules" else None
+        ours = fn.keywords.get("warmup_steps") if fn.func.__module__ == "epochkit.schedules" else None
         if ours:
             return f"epochkit.schedules.{name.removesuffix('_factor')} with warmup_steps={ours}"
         theirs = fn.keywords.get("num_warmup_steps")

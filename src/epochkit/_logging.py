@@ -13,8 +13,6 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 
-from epochkit._io import write_json_atomic  # noqa: F401  (re-exported for the callbacks that write reports)
-
 log = logging.getLogger("epochkit")
 
 

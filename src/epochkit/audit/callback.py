@@ -22,7 +22,7 @@ from typing_extensions import override
 
 from epochkit import _distributed, _logging
 from epochkit._callback import cached_state_key, hook_process_dataloader, unhook_process_dataloader
-from epochkit._io import write_bytes_atomic
+from epochkit._io import write_bytes_atomic, write_json_atomic
 from epochkit.audit import images as img
 from epochkit.audit.digests import digest_lines
 from epochkit.audit.findings import (
@@ -644,7 +644,7 @@ class ShuffleAudit(Callback):
         """``shuffle_audit.json`` and ``shuffle_audit_digests.txt`` (atomically, rank 0)."""
         if self._report_dir_ is None:
             return
-        _logging.write_json_atomic(
+        write_json_atomic(
             self._report_dir_ / REPORT_FILE,
             {
                 "config": self.configs_,

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeAlias, cast, overload
@@ -45,6 +44,7 @@ from numpy.typing import NDArray
 from torch.optim.lr_scheduler import LambdaLR
 
 from epochkit._io import atomic_path
+from epochkit._validation import is_int, is_real
 
 WarmupShape: TypeAlias = Literal["linear", "cosine"]
 DecayShape: TypeAlias = Literal["linear", "cosine", "1-sqrt"]
@@ -76,28 +76,24 @@ __all__ = [
 # --------------------------------------------------------------------------------------------- argument checks
 def check_warmup(warmup_steps: int, shape: str = "linear", start_factor: float = 0.0) -> None:
     """Raise ``ValueError`` naming the argument unless the warmup settings are usable."""
-    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int | np.integer) or warmup_steps < 0:
+    if not is_int(warmup_steps) or warmup_steps < 0:
         raise ValueError(f"`warmup_steps` must be an int >= 0, got {warmup_steps!r}.")
     if shape not in WARMUP_SHAPES:
         raise ValueError(f"`shape` must be one of {WARMUP_SHAPES}, got {shape!r}.")
-    if not _is_real(start_factor) or not 0.0 <= start_factor < 1.0:
+    if not is_real(start_factor) or not 0.0 <= start_factor < 1.0:
         raise ValueError(f"`start_factor` must lie in [0, 1), got {start_factor!r}.")
 
 
 def _check_horizon(warmup_steps: int, total_steps: int, floor: float) -> None:
-    if isinstance(total_steps, bool) or not isinstance(total_steps, int | np.integer) or total_steps <= 0:
+    if not is_int(total_steps) or total_steps <= 0:
         raise ValueError(f"`total_steps` must be an int > 0, got {total_steps!r}.")
     if warmup_steps >= total_steps:
         raise ValueError(
             f"`warmup_steps` ({warmup_steps}) must be smaller than `total_steps` ({total_steps}): "
             "the decay needs at least one step."
         )
-    if not _is_real(floor) or not 0.0 <= floor <= 1.0:
+    if not is_real(floor) or not 0.0 <= floor <= 1.0:
         raise ValueError(f"`floor` is a ratio of the peak LR and must lie in [0, 1], got {floor!r}.")
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 # ------------------------------------------------------------------------------------------ factor functions
@@ -228,7 +224,7 @@ def warmup_cosine_factor(
     """
     check_warmup(warmup_steps, shape, start_factor)
     _check_horizon(warmup_steps, total_steps, floor)
-    if isinstance(cycles, bool) or not isinstance(cycles, int | np.integer) or cycles < 1:
+    if not is_int(cycles) or cycles < 1:
         raise ValueError(f"`cycles` must be an int >= 1, got {cycles!r}.")
     s, scalar = _steps(step)
     # In integers (exact for any realistic step count), so a restart lands exactly on its step: with floats,
@@ -286,7 +282,7 @@ def warmup_inverse_sqrt_factor(
     """
     check_warmup(warmup_steps, shape, start_factor)
     tau = timescale if timescale is not None else (warmup_steps or 10_000)
-    if isinstance(tau, bool) or not isinstance(tau, int | np.integer) or tau < 1:
+    if not is_int(tau) or tau < 1:
         raise ValueError(f"`timescale` must be an int >= 1 or None, got {timescale!r}.")
     s, scalar = _steps(step)
     after = np.sqrt(tau / (tau + np.maximum(s - warmup_steps + 1.0, 0.0)))
@@ -315,7 +311,7 @@ def warmup_stable_decay_factor(
     """
     check_warmup(warmup_steps, shape, start_factor)
     _check_horizon(warmup_steps, total_steps, floor)
-    if isinstance(decay_steps, bool) or not isinstance(decay_steps, int | np.integer) or decay_steps < 1:
+    if not is_int(decay_steps) or decay_steps < 1:
         raise ValueError(f"`decay_steps` must be an int >= 1, got {decay_steps!r}.")
     if warmup_steps + decay_steps > total_steps:
         raise ValueError(
@@ -514,7 +510,7 @@ def preview(
         >>> preview(lambda opt: warmup_linear(opt, warmup_steps=2, total_steps=5), steps=6).tolist()
         [0.5, 1.0, 0.75, 0.5, 0.25, 0.0]
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+    if not is_int(steps) or steps < 1:
         raise ValueError(f"`steps` must be an int >= 1, got {steps!r}.")
     if save_path is not None:
         _require_matplotlib()

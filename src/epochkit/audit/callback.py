@@ -23,6 +23,7 @@ from typing_extensions import override
 from epochkit import _distributed, _logging
 from epochkit._callback import cached_state_key, hook_process_dataloader, unhook_process_dataloader
 from epochkit._io import write_bytes_atomic, write_json_atomic
+from epochkit._validation import check_bool, check_choice, check_int, is_int
 from epochkit.audit import images as img
 from epochkit.audit.digests import digest_lines
 from epochkit.audit.findings import (
@@ -80,7 +81,7 @@ class ShuffleAuditError(RuntimeError):
 
 
 def _is_key(value: Any) -> bool:
-    return isinstance(value, int | str) and not isinstance(value, bool)
+    return isinstance(value, str) or is_int(value)
 
 
 def _user_stacklevel() -> int:
@@ -177,8 +178,7 @@ class ShuffleAudit(Callback):
         escalate: Sequence[str] = (),
         images: bool = True,
     ) -> None:
-        if on_issue not in ("warn", "raise", "log"):
-            raise ValueError(f"ShuffleAudit(on_issue={on_issue!r}): must be one of 'warn', 'raise', 'log'.")
+        check_choice("ShuffleAudit", "on_issue", on_issue, ("warn", "raise", "log"))
         if isinstance(labels, Mapping) or not (
             labels is None or _is_key(labels) or callable(labels) or hasattr(labels, "__len__")
         ):
@@ -191,13 +191,10 @@ class ShuffleAudit(Callback):
                 f"ShuffleAudit(sample_ids={sample_ids!r}): must be an int/str batch key, a function of the batch, "
                 "or None."
             )
-        if max_samples is not None and (
-            isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 100
-        ):
-            raise ValueError(f"ShuffleAudit(max_samples={max_samples!r}): must be an int >= 100, or None.")
-        for name, value in (("fingerprints", fingerprints), ("images", images)):
-            if not isinstance(value, bool):
-                raise TypeError(f"ShuffleAudit({name}={value!r}): must be True or False.")
+        if max_samples is not None:
+            check_int("ShuffleAudit", "max_samples", max_samples, minimum=100)
+        check_bool("ShuffleAudit", "fingerprints", fingerprints)
+        check_bool("ShuffleAudit", "images", images)
         for name, codes, allowed in (("ignore", ignore, sorted(CATALOG)), ("escalate", escalate, sorted(NOTICES))):
             if isinstance(codes, str):
                 raise TypeError(

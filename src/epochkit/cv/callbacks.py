@@ -22,6 +22,7 @@ from typing_extensions import override
 from epochkit._distributed import all_ranks, broadcast
 from epochkit._io import atomic_path, save_torch_atomic, write_json_atomic
 from epochkit._logging import log_text
+from epochkit._validation import is_real
 from epochkit.cv.data import rebuild_loader
 from epochkit.cv.reset import weights_checksum
 
@@ -36,7 +37,7 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
             if value.numel() != 1:
                 continue
             value = value.item()
-        if isinstance(value, int | float) and not isinstance(value, bool):
+        if is_real(value):
             out[name] = float(value)
     # `self.log(..., on_step=True, on_epoch=True)` gives x_step, x_epoch and x (= x_epoch): keep x only.
     return {

@@ -15,7 +15,6 @@ import itertools
 import math
 import pickle
 from enum import Enum
-from numbers import Integral
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -32,6 +31,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from epochkit import _distributed, _logging
+from epochkit._validation import is_int, is_one_of, real_value
 from epochkit.stopping import criteria
 from epochkit.stopping.best_weights import HostWeights, host_copy_problem
 
@@ -98,10 +98,6 @@ _LIGHTNING_METHODS = ("_run_early_stopping_check", "_evaluate_stopping_criteria"
 
 # Where a checkpoint keeps what Lightning's state_dict has no key for (with Lightning's arguments only).
 _CHECKPOINT_KEY = "epochkit.EarlyStopping"
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, Integral) and not isinstance(value, bool)
 
 
 def _fit_is_running(trainer: pl.Trainer) -> bool:
@@ -339,26 +335,23 @@ class EarlyStopping(LightningEarlyStopping):
         bad = self._bad
         if self.min_delta_mode not in criteria.MIN_DELTA_MODES:
             raise bad("min_delta_mode", self.min_delta_mode, f"allowed: {list(criteria.MIN_DELTA_MODES)}")
-        if self.restore_best_weights not in (True, False, "checkpoint") or (
-            isinstance(self.restore_best_weights, int) and not isinstance(self.restore_best_weights, bool)
-        ):
+        if not is_one_of(self.restore_best_weights, (True, False, "checkpoint")):
             raise bad("restore_best_weights", self.restore_best_weights, "allowed: True, False, 'checkpoint'")
-        if not _is_int(self.start_from_epoch) or self.start_from_epoch < 0:
+        if not is_int(self.start_from_epoch) or self.start_from_epoch < 0:
             raise bad("start_from_epoch", self.start_from_epoch, "it must be an int >= 0")
-        if self.baseline is not None and (
-            isinstance(self.baseline, bool) or _as_real(self.baseline) is None or not math.isfinite(self.baseline)
-        ):
+        baseline = real_value(self.baseline) if self.baseline is not None else 0.0
+        if baseline is None or not math.isfinite(baseline):
             raise bad("baseline", self.baseline, "it must be a finite number or None")
         if self.smoothing is not None and self.smoothing not in criteria.SMOOTHINGS:
             raise bad("smoothing", self.smoothing, f"allowed: {list(criteria.SMOOTHINGS)} or None")
-        if not _is_int(self.smoothing_window) or self.smoothing_window < 1:
+        if not is_int(self.smoothing_window) or self.smoothing_window < 1:
             raise bad("smoothing_window", self.smoothing_window, "it must be an int >= 1 (values averaged)")
         if self.criterion not in criteria.CRITERIA:
             raise bad("criterion", self.criterion, f"allowed: {list(criteria.CRITERIA)}")
-        if not _is_int(self.strip_length) or self.strip_length < 1:
+        if not is_int(self.strip_length) or self.strip_length < 1:
             raise bad("strip_length", self.strip_length, "it must be an int >= 1 (checks per strip)")
         if self.criterion in ("GL", "PQ"):
-            alpha = None if isinstance(self.alpha, bool) else _as_real(self.alpha)
+            alpha = real_value(self.alpha)
             if alpha is None or not alpha > 0:
                 raise bad("alpha", self.alpha, f"criterion={self.criterion!r} needs a number > 0")
             if self.mode != "min":
@@ -373,7 +366,7 @@ class EarlyStopping(LightningEarlyStopping):
         elif self.train_monitor is not None:
             raise bad("train_monitor", self.train_monitor, "it only applies to criterion='PQ'; leave it None")
         if self.criterion == "UP":
-            if not _is_int(self.successive_strips) or self.successive_strips < 1:  # type: ignore[operator]
+            if not is_int(self.successive_strips) or self.successive_strips < 1:  # type: ignore[operator]
                 raise bad("successive_strips", self.successive_strips, "criterion='UP' needs an int >= 1")
         elif self.successive_strips is not None:
             raise bad("successive_strips", self.successive_strips, "it only applies to criterion='UP'; leave it None")

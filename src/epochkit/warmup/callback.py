@@ -18,7 +18,7 @@ from typing_extensions import override
 
 from epochkit._callback import cached_state_key
 from epochkit._logging import current_step, log_scalars
-from epochkit._validation import check_bool, check_number
+from epochkit._validation import check_bool, check_number, is_int, is_real
 from epochkit.schedules import WarmupShape, check_warmup, warmup_factor
 
 log = logging.getLogger("epochkit.warmup")
@@ -49,7 +49,7 @@ def _warmup_in(scheduler: Any) -> str | None:
         if theirs:
             return f"{fn.func.__module__}.{name} with num_warmup_steps={theirs}"
     warmup_t = getattr(scheduler, "warmup_t", 0)  # timm's schedulers
-    if isinstance(warmup_t, int | float) and not isinstance(warmup_t, bool) and warmup_t > 0:
+    if is_real(warmup_t) and warmup_t > 0:
         return f"warmup_t={warmup_t}"
     return None
 
@@ -134,11 +134,7 @@ class LRWarmup(Callback):
                 "Give exactly one of `steps`, `epochs` or `fraction` to LRWarmup, "
                 f"got {', '.join(f'`{n}`' for n in given) or 'none'}."
             )
-        if (
-            steps is not None
-            and steps != UNTUNED
-            and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1)
-        ):
+        if steps is not None and steps != UNTUNED and (not is_int(steps) or int(steps) < 1):
             raise ValueError(f"`steps` must be an int >= 1 or 'untuned', got {steps!r}.")
         if epochs is not None:
             check_number("LRWarmup", "epochs", epochs, above=0.0)
@@ -146,7 +142,7 @@ class LRWarmup(Callback):
             check_number("LRWarmup", "fraction", fraction, above=0.0, maximum=1.0)
         check_warmup(1, shape, start_factor)
         check_bool("LRWarmup", "log_lr", log_lr)
-        self.steps = steps
+        self.steps = int(steps) if steps is not None and is_int(steps) else steps  # NumPy ints: the int's state_key
         self.epochs = epochs
         self.fraction = fraction
         self.shape = shape

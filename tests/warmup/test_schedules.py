@@ -27,7 +27,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from epochkit import schedules
-from tests.helpers import RegressionDataModule, RegressionModule
+from tests.helpers import RegressionDataModule, RegressionModule, quiet_trainer
 
 
 # ------------------------------------------------------------------------------------------- HF references
@@ -415,15 +415,7 @@ class _ScheduledModule(RegressionModule):
 
 def test_total_steps_inside_configure_optimizers(tmp_path) -> None:  # type: ignore[no-untyped-def]
     model = _ScheduledModule()
-    trainer = pl.Trainer(
-        max_epochs=3,
-        accumulate_grad_batches=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path, max_epochs=3, accumulate_grad_batches=2)
     trainer.fit(model, datamodule=RegressionDataModule(num_samples=48, batch_size=8))
     # 6 batches an epoch, 2 accumulated per step: 3 steps an epoch, 9 in all. The last one still trained (the
     # schedule reaches its floor at the horizon, step 9), and the scheduler now holds the floor.

@@ -204,3 +204,25 @@ def test_a_fit_after_a_resumed_fit_starts_fresh(tmp_path: Path) -> None:
     assert [v.epoch for v in audit.verdicts_] == [0, 1, 2]
     fit([audit], AuditDataModule(n=64, seed=1), max_epochs=2)  # the same instance, a new fit
     assert [v.epoch for v in audit.verdicts_] == [0, 1]
+
+
+def test_fingerprint_multipliers_live_for_one_fit_not_for_the_process() -> None:
+    """The fingerprint's per-width multiplier tables (device tensors) belong to the fit's audit, not to a module-level
+    cache that would hold device memory until the process exits."""
+    from epochkit.audit import recording
+
+    audit = ShuffleAudit(on_issue="log")
+    during: list[int] = []
+
+    class Probe(pl.Callback):
+        def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            during.append(len(audit._fingerprint_tables_))
+
+    fit([audit, Probe()], AuditDataModule(kind="stream", num_workers=0), max_epochs=1)
+    assert during and during[0] > 0  # the stream has no sampler indices nor ids: fingerprinted, tables kept
+    assert audit._fingerprint_tables_ == {}  # released at teardown
+    assert not [
+        name
+        for name, value in vars(recording).items()
+        if isinstance(value, dict) and value and all(isinstance(v, torch.Tensor) for v in value.values())
+    ]

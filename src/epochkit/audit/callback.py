@@ -165,7 +165,8 @@ class ShuffleAudit(Callback):
     _report_dir_: Path | None
     _steps_: int
     _patched_: tuple[Any, Any] | None
-    _intended_: frozenset[str]
+    _overfit_codes_: frozenset[str]
+    _fingerprint_tables_: dict[tuple[int, str], torch.Tensor]  # fingerprint multipliers on device, for one fit
 
     def __init__(
         self,
@@ -254,11 +255,12 @@ class ShuffleAudit(Callback):
             detach(loader)
         self._attached_ = {}
         self._loaders_ = []
+        self._fingerprint_tables_ = {}  # device memory goes when the fit ends
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # overfit_batches replays the same sequential batches on purpose: no order finding then.
-        self._intended_ = _INTENDED_BY_OVERFIT if getattr(trainer, "overfit_batches", 0) > 0 else frozenset()
+        self._overfit_codes_ = _INTENDED_BY_OVERFIT if getattr(trainer, "overfit_batches", 0) > 0 else frozenset()
         if trainer.is_global_zero:
             self._report_dir_ = self._choose_report_dir(trainer)
         self._loaders_ = self._follow_loaders(trainer, [])
@@ -334,7 +336,7 @@ class ShuffleAudit(Callback):
                         slot.ids.append(torch.as_tensor(value).reshape(-1).detach())
                 if value is None and self.fingerprints and slot.source != "sample_ids":
                     slot.source = "content fingerprints"  # no sample_ids, or none in this loader's batches
-                    slot.ids.append(fingerprint(part))
+                    slot.ids.append(fingerprint(part, self._fingerprint_tables_))
             if (
                 slot.labels_array is None
                 and self.labels is not None
@@ -434,7 +436,8 @@ class ShuffleAudit(Callback):
         self._report_dir_ = None
         self._steps_ = 0
         self._patched_ = None
-        self._intended_ = frozenset()
+        self._overfit_codes_ = frozenset()
+        self._fingerprint_tables_ = {}
 
     def _follow_loaders(self, trainer: pl.Trainer, old: list[_Loader]) -> list[_Loader]:
         """The fit's train loaders now, keeping what is known of the ones that did not change and dropping the
@@ -604,7 +607,7 @@ class ShuffleAudit(Callback):
             _logging.log_image(trainer, prefix + "label_map", img.render_label_map(img.label_map(table)))
 
     def _skip(self) -> set[str]:
-        return set(self.ignore) | set(self._intended_)
+        return set(self.ignore) | set(self._overfit_codes_)
 
     def _report(self, trainer: pl.Trainer, verdict: EpochVerdict, tag_step: int | None = None) -> None:
         if verdict.epoch is not None:

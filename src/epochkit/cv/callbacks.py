@@ -5,7 +5,6 @@ They run on every rank (DDP) and write files from global rank 0 only; the driver
 
 from __future__ import annotations
 
-import logging
 import random
 import time
 from pathlib import Path
@@ -25,8 +24,6 @@ from epochkit._logging import log_text
 from epochkit._validation import is_real
 from epochkit.cv.data import rebuild_loader
 from epochkit.cv.reset import weights_checksum
-
-log = logging.getLogger("epochkit.cv")
 
 
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:

@@ -148,6 +148,29 @@ class ShuffleAudit(Callback):
         escalate: Notice codes to report as issues (``weak_mixing``, ``correlated_batches``, ``iterable_workers``).
         images: Whether to log an order map and a label map per loader and epoch to TensorBoard (when the Trainer
             has a TensorBoard logger).
+
+    Example:
+        A shuffled loader passes; the same loader unshuffled fails the fit (``on_issue="raise"``):
+
+        >>> import tempfile
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> from epochkit.demo import DigitsClassifier
+        >>> data = TensorDataset(torch.randn(64, 64), torch.randint(0, 10, (64,)))
+        >>> def fit(shuffle: bool) -> ShuffleAudit:
+        ...     audit = ShuffleAudit(on_issue="raise")
+        ...     with tempfile.TemporaryDirectory() as root:
+        ...         trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False,
+        ...                              enable_progress_bar=False, enable_model_summary=False,
+        ...                              default_root_dir=root, callbacks=[audit])
+        ...         trainer.fit(DigitsClassifier(), DataLoader(data, batch_size=16, shuffle=shuffle))
+        ...     return audit
+        >>> audit = fit(shuffle=True)
+        >>> [(v.epoch, v.metrics["coverage"], v.issues) for v in audit.verdicts_]
+        [(0, 1.0, []), (1, 1.0, [])]
+        >>> fit(shuffle=False)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        epochkit.audit.callback.ShuffleAuditError: ...shuffle_off...
     """
 
     # State made during fit (skorch's trailing underscore), declared for type checkers.

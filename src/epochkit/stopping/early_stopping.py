@@ -204,7 +204,18 @@ class EarlyStopping(LightningEarlyStopping):
             weight-averaging callbacks, or a Lightning version without the methods this class extends.
 
     Example:
+        A fit that ends with the weights of its best epoch:
+
+        >>> import tempfile
+        >>> from epochkit.demo import DigitsClassifier, DigitsDataModule
         >>> es = EarlyStopping(monitor="val_loss", patience=5, restore_best_weights=True)
+        >>> with tempfile.TemporaryDirectory() as root:
+        ...     trainer = pl.Trainer(max_epochs=3, limit_train_batches=4, limit_val_batches=2, logger=False,
+        ...                          enable_checkpointing=False, enable_progress_bar=False,
+        ...                          enable_model_summary=False, default_root_dir=root, callbacks=[es])
+        ...     trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule(batch_size=32))
+        >>> es.best_epoch >= 0 and es.restored_epoch == es.best_epoch
+        True
         >>> es.state_key
         "EarlyStopping{'monitor': 'val_loss', 'mode': 'min'}"
         >>> EarlyStopping(monitor="val_loss", patience=2.0, min_delta=-0.01).patience  # Lightning's values work

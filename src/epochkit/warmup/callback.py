@@ -98,6 +98,18 @@ class LRWarmup(Callback):
             (``Trainer(log_every_n_steps=...)``), while warmup lasts.
 
     Example:
+        The first 10 optimizer steps of a fit warm up; the module's own LR is untouched afterwards:
+
+        >>> import tempfile
+        >>> from epochkit.demo import DigitsClassifier, DigitsDataModule
+        >>> model, warmup = DigitsClassifier(lr=1e-3), LRWarmup(steps=10)
+        >>> with tempfile.TemporaryDirectory() as root:
+        ...     trainer = pl.Trainer(max_epochs=1, limit_train_batches=24, limit_val_batches=0, logger=False,
+        ...                          enable_checkpointing=False, enable_progress_bar=False,
+        ...                          enable_model_summary=False, default_root_dir=root, callbacks=[warmup])
+        ...     trainer.fit(model, datamodule=DigitsDataModule(batch_size=32))
+        >>> warmup.steps_applied_, warmup.warmup_steps_, trainer.optimizers[0].param_groups[0]["lr"]
+        ([10], [[10]], 0.001)
         >>> warmup = LRWarmup(steps=100, shape="cosine")
         >>> warmup.state_key
         "LRWarmup{'steps': 100, 'epochs': None, 'fraction': None, 'shape': 'cosine', 'start_factor': 0.0}"

@@ -43,7 +43,7 @@ def test_the_sdist_holds_the_package_its_tests_examples_benchmarks_and_docs_only
     with tarfile.open(sdist) as tar:
         names = [name.split("/", 1)[1] for name in tar.getnames() if "/" in name]
     allowed = ("src/epochkit/", "tests/", "examples/", "benchmarks/", "docs/")
-    top = {"README.md", "CHANGELOG.md", "LICENSE", "pyproject.toml", "PKG-INFO", ".gitignore"}
+    top = {"README.md", "CHANGELOG.md", "CONTRIBUTING.md", "LICENSE", "pyproject.toml", "PKG-INFO", ".gitignore"}
     stray = [n for n in names if not n.startswith(allowed) and n not in top]
     assert not stray, stray
     assert not [n for n in names if n.endswith((".ckpt", ".pyc")) or "lightning_logs" in n]

@@ -46,7 +46,8 @@ def _judge(config: Any, epochs: list[list[tuple[np.ndarray, np.ndarray]]]) -> li
     world = len(epochs[0])
     for epoch, per_rank in enumerate(epochs):
         payloads = [
-            epoch_payload(ids, sizes, source="sample_ids", universe=None, world_size=world) for ids, sizes in per_rank
+            epoch_payload(ids, sizes, source="sample_ids", dataset_size=None, world_size=world)
+            for ids, sizes in per_rank
         ]
         verdict, previous = judge_epoch(epoch, payloads, [config] * world, previous, epoch - 1 if epoch else None)
         verdicts.append(verdict)

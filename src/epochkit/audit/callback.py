@@ -611,7 +611,7 @@ class ShuffleAudit(Callback):
             ids,
             sizes,
             source=source,
-            universe=config.get("universe"),
+            dataset_size=config.get("dataset_size"),
             world_size=trainer.world_size,
             max_samples=self.max_samples,
             labels_by_id=slot.labels_array,

@@ -68,14 +68,14 @@ class CoverageStats:
     """How much of the data one epoch (or one rank) presented.
 
     Attributes:
-        seen: Positions presented (samples drawn, counting repeats).
+        presented: Positions presented (samples drawn, counting repeats).
         distinct: Distinct samples among them.
-        expected: Distinct samples a healthy epoch presents: ``min(universe, seen)``.
-        duplicates: ``seen - distinct``.
+        expected: Distinct samples a healthy epoch presents: ``min(dataset_size, presented)``.
+        duplicates: ``presented - distinct``.
         allowed_duplicates: Repeats a healthy epoch may have (``DistributedSampler`` padding).
     """
 
-    seen: int
+    presented: int
     distinct: int
     expected: int
     duplicates: int
@@ -143,21 +143,21 @@ def count_distinct(ids: np.ndarray) -> int:
     return int(np.unique(ids).size)
 
 
-def coverage_stats(ids: np.ndarray, universe: int | None, allowed_duplicates: int = 0) -> CoverageStats:
-    """Coverage and duplicates of one epoch's ``ids`` against a data set of ``universe`` samples.
+def coverage_stats(ids: np.ndarray, dataset_size: int | None, allowed_duplicates: int = 0) -> CoverageStats:
+    """Coverage and duplicates of one epoch's ``ids`` against a data set of ``dataset_size`` samples.
 
-    ``universe=None`` (an iterable data set of unknown size) expects every presented sample to be distinct.
+    ``dataset_size=None`` (an iterable data set of unknown size) expects every presented sample to be distinct.
 
     Example:
-        >>> s = coverage_stats(np.array([0, 1, 2, 2]), universe=4)
+        >>> s = coverage_stats(np.array([0, 1, 2, 2]), dataset_size=4)
         >>> s.distinct, s.duplicates, s.missing, round(s.coverage, 2)
         (3, 1, 1, 0.75)
     """
     ids = np.asarray(ids)
-    seen = int(ids.size)
+    presented = int(ids.size)
     distinct = count_distinct(ids)
-    expected = seen if universe is None else min(int(universe), seen)
-    return CoverageStats(seen, distinct, expected, seen - distinct, int(allowed_duplicates))
+    expected = presented if dataset_size is None else min(int(dataset_size), presented)
+    return CoverageStats(presented, distinct, expected, presented - distinct, int(allowed_duplicates))
 
 
 def rank_overlap(ids_per_rank: Sequence[np.ndarray]) -> tuple[int, int]:

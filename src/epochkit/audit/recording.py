@@ -360,7 +360,7 @@ def describe_loader(loader: DataLoader) -> LoaderConfig:
     Example:
         >>> from torch.utils.data import TensorDataset
         >>> d = describe_loader(DataLoader(TensorDataset(torch.arange(10)), batch_size=4, shuffle=True))
-        >>> d["sampler"], d["shuffle"], d["length"], d["drop_last"], d["universe"], d["design"]
+        >>> d["sampler"], d["shuffle"], d["length"], d["drop_last"], d["dataset_size"], d["design"]
         ('RandomSampler', True, 10, False, 10, 'sample')
     """
     dataset = loader.dataset
@@ -371,19 +371,19 @@ def describe_loader(loader: DataLoader) -> LoaderConfig:
     shuffle: bool | None = None
     seed: int | None = None
     replacement = False
-    # The universe is counted in samples: the data set's length, never a sampler's (a RandomSampler with
+    # The data set size is counted in samples: the data set's length, never a sampler's (a RandomSampler with
     # num_samples=2N draws every sample twice; a custom batch sampler's len() counts batches). Only an explicit
     # subset sampler (SubsetRandomSampler) narrows it.
-    universe = None if iterable else _sized(dataset)
+    dataset_size = None if iterable else _sized(dataset)
     padding = 0
     name = type(sampler).__qualname__
     uniform = False  # a torch sampler that permutes samples uniformly
     if isinstance(sampler, DistributedSampler):
         shuffle = bool(sampler.shuffle)
         seed = int(sampler.seed)
-        universe = _sized(sampler.dataset)
-        if universe is not None and not sampler.drop_last:
-            padding = int(sampler.total_size) - universe
+        dataset_size = _sized(sampler.dataset)
+        if dataset_size is not None and not sampler.drop_last:
+            padding = int(sampler.total_size) - dataset_size
         inner = getattr(sampler.dataset, "_sampler", None)  # Lightning's DistributedSamplerWrapper
         if inner is not None:
             name = f"{name}({type(inner).__qualname__})"
@@ -399,7 +399,7 @@ def describe_loader(loader: DataLoader) -> LoaderConfig:
         uniform = True
     elif isinstance(sampler, SubsetRandomSampler):
         shuffle = True
-        universe = _sized(sampler.indices)
+        dataset_size = _sized(sampler.indices)
         uniform = True
     elif isinstance(sampler, WeightedRandomSampler):
         shuffle = True
@@ -419,7 +419,7 @@ def describe_loader(loader: DataLoader) -> LoaderConfig:
         length=None if iterable else _sized(sampler),
         drop_last=bool(drop_last),
         replacement=replacement,
-        universe=universe,
+        dataset_size=dataset_size,
         padding=padding,
         iterable=iterable,
         dataset=type(dataset).__qualname__,

@@ -30,6 +30,7 @@ from epochkit import LRWarmup
 from epochkit.cv.callbacks import FoldMonitor, OOFPredictor, ResumeCheckpoint
 from epochkit.cv.reset import weights_checksum
 from epochkit.demo import DigitsClassifier, DigitsDataModule
+from tests.helpers import quiet_trainer
 
 
 @dataclass(frozen=True)
@@ -233,17 +234,13 @@ def test_the_cross_validator_callbacks_follow_the_lifecycle(tmp_path: Path) -> N
     for callback in [*callbacks, OOFPredictor(str(tmp_path))]:
         assert not missing_attributes(callback), type(callback).__name__
         assert not overrides_without_marker(type(callback)), type(callback).__name__
-    trainer = pl.Trainer(
+    trainer = quiet_trainer(
+        tmp_path,
+        [*callbacks, AttributeProbe()],
         max_epochs=1,
         limit_train_batches=2,
         limit_val_batches=1,
-        accelerator="cpu",
-        logger=False,
         enable_checkpointing=True,  # FoldMonitor and ResumeCheckpoint are Checkpoint callbacks
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        callbacks=[*callbacks, AttributeProbe()],
     )
     trainer.fit(model, datamodule=DigitsDataModule(batch_size=32))
     assert trainer.state.finished

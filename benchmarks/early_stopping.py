@@ -1,8 +1,9 @@
 """What epochkit.EarlyStopping costs, measured side by side in one run (medians over interleaved repeats).
 
 1. ``restore_best_weights=True`` per improvement, for a ~100M-parameter model: the time of one best-weight copy
-   (``HostWeights.capture``, preallocated host buffers reused) against a plain ``copy_`` of one flat tensor of the
-   same bytes, and against the naive ``{k: v.detach().clone()}`` snapshot; the extra host memory it holds.
+   (``HostWeights.capture``, preallocated host buffers reused) and of the restore at fit end
+   (``HostWeights.load_into``) against a plain ``copy_`` of one flat tensor of the same bytes, and against the naive
+   ``{k: v.detach().clone()}`` snapshot; the extra host memory it holds.
 2. Per-epoch overhead of the callback in a real fit of a tiny model, against no callback and Lightning's
    ``EarlyStopping``; and the time of the check itself per call, with the ratio epochkit / Lightning when only
    Lightning's arguments are given (then epochkit calls Lightning's own decision code and adds rank agreement,
@@ -77,13 +78,14 @@ def bench_restore_copy(repeats: int, layers: int) -> None:
             target.copy_(source)
 
     loop()
-    captures, flats, loops, naives = [], [], [], []
-    for _ in range(repeats):  # interleaved, so that drift in the machine's load hits all four alike
+    captures, loads, flats, loops, naives = [], [], [], [], []
+    for _ in range(repeats):  # interleaved, so that drift in the machine's load hits all five alike
         captures.append(_timed(lambda: copy.capture(model)))
+        loads.append(_timed(lambda: copy.load_into(model)))
         flats.append(_timed(lambda: flat_dst.copy_(flat_src)))
         loops.append(_timed(loop))
         naives.append(_timed(lambda: {k: v.detach().clone() for k, v in model.state_dict().items()}))
-    cap, flat, per_tensor, naive = (statistics.median(x) for x in (captures, flats, loops, naives))
+    cap, load, flat, per_tensor, naive = (statistics.median(x) for x in (captures, loads, flats, loops, naives))
     mib = 2**20
     print(
         f"== restore_best_weights=True: cost per improvement ({n_params / 1e6:.1f}M parameters, {len(state)} tensors)"
@@ -93,12 +95,13 @@ def bench_restore_copy(repeats: int, layers: int) -> None:
         f"  best-weight copy (HostWeights.capture, buffers reused): {cap * 1e3:8.1f} ms"
         f"  ({n_bytes / cap / 2**30:.2f} GiB/s)"
     )
+    print(f"  restore at fit end (HostWeights.load_into):             {load * 1e3:8.1f} ms")
     print(f"  plain copy_ of one flat tensor of the same bytes:       {flat * 1e3:8.1f} ms")
     print(f"  bare copy_ loop over the same {len(sources)} tensors:              {per_tensor * 1e3:8.1f} ms")
     print(f"  naive snapshot {{k: v.clone()}} (allocates every time):   {naive * 1e3:8.1f} ms")
     print(
-        f"  ratio copy / plain copy_: {cap / flat:.2f}x;  copy / bare loop: {cap / per_tensor:.2f}x;"
-        f"  naive / plain: {naive / flat:.2f}x"
+        f"  ratio copy / plain copy_: {cap / flat:.2f}x;  restore / plain copy_: {load / flat:.2f}x;"
+        f"  copy / bare loop: {cap / per_tensor:.2f}x;  naive / plain: {naive / flat:.2f}x"
     )
     print(f"  first copy (allocates the buffers): {first * 1e3:.1f} ms")
     print(

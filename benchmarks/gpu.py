@@ -119,11 +119,12 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, IterableDataset,
 
 import epochkit
 from epochkit import EarlyStopping, LRWarmup, ShuffleAudit
+from epochkit._io import write_json_atomic
 from epochkit.audit.callback import ShuffleAuditWarning
 from epochkit.audit.recording import RecordingSampler, fingerprint
 from epochkit.cv.reset import WeightReset, WeightResetError, weights_checksum
+from epochkit.schedules import warmup_factor
 from epochkit.stopping import HostWeights
-from epochkit.warmup.schedules import warmup_factor
 
 SYNC_TEXT = "called a synchronizing CUDA operation"  # torch's warning text in set_sync_debug_mode("warn")
 SCRIPTED_VAL = (5.0, 4.0, 1.0, 3.0, 2.0)  # section 6's val_loss per epoch: best at epoch 2, training goes on to 4
@@ -313,9 +314,7 @@ class Results:
     def write(self) -> None:
         self.data["wall_s"] = round(time.perf_counter() - self.started, 2)
         self.data["passed"] = not self.failed()
-        tmp = self.out.with_name(f".{self.out.name}.tmp")
-        tmp.write_text(json.dumps(self.data, indent=2, allow_nan=True))
-        os.replace(tmp, self.out)
+        write_json_atomic(self.out, self.data)
 
 
 def _plain(value: Any) -> Any:

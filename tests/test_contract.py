@@ -1,5 +1,8 @@
 """One contract for every callback epochkit exports (skorch's rule): it pickles, its ``state_dict`` round-trips
-through a real checkpoint, and it builds from a LightningCLI YAML ``trainer.callbacks`` entry for a real fit.
+through a real checkpoint, and it builds from a LightningCLI YAML ``trainer.callbacks`` entry for a real fit. Every
+callback follows the one lifecycle of :mod:`epochkit._callback`: each attribute its class lists (class-level
+annotations) exists right after ``__init__`` and right after ``setup``, and each Lightning hook or method it overrides
+is marked ``@override``.
 
 A callback lands in ``epochkit.__all__`` only with a :class:`Case` here; Lightning's own ``EarlyStopping`` is the
 control that proves the harness works on its own.
@@ -14,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
@@ -23,6 +27,10 @@ from lightning.pytorch.cli import LightningCLI
 
 import epochkit
 from epochkit import LRWarmup
+from epochkit.cv.callbacks import FoldMonitor, OOFPredictor, ResumeCheckpoint
+from epochkit.cv.reset import weights_checksum
+from epochkit.demo import DigitsClassifier, DigitsDataModule
+from tests.helpers import quiet_trainer
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,53 @@ CASES: list[Case] = [
 ]
 
 
+def listed_attributes(cls: type) -> list[str]:
+    """The state attributes ``cls`` lists: the class-level annotations of its epochkit classes (ClassVars aside)."""
+    names: list[str] = []
+    for klass in cls.__mro__:
+        if klass.__module__.startswith("epochkit"):
+            for name, hint in vars(klass).get("__annotations__", {}).items():
+                if "ClassVar" not in str(hint) and name not in names:
+                    names.append(name)
+    return names
+
+
+def missing_attributes(callback: Callback) -> list[str]:
+    return [name for name in listed_attributes(type(callback)) if not hasattr(callback, name)]
+
+
+def overrides_without_marker(cls: type) -> list[str]:
+    """Methods and properties of ``cls``'s epochkit classes that override a base class's, without ``@override``."""
+    unmarked = []
+    for i, klass in enumerate(cls.__mro__):
+        if not klass.__module__.startswith("epochkit"):
+            continue
+        for name, member in vars(klass).items():
+            if name.startswith("__") or not any(name in vars(base) for base in cls.__mro__[i + 1 :]):
+                continue
+            function = member.fget if isinstance(member, property) else getattr(member, "__func__", member)
+            if callable(function) and not getattr(function, "__override__", False):
+                unmarked.append(f"{klass.__qualname__}.{name}")
+    return unmarked
+
+
+class AttributeProbe(Callback):
+    """Listed after the callback under test, so its ``setup`` runs right after the other's: checks its attributes
+    there, and again at fit start (after every ``setup``: Lightning moves ``Checkpoint`` callbacks last)."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._check(trainer, f"setup({stage!r})")
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check(trainer, "every setup")
+
+    @staticmethod
+    def _check(trainer: pl.Trainer, when: str) -> None:
+        for callback in trainer.callbacks:  # type: ignore[attr-defined]
+            missing = missing_attributes(callback)
+            assert not missing, f"{type(callback).__name__} lacks {missing} right after {when}"
+
+
 def _exported_callbacks() -> list[type[Callback]]:
     objects = (getattr(epochkit, name) for name in epochkit.__all__)
     return [obj for obj in objects if inspect.isclass(obj) and issubclass(obj, Callback)]
@@ -91,6 +146,7 @@ def test_every_exported_callback_has_a_contract_case() -> None:
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_callback_pickles(case: Case) -> None:
     callback = case.cls(**case.init_args)
+    assert not missing_attributes(callback), f"{case.id} lacks {missing_attributes(callback)} after __init__"
     clone = pickle.loads(pickle.dumps(callback))
     assert type(clone) is case.cls
     assert clone.state_key == callback.state_key
@@ -111,7 +167,10 @@ def test_callback_builds_from_lightning_cli_yaml_and_round_trips_its_state(case:
             "enable_progress_bar": False,
             "enable_model_summary": False,
             "default_root_dir": str(tmp_path),
-            "callbacks": [{"class_path": case.class_path, "init_args": case.init_args}],
+            "callbacks": [
+                {"class_path": case.class_path, "init_args": case.init_args},
+                {"class_path": "tests.test_contract.AttributeProbe"},
+            ],
         },
         "model": {"class_path": "epochkit.demo.DigitsClassifier"},
         "data": {"class_path": "epochkit.demo.DigitsDataModule", "init_args": {"batch_size": 32}},
@@ -143,3 +202,45 @@ def test_callback_builds_from_lightning_cli_yaml_and_round_trips_its_state(case:
     buffer.seek(0)
     fresh.load_state_dict(torch.load(buffer, weights_only=True))
     _assert_same_state(fresh.state_dict(), callback.state_dict())
+
+
+@pytest.mark.parametrize("cls", sorted({case.cls for case in CASES} - {LightningEarlyStopping}, key=str))
+def test_every_lightning_override_is_marked(cls: type[Callback]) -> None:
+    assert not overrides_without_marker(cls), "mark these with typing_extensions.override"
+
+
+def test_the_contract_checks_can_fail() -> None:
+    """The two lifecycle checks above, on classes made to break them."""
+
+    class Unlisted(Callback):
+        __module__ = "epochkit.fake"
+        made_in_setup_: list[int]
+
+        def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+            self.made_in_setup_ = []
+
+    assert missing_attributes(Unlisted()) == ["made_in_setup_"]
+    assert overrides_without_marker(Unlisted) == [f"{Unlisted.__qualname__}.setup"]
+
+
+def test_the_cross_validator_callbacks_follow_the_lifecycle(tmp_path: Path) -> None:
+    """Not exported (CrossValidator adds them to every fold), held to the same lifecycle in a real fit."""
+    model = DigitsClassifier()
+    checksum = weights_checksum(model)
+    callbacks: list[Callback] = [
+        FoldMonitor(0, "plan", checksum, str(tmp_path / "history.json"), str(tmp_path / "kept.json")),
+        ResumeCheckpoint(str(tmp_path / "last.ckpt")),
+    ]
+    for callback in [*callbacks, OOFPredictor(str(tmp_path))]:
+        assert not missing_attributes(callback), type(callback).__name__
+        assert not overrides_without_marker(type(callback)), type(callback).__name__
+    trainer = quiet_trainer(
+        tmp_path,
+        [*callbacks, AttributeProbe()],
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        enable_checkpointing=True,  # FoldMonitor and ResumeCheckpoint are Checkpoint callbacks
+    )
+    trainer.fit(model, datamodule=DigitsDataModule(batch_size=32))
+    assert trainer.state.finished

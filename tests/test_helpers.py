@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from tests.helpers import RegressionDataModule, RegressionModule, fit_ddp, read_tensorboard
+from tests.helpers import RegressionDataModule, RegressionModule, fit_ddp, quiet_trainer, read_tensorboard
 
 
 def _rank_facts(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict:
@@ -39,15 +39,8 @@ class _LogText(Callback):
 
 
 def test_read_tensorboard_returns_what_a_real_trainer_logged(tmp_path) -> None:
-    trainer = pl.Trainer(
-        max_epochs=2,
-        accelerator="cpu",
-        logger=TensorBoardLogger(tmp_path, name="run"),
-        log_every_n_steps=1,
-        callbacks=[_LogText()],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+    trainer = quiet_trainer(
+        None, [_LogText()], max_epochs=2, logger=TensorBoardLogger(tmp_path, name="run"), log_every_n_steps=1
     )
     trainer.fit(RegressionModule(), datamodule=RegressionDataModule(num_samples=32, batch_size=8))
     run = read_tensorboard(tmp_path)

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import lightning.pytorch as pl
 import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
+from typing_extensions import override
 
 T = TypeVar("T")
 
@@ -78,6 +79,7 @@ class DestroyProcessGroupAtExit(Callback):
         ...                      callbacks=[DestroyProcessGroupAtExit()])
     """
 
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # Runs on every rank after the strategy has initialised the process group.
         if trainer.world_size > 1:

@@ -5,17 +5,12 @@ and the directory for a callback's files (written through :mod:`epochkit._io`). 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
-
-from epochkit._io import write_json_atomic  # noqa: F401  (re-exported for the callbacks that write reports)
-
-log = logging.getLogger("epochkit")
 
 
 def current_step(trainer: pl.Trainer) -> int:

@@ -14,6 +14,44 @@ import os
 from collections.abc import Collection
 from typing import Any, NoReturn
 
+import torch
+
+
+def is_int(value: Any) -> bool:
+    """Whether ``value`` is an integer (any ``numbers.Integral``, a NumPy one too) and not a ``bool``.
+
+    Example:
+        >>> import numpy as np
+        >>> is_int(3), is_int(np.int64(3)), is_int(True), is_int(3.0)
+        (True, True, False, False)
+    """
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_real(value: Any) -> bool:
+    """Whether ``value`` is a real number (any ``numbers.Real``, NumPy ones too) and not a ``bool``."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def real_value(value: Any) -> float | None:
+    """``float(value)`` for a real number given as a number (:func:`is_real`) or a one-element real tensor, else
+    ``None`` (a ``bool``, a string, a sequence, a complex number).
+
+    Example:
+        >>> real_value(2), real_value(torch.tensor([0.5])), real_value(True), real_value("1")
+        (2.0, 0.5, None, None)
+    """
+    if is_real(value):
+        return float(value)
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex() and value.dtype != torch.bool:
+        return float(value)
+    return None
+
+
+def is_one_of(value: Any, choices: Collection[Any]) -> bool:
+    """Whether ``value`` is one of ``choices``, by type as well as value (``1`` is not ``True``)."""
+    return any(value is c or (type(value) is type(c) and value == c) for c in choices)
+
 
 def fail(owner: str, name: str, value: Any, allowed: str, error: type[Exception] = ValueError) -> NoReturn:
     """Raise ``error`` with the template message.
@@ -51,7 +89,7 @@ def check_int(owner: str, name: str, value: Any, minimum: int | None = None, max
         ValueError: CrossValidator(seed=-1): must be an int >= 0; got int -1.
     """
     allowed = "an int" + _bounds([(">=", minimum), ("<=", maximum)])
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if not is_int(value):
         fail(owner, name, value, allowed, TypeError)
     number = int(value)
     if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
@@ -80,7 +118,7 @@ def check_number(
     """
     bounds = [(">=", minimum), (">", above), ("<=", maximum), ("<", below)]
     allowed = "a finite number" + _bounds(bounds)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if not is_real(value):
         fail(owner, name, value, allowed, TypeError)
     number = float(value)
     if (
@@ -103,7 +141,7 @@ def check_choice(owner: str, name: str, value: Any, choices: Collection[Any]) ->
         ...
         ValueError: CrossValidator(reset='zero'): must be one of 'snapshot', 'reinit'; got str 'zero'.
     """
-    if not any(value is c or (type(value) is type(c) and value == c) for c in choices):
+    if not is_one_of(value, choices):
         fail(owner, name, value, "one of " + ", ".join(repr(c) for c in choices))
     return value
 

@@ -12,9 +12,10 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from examples.shuffle_bug import OnceShuffledSampler
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, TensorDataset, get_worker_info
 
-from tests.helpers import DigitsClassifier
+from tests.helpers import DigitsClassifier, quiet_trainer
 
 FEATURES = 64
 
@@ -59,17 +60,12 @@ class StreamSet(IterableDataset):
             yield self.x[i], self.y[i]
 
 
-class FixedPermutationSampler(Sampler[int]):
-    """Bug: shuffles once, in ``__init__``, and never reseeds: the same order every epoch."""
+class FixedPermutationSampler(OnceShuffledSampler):
+    """Bug: shuffles once, in ``__init__``, and never reseeds: the same order every epoch. The example's sampler
+    (``examples/shuffle_bug.py``), under the name the audit's messages in these tests show."""
 
     def __init__(self, n: int, seed: int = 0) -> None:
-        self.order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.order)
-
-    def __len__(self) -> int:
-        return len(self.order)
+        super().__init__(n, seed)
 
 
 class RotatingSampler(Sampler[int]):
@@ -209,17 +205,7 @@ def model() -> DigitsClassifier:
 
 def fit(callbacks: list[pl.Callback], dm: AuditDataModule, ckpt_path: Any = None, **trainer_kwargs: Any) -> pl.Trainer:
     """A quick single-process fit with no validation, logger or checkpoint unless asked for."""
-    kwargs: dict[str, Any] = {
-        "max_epochs": 3,
-        "accelerator": "cpu",
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "limit_val_batches": 0,
-    }
-    kwargs.update(trainer_kwargs)
-    trainer = pl.Trainer(callbacks=callbacks, **kwargs)
+    trainer = quiet_trainer(None, callbacks, **{"max_epochs": 3, "limit_val_batches": 0, **trainer_kwargs})
     trainer.fit(model(), datamodule=dm, ckpt_path=ckpt_path)
     return trainer
 

@@ -41,7 +41,8 @@ def _judged(loader: DataLoader, set_epoch: object) -> list:
         set_epoch(epoch)  # type: ignore[operator]
         batches = list(loader.batch_sampler)  # the index batches the recorder sees
         ids = np.concatenate(batches)
-        payload = epoch_payload(ids, np.array([len(b) for b in batches]), source="sampler indices", universe=len(ids))
+        sizes = np.array([len(b) for b in batches])
+        payload = epoch_payload(ids, sizes, source="sampler indices", dataset_size=len(ids))
         verdict, previous = judge_epoch(epoch, [payload], [config], previous, epoch - 1 if epoch else None)
         verdicts.append(verdict)
     return verdicts

@@ -17,7 +17,7 @@ from epochkit import ShuffleAudit, ShuffleAuditError, ShuffleAuditWarning
 from epochkit.audit.recording import RecordingSampler
 from tests.audit import _data
 from tests.audit._data import AuditDataModule, fit
-from tests.helpers import read_tensorboard
+from tests.helpers import quiet_trainer, read_tensorboard
 
 
 def _weights_after_fit(audit: bool, num_workers: int, sampler: bool) -> dict[str, torch.Tensor]:
@@ -110,15 +110,9 @@ def test_resume_keeps_the_previous_epoch_to_compare_with(tmp_path: Path) -> None
     dm = AuditDataModule(sampler=_data.fixed_permutation)
     fit([ShuffleAudit(on_issue="log"), ckpt], dm, max_epochs=1, enable_checkpointing=True)
     resumed = ShuffleAudit(on_issue="log")
-    pl.Trainer(
-        max_epochs=2,
-        accelerator="cpu",
-        logger=False,
-        limit_val_batches=0,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[resumed],
-    ).fit(_data.model(), datamodule=dm, ckpt_path=tmp_path / "last.ckpt")
+    quiet_trainer(None, [resumed], max_epochs=2, limit_val_batches=0, enable_checkpointing=True).fit(
+        _data.model(), datamodule=dm, ckpt_path=tmp_path / "last.ckpt"
+    )
     # Epoch 1 ran only after the resume, yet it was compared with epoch 0 from the checkpoint.
     assert [v.epoch for v in resumed.verdicts_] == [0, 1]
     assert [f.code for f in resumed.verdicts_[1].findings] == ["order_unchanged"]
@@ -173,16 +167,8 @@ def test_a_labels_array_of_the_wrong_length_fails_at_fit_start_naming_both_sizes
 
 
 def _plain_trainer(root: Path, callbacks: list[pl.Callback], max_epochs: int) -> pl.Trainer:
-    """A CPU Trainer without logger, checkpoints or progress bar, for tests that bring their own data."""
-    return pl.Trainer(
-        max_epochs=max_epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        default_root_dir=root,
-        callbacks=callbacks,
-    )
+    """A quiet Trainer for tests that bring their own data."""
+    return quiet_trainer(root, callbacks, max_epochs=max_epochs)
 
 
 def test_a_labels_key_beyond_the_tensor_dataset_fails_at_fit_start_naming_the_keys(tmp_path: Path) -> None:
@@ -202,16 +188,7 @@ def test_state_key_reflects_settings() -> None:
 
 def test_the_loader_and_strategy_are_restored_when_fit_raises() -> None:
     dm = AuditDataModule(shuffle=False)
-    trainer = pl.Trainer(
-        max_epochs=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=[ShuffleAudit(on_issue="raise")],
-    )
+    trainer = quiet_trainer(None, [ShuffleAudit(on_issue="raise")], max_epochs=2, limit_val_batches=0)
     with pytest.raises(ShuffleAuditError):
         trainer.fit(_data.model(), datamodule=dm)
     assert not isinstance(trainer.train_dataloader.batch_sampler, RecordingSampler)
@@ -227,3 +204,25 @@ def test_a_fit_after_a_resumed_fit_starts_fresh(tmp_path: Path) -> None:
     assert [v.epoch for v in audit.verdicts_] == [0, 1, 2]
     fit([audit], AuditDataModule(n=64, seed=1), max_epochs=2)  # the same instance, a new fit
     assert [v.epoch for v in audit.verdicts_] == [0, 1]
+
+
+def test_fingerprint_multipliers_live_for_one_fit_not_for_the_process() -> None:
+    """The fingerprint's per-width multiplier tables (device tensors) belong to the fit's audit, not to a module-level
+    cache that would hold device memory until the process exits."""
+    from epochkit.audit import recording
+
+    audit = ShuffleAudit(on_issue="log")
+    during: list[int] = []
+
+    class Probe(pl.Callback):
+        def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            during.append(len(audit._fingerprint_tables_))
+
+    fit([audit, Probe()], AuditDataModule(kind="stream", num_workers=0), max_epochs=1)
+    assert during and during[0] > 0  # the stream has no sampler indices nor ids: fingerprinted, tables kept
+    assert audit._fingerprint_tables_ == {}  # released at teardown
+    assert not [
+        name
+        for name, value in vars(recording).items()
+        if isinstance(value, dict) and value and all(isinstance(v, torch.Tensor) for v in value.values())
+    ]

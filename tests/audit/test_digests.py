@@ -21,6 +21,7 @@ from epochkit.audit import compare
 from epochkit.audit.__main__ import main
 from epochkit.audit.callback import DIGEST_FILE, REPORT_FILE
 from tests.audit import _data, _streams
+from tests.helpers import quiet_trainer
 
 
 class EpochSeeded(Sampler[int]):
@@ -55,16 +56,7 @@ class Seeded(pl.LightningDataModule):
 def _run(root: Path, epochs: int, dm: Seeded, ckpt: Path | None = None) -> Path:
     callbacks: list[pl.Callback] = [ShuffleAudit(on_issue="raise", sample_ids="idx" if dm.stream else None)]
     callbacks += [SetEpoch(), ModelCheckpoint(dirpath=root / "ckpt", save_last=True)]
-    trainer = pl.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        default_root_dir=root,
-        callbacks=callbacks,
-    )
+    trainer = quiet_trainer(root, callbacks, max_epochs=epochs, limit_val_batches=0, enable_checkpointing=True)
     model = _streams.model() if dm.stream else _data.model()
     trainer.fit(model, datamodule=dm, ckpt_path=ckpt)
     reports = sorted((root / "shuffle_audit").glob("version_*"))

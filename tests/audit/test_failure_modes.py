@@ -113,11 +113,11 @@ def test_persistent_workers_hide_a_dataset_level_set_epoch() -> None:
 
 
 def test_oversampling_without_replacement_is_not_duplicates_or_missed_samples() -> None:
-    # RandomSampler(num_samples=2N) draws every sample twice: the universe is the data set (160), not the
+    # RandomSampler(num_samples=2N) draws every sample twice: the data set size is 160 (the data set), not the
     # sampler's length (320), so the repeats are allowed and nothing is missed.
     audit = ShuffleAudit(on_issue="raise")
     fit([audit], AuditDataModule(n=160, sampler=_data.oversampling), max_epochs=2)
-    assert audit.configs_["train_dataloader"][0]["universe"] == 160
+    assert audit.configs_["train_dataloader"][0]["dataset_size"] == 160
     assert all(not v.findings for v in audit.verdicts_), [v.to_dict() for v in audit.verdicts_]
     assert audit.verdicts_[0].metrics["coverage"] == 1.0
 
@@ -125,14 +125,14 @@ def test_oversampling_without_replacement_is_not_duplicates_or_missed_samples() 
 def test_a_custom_batch_sampler_is_judged_against_the_data_set_not_its_batch_count() -> None:
     audit = ShuffleAudit(on_issue="log")
     fit([audit], AuditDataModule(n=160, batch_sampler=_data.half_with_repeats_batches), max_epochs=1)
-    assert audit.configs_["train_dataloader"][0]["universe"] == 160  # not len(batch_sampler) == 6
+    assert audit.configs_["train_dataloader"][0]["dataset_size"] == 160  # not len(batch_sampler) == 6
     assert epoch_codes(audit)[0] == {"duplicate_samples", "incomplete_coverage"}
 
 
 def test_a_custom_sampler_shorter_than_the_data_says_how_much_was_never_drawn() -> None:
     audit = ShuffleAudit(on_issue="log")
     fit([audit], AuditDataModule(n=160, sampler=_data.half_with_repeats), max_epochs=1)
-    assert audit.configs_["train_dataloader"][0]["universe"] == 160  # not len(sampler) == 96
+    assert audit.configs_["train_dataloader"][0]["dataset_size"] == 160  # not len(sampler) == 96
     assert epoch_codes(audit)[0] == {"duplicate_samples", "incomplete_coverage"}
     evidence = next(f.evidence for f in audit.verdicts_[0].findings if f.code == "incomplete_coverage")
     assert "80 of the data set's 160 were not drawn at all" in evidence

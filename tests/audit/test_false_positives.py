@@ -15,7 +15,7 @@ from epochkit import ShuffleAudit
 from epochkit.audit import functional as F
 from tests.audit import _data
 from tests.audit._data import AuditDataModule, fit
-from tests.helpers import fit_ddp
+from tests.helpers import fit_ddp, quiet_trainer
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -164,14 +164,6 @@ def test_a_tiny_healthy_fit_is_not_flagged_over_many_epochs() -> None:
     x, _ = _data.make_tensors(12, 2, 0)
     data = _data.LabelledSet(x, torch.tensor([0, 1] * 6))
     audit = ShuffleAudit(on_issue="raise")
-    trainer = pl.Trainer(
-        max_epochs=200,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[audit],
-    )
+    trainer = quiet_trainer(None, [audit], max_epochs=200)
     trainer.fit(_data.model(), DataLoader(data, batch_size=6, shuffle=True))
     assert len(audit.verdicts_) == 200

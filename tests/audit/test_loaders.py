@@ -19,7 +19,7 @@ from epochkit import SetEpoch, ShuffleAudit
 from epochkit.audit import EpochVerdict
 from epochkit.audit.recording import RecordingSampler
 from tests.audit import _data
-from tests.helpers import read_tensorboard
+from tests.helpers import quiet_trainer, read_tensorboard
 
 
 class _AnyBatches(pl.LightningModule):
@@ -55,17 +55,7 @@ def _loader(n: int, seed: int, **kw: Any) -> DataLoader:
 
 
 def _trainer(root: Path, callbacks: list[pl.Callback], epochs: int = 2, **kw: Any) -> pl.Trainer:
-    return pl.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=kw.pop("logger", False),
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=root,
-        callbacks=callbacks,
-        **kw,
-    )
+    return quiet_trainer(root, callbacks, max_epochs=epochs, **kw)
 
 
 def _by_loader(verdict: EpochVerdict | None) -> dict[str | None, set[str]]:

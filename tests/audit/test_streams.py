@@ -26,24 +26,13 @@ from epochkit.audit.recording import describe_loader
 from epochkit.audit.set_epoch import epoch_targets
 from epochkit.audit.verdicts import epoch_payload, judge_epoch, judge_fit_start
 from tests.audit import _streams as T
-from tests.helpers import fit_ddp
+from tests.helpers import fit_ddp, quiet_trainer
 
 NOTICES = {"weak_mixing", "correlated_batches"}
 
 
 def _fit(dm: pl.LightningDataModule, callbacks: list[pl.Callback], root: Path, epochs: int = 3, **kw: Any) -> None:
-    trainer = pl.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        default_root_dir=root,
-        callbacks=callbacks,
-        **kw,
-    )
+    trainer = quiet_trainer(root, callbacks, **{"max_epochs": epochs, "limit_val_batches": 0, **kw})
     trainer.fit(T.model(), datamodule=dm)
 
 
@@ -57,7 +46,8 @@ def _judge(config: Any, epochs: list[list[tuple[np.ndarray, np.ndarray]]]) -> li
     world = len(epochs[0])
     for epoch, per_rank in enumerate(epochs):
         payloads = [
-            epoch_payload(ids, sizes, source="sample_ids", universe=None, world_size=world) for ids, sizes in per_rank
+            epoch_payload(ids, sizes, source="sample_ids", dataset_size=None, world_size=world)
+            for ids, sizes in per_rank
         ]
         verdict, previous = judge_epoch(epoch, payloads, [config] * world, previous, epoch - 1 if epoch else None)
         verdicts.append(verdict)

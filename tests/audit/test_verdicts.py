@@ -31,7 +31,7 @@ def _payloads(orders: list[np.ndarray], max_samples: int | None) -> list[EpochPa
             ids,
             np.diff(np.append(np.arange(0, ids.size, BATCH), ids.size)),  # batch sizes, the last one smaller
             source="sampler indices",
-            universe=N,
+            dataset_size=N,
             world_size=WORLD,
             max_samples=max_samples,
             labels_by_id=labels,
@@ -40,7 +40,7 @@ def _payloads(orders: list[np.ndarray], max_samples: int | None) -> list[EpochPa
     ]
 
 
-CONFIG = [{"universe": N, "padding": 0}] * WORLD
+CONFIG = [{"dataset_size": N, "padding": 0}] * WORLD
 
 
 @pytest.mark.parametrize("max_samples", [None, 2_000])

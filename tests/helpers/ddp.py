@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from epochkit import DestroyProcessGroupAtExit
+from tests.helpers.trainers import quiet_trainer
 
 Probe = Callable[[pl.Trainer, pl.LightningModule], dict[str, Any]]
 
@@ -94,20 +95,9 @@ def fit_ddp(
         raise AssertionError(f"{current_test.nodeid} starts DDP processes: mark it `@pytest.mark.ddp` (make stress)")
     out_dir = Path(root) / "rank_reports"
     out_dir.mkdir(parents=True, exist_ok=True)
-    kwargs: dict[str, Any] = {
-        "strategy": "ddp_spawn",
-        "accelerator": "cpu",
-        "devices": 2,
-        "max_epochs": 1,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "default_root_dir": str(root),
-    }
-    kwargs.update(trainer_kwargs)
+    kwargs: dict[str, Any] = {"strategy": "ddp_spawn", "devices": 2, "max_epochs": 1, **trainer_kwargs}
     cleanup = DestroyProcessGroupAtExit()  # else gloo can abort a finished worker at exit (see its docstring)
-    trainer = pl.Trainer(callbacks=[*callbacks, _RankReporter(str(out_dir), probe), cleanup], **kwargs)
+    trainer = quiet_trainer(root, [*callbacks, _RankReporter(str(out_dir), probe), cleanup], **kwargs)
     trainer.fit(model, datamodule=datamodule)
     reports = []
     for rank in range(kwargs["devices"]):

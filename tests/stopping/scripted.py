@@ -16,7 +16,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from tests.helpers import RegressionDataModule, RegressionModule
+from tests.helpers import QUIET, RegressionDataModule, RegressionModule, quiet_trainer
 
 Script = Sequence[float | None]
 
@@ -103,15 +103,11 @@ class Trace(Callback):
 
 
 FAST: dict[str, Any] = {
-    "accelerator": "cpu",
+    **QUIET,
     "devices": 1,
     "limit_train_batches": 1,
     "limit_val_batches": 1,
     "num_sanity_val_steps": 0,
-    "logger": False,
-    "enable_checkpointing": False,
-    "enable_progress_bar": False,
-    "enable_model_summary": False,
 }
 
 
@@ -129,11 +125,10 @@ def fit(
     """Fit a ScriptedModule with ``callback`` (first in the list, then a Trace) for up to ``len(val)`` epochs, on
     ``batches`` training batches of 8 samples an epoch (``limit_train_batches`` may use fewer)."""
     trace = Trace()
-    kwargs = {**FAST, "default_root_dir": str(root), **trainer_kwargs}
-    trainer = pl.Trainer(
-        max_epochs=max_epochs if max_epochs is not None else len(val),
-        callbacks=[callback, *extra_callbacks, trace],
-        **kwargs,
+    trainer = quiet_trainer(
+        root,
+        [callback, *extra_callbacks, trace],
+        **{**FAST, "max_epochs": max_epochs if max_epochs is not None else len(val), **trainer_kwargs},
     )
     pl.seed_everything(0, verbose=False)
     model = ScriptedModule(val, train)

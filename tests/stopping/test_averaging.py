@@ -20,7 +20,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 import epochkit
 from epochkit.stopping import HostWeights
-from tests.helpers import RegressionDataModule
+from tests.helpers import RegressionDataModule, quiet_trainer
 from tests.stopping.scripted import FAST, ScriptedModule
 
 SEQ = [1.0, 0.8, 0.5, 0.6, 0.7, 0.65, 0.9]  # best at epoch 2; patience 3 stops at epoch 5
@@ -63,10 +63,8 @@ def _fit(es: epochkit.EarlyStopping, averager: WeightAveraging, es_first: bool, 
     callbacks: list[pl.Callback] = [es, averager] if es_first else [averager, es]
     extra = kwargs.pop("extra", [])
     train = kwargs.pop("train", None)
-    trainer = pl.Trainer(
-        **{**FAST, "limit_train_batches": 3, "default_root_dir": str(root), **kwargs},
-        max_epochs=len(SEQ),
-        callbacks=[*callbacks, *extra],
+    trainer = quiet_trainer(
+        root, [*callbacks, *extra], **{**FAST, "limit_train_batches": 3, **kwargs, "max_epochs": len(SEQ)}
     )
     pl.seed_everything(0, verbose=False)
     model = Witness(SEQ, train)
@@ -211,7 +209,7 @@ def test_an_averaged_model_inside_the_module_is_restored_with_it(tmp_path: Path)
         def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
             states[trainer.current_epoch] = _state(pl_module)
 
-    trainer = pl.Trainer(**{**FAST, "default_root_dir": str(tmp_path)}, max_epochs=len(SEQ), callbacks=[Record(), es])
+    trainer = quiet_trainer(tmp_path, [Record(), es], **FAST, max_epochs=len(SEQ))
     pl.seed_everything(0, verbose=False)
     model = _WithOwnAverage(SEQ)
     trainer.fit(model, datamodule=RegressionDataModule(num_samples=16, batch_size=8))

@@ -19,7 +19,7 @@ from torch import nn
 
 import epochkit
 from epochkit.stopping import HostWeights
-from tests.helpers import RegressionDataModule, read_tensorboard
+from tests.helpers import RegressionDataModule, quiet_trainer, read_tensorboard
 from tests.stopping.scripted import FAST, ScriptedModule, fit
 
 
@@ -144,7 +144,7 @@ def test_non_persistent_buffers_are_restored_too(tmp_path: Path) -> None:
         def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
             seen[trainer.current_epoch] = float(pl_module.steps_seen)
 
-    trainer = pl.Trainer(**{**FAST, "default_root_dir": str(tmp_path)}, max_epochs=7, callbacks=[Record(), es])
+    trainer = quiet_trainer(tmp_path, [Record(), es], **FAST, max_epochs=7)
     model = _CountingModule([1.0, 0.8, 0.5, 0.6, 0.7, 0.65, 0.9])
     trainer.fit(model, datamodule=RegressionDataModule(num_samples=16, batch_size=8))
     assert "steps_seen" not in model.state_dict()
@@ -194,11 +194,7 @@ def test_checkpoint_restore_refuses_a_planted_pickle_and_runs_nothing(tmp_path: 
             torch.save({"state_dict": {}, "epoch": 2, "payload": _Planted(marker)}, checkpoint.best_model_path)
 
     es = epochkit.EarlyStopping(monitor="val_loss", patience=3, restore_best_weights="checkpoint")
-    trainer = pl.Trainer(
-        **{**FAST, "default_root_dir": str(tmp_path), "enable_checkpointing": True},
-        max_epochs=5,
-        callbacks=[Plant(), es, checkpoint],
-    )
+    trainer = quiet_trainer(tmp_path, [Plant(), es, checkpoint], **{**FAST, "enable_checkpointing": True}, max_epochs=5)
     with pytest.raises(RuntimeError, match=r"refused to load .*ckpt.epoch=2-step=3\.ckpt: it holds objects") as err:
         trainer.fit(ScriptedModule([1.0, 0.8, 0.5, 0.6, 0.7]), RegressionDataModule(num_samples=16, batch_size=8))
     assert checkpoint.best_model_path in str(err.value)

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from epochkit import EarlyStopping
 from epochkit.stopping.best_weights import host_copy_problem
+from tests.helpers import quiet_trainer
 
 SCRIPTED = [5.0, 4.0, 1.0, 3.0, 2.0]  # val_metric per epoch: the best is epoch 2, training goes on to epoch 4
 
@@ -86,16 +87,13 @@ def process_group(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def _trainer(root: Path, callbacks: list[Callback]) -> pl.Trainer:
-    return pl.Trainer(
-        accelerator="cpu",
+    return quiet_trainer(
+        root,
+        callbacks,
         devices=1,
         strategy=ModelParallelStrategy(),
         max_epochs=len(SCRIPTED),
-        logger=False,
-        default_root_dir=str(root),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=callbacks,
+        enable_checkpointing=True,
     )
 
 

@@ -21,8 +21,8 @@ from lightning.pytorch.plugins import MixedPrecision
 from torch.utils.data import DataLoader, IterableDataset
 
 from epochkit import LRWarmup, schedules
-from epochkit.warmup.schedules import warmup_factor
-from tests.helpers import RegressionDataModule, RegressionModule, fit_ddp, read_tensorboard
+from epochkit.schedules import warmup_factor
+from tests.helpers import RegressionDataModule, RegressionModule, fit_ddp, quiet_trainer, read_tensorboard
 
 BASE_LR = 0.1
 
@@ -120,18 +120,7 @@ class SchedModule(RegressionModule):
 
 
 def _trainer(root: Path, callbacks: list[Callback], **kwargs: Any) -> pl.Trainer:
-    defaults: dict[str, Any] = {
-        "max_epochs": 3,
-        "accelerator": "cpu",
-        "precision": "64-true",
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "default_root_dir": str(root),
-    }
-    defaults.update(kwargs)
-    return pl.Trainer(callbacks=callbacks, **defaults)
+    return quiet_trainer(root, callbacks, **{"max_epochs": 3, "precision": "64-true", **kwargs})
 
 
 def _data(**kwargs: Any) -> RegressionDataModule:

@@ -9,7 +9,7 @@ References, restated here from the anchors' source (not imported; neither librar
   t_i)`` per cycle after a prefix warmup from ``warmup_lr_init``, ``lr_min`` after ``cycle_limit`` cycles
   (``cycle_mul = cycle_decay = k_decay = 1``).
 
-The claims (``epochkit.warmup.schedules``' docstring and the README): epochkit's schedule over ``T`` steps is HF's
+The claims (``epochkit.schedules``' docstring and the README): epochkit's schedule over ``T`` steps is HF's
 over ``T + 1`` steps without HF's first step, ``epochkit(s; W, T) == hf(s + 1; W, T + 1)`` for every ``s < T``, and
 timm's with ``t_initial = (T - W + 1) / cycles`` likewise ``timm(s + 1)``; no step before the horizon runs at LR 0;
 from the horizon on, the floor.
@@ -27,7 +27,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from epochkit import schedules
-from tests.helpers import RegressionDataModule, RegressionModule
+from tests.helpers import RegressionDataModule, RegressionModule, quiet_trainer
 
 
 # ------------------------------------------------------------------------------------------- HF references
@@ -415,15 +415,7 @@ class _ScheduledModule(RegressionModule):
 
 def test_total_steps_inside_configure_optimizers(tmp_path) -> None:  # type: ignore[no-untyped-def]
     model = _ScheduledModule()
-    trainer = pl.Trainer(
-        max_epochs=3,
-        accumulate_grad_batches=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path, max_epochs=3, accumulate_grad_batches=2)
     trainer.fit(model, datamodule=RegressionDataModule(num_samples=48, batch_size=8))
     # 6 batches an epoch, 2 accumulated per step: 3 steps an epoch, 9 in all. The last one still trained (the
     # schedule reaches its floor at the horizon, step 9), and the scheduler now holds the floor.

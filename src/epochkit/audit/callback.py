@@ -18,9 +18,12 @@ import torch
 from lightning.fabric.utilities.data import sized_len
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, TensorDataset
+from typing_extensions import override
 
 from epochkit import _distributed, _logging
-from epochkit._io import write_bytes_atomic
+from epochkit._callback import cached_state_key, hook_process_dataloader, unhook_process_dataloader
+from epochkit._io import write_bytes_atomic, write_json_atomic
+from epochkit._validation import check_bool, check_choice, check_int, is_int
 from epochkit.audit import images as img
 from epochkit.audit.digests import digest_lines
 from epochkit.audit.findings import (
@@ -78,7 +81,7 @@ class ShuffleAuditError(RuntimeError):
 
 
 def _is_key(value: Any) -> bool:
-    return isinstance(value, int | str) and not isinstance(value, bool)
+    return isinstance(value, str) or is_int(value)
 
 
 def _user_stacklevel() -> int:
@@ -145,6 +148,29 @@ class ShuffleAudit(Callback):
         escalate: Notice codes to report as issues (``weak_mixing``, ``correlated_batches``, ``iterable_workers``).
         images: Whether to log an order map and a label map per loader and epoch to TensorBoard (when the Trainer
             has a TensorBoard logger).
+
+    Example:
+        A shuffled loader passes; the same loader unshuffled fails the fit (``on_issue="raise"``):
+
+        >>> import tempfile
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> from epochkit.demo import DigitsClassifier
+        >>> data = TensorDataset(torch.randn(64, 64), torch.randint(0, 10, (64,)))
+        >>> def fit(shuffle: bool) -> ShuffleAudit:
+        ...     audit = ShuffleAudit(on_issue="raise")
+        ...     with tempfile.TemporaryDirectory() as root:
+        ...         trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False,
+        ...                              enable_progress_bar=False, enable_model_summary=False,
+        ...                              default_root_dir=root, callbacks=[audit])
+        ...         trainer.fit(DigitsClassifier(), DataLoader(data, batch_size=16, shuffle=shuffle))
+        ...     return audit
+        >>> audit = fit(shuffle=True)
+        >>> [(v.epoch, v.metrics["coverage"], v.issues) for v in audit.verdicts_]
+        [(0, 1.0, []), (1, 1.0, [])]
+        >>> fit(shuffle=False)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        epochkit.audit.callback.ShuffleAuditError: ...shuffle_off...
     """
 
     # State made during fit (skorch's trailing underscore), declared for type checkers.
@@ -162,7 +188,8 @@ class ShuffleAudit(Callback):
     _report_dir_: Path | None
     _steps_: int
     _patched_: tuple[Any, Any] | None
-    _intended_: frozenset[str]
+    _overfit_codes_: frozenset[str]
+    _fingerprint_tables_: dict[tuple[int, str], torch.Tensor]  # fingerprint multipliers on device, for one fit
 
     def __init__(
         self,
@@ -175,8 +202,7 @@ class ShuffleAudit(Callback):
         escalate: Sequence[str] = (),
         images: bool = True,
     ) -> None:
-        if on_issue not in ("warn", "raise", "log"):
-            raise ValueError(f"ShuffleAudit(on_issue={on_issue!r}): must be one of 'warn', 'raise', 'log'.")
+        check_choice("ShuffleAudit", "on_issue", on_issue, ("warn", "raise", "log"))
         if isinstance(labels, Mapping) or not (
             labels is None or _is_key(labels) or callable(labels) or hasattr(labels, "__len__")
         ):
@@ -189,13 +215,10 @@ class ShuffleAudit(Callback):
                 f"ShuffleAudit(sample_ids={sample_ids!r}): must be an int/str batch key, a function of the batch, "
                 "or None."
             )
-        if max_samples is not None and (
-            isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 100
-        ):
-            raise ValueError(f"ShuffleAudit(max_samples={max_samples!r}): must be an int >= 100, or None.")
-        for name, value in (("fingerprints", fingerprints), ("images", images)):
-            if not isinstance(value, bool):
-                raise TypeError(f"ShuffleAudit({name}={value!r}): must be True or False.")
+        if max_samples is not None:
+            check_int("ShuffleAudit", "max_samples", max_samples, minimum=100)
+        check_bool("ShuffleAudit", "fingerprints", fingerprints)
+        check_bool("ShuffleAudit", "images", images)
         for name, codes, allowed in (("ignore", ignore, sorted(CATALOG)), ("escalate", escalate, sorted(NOTICES))):
             if isinstance(codes, str):
                 raise TypeError(
@@ -214,62 +237,53 @@ class ShuffleAudit(Callback):
         self.ignore = ignore
         self.escalate = escalate
         self.images = images
+        self._reset_state()
 
     # ----------------------------------------------------------------------------------------------- identity
 
     @property
+    @override
     def state_key(self) -> str:
-        # Lightning reads this for every hook of every step (profiler names): cache it per settings.
-        settings = (self.max_samples, self.sample_ids)
-        cached = self.__dict__.get("_state_key_")
-        if cached is None or cached[0] != settings:
-            ids = self.sample_ids if not callable(self.sample_ids) else getattr(self.sample_ids, "__qualname__", "fn")
-            cached = (settings, self._generate_state_key(max_samples=self.max_samples, sample_ids=ids))
-            self.__dict__["_state_key_"] = cached
-        return cached[1]
+        ids = self.sample_ids if not callable(self.sample_ids) else getattr(self.sample_ids, "__qualname__", "fn")
+        return cached_state_key(self, max_samples=self.max_samples, sample_ids=ids)
 
     # ------------------------------------------------------------------------------------------------- hooks
 
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        self._reset_run_state()
-        strategy = trainer.strategy
-        original = strategy.process_dataloader
+        self._reset_state()
+        # The recorder goes in where each train loader is made, before its first iteration: one per train loader.
+        self._patched_ = hook_process_dataloader(trainer, self._attach)
 
-        # Lightning creates and iterates each train loader inside the fit loop before any callback hook sees it (at
-        # fit start and at every reload); the strategy's process_dataloader is the last step between the two, so
-        # the recorder goes in there, one per train loader.
-        def process_dataloader(dataloader: object) -> object:
-            processed = original(dataloader)
-            if trainer.training and isinstance(processed, DataLoader) and id(processed) not in self._attached_:
-                self._attached_[id(processed)] = (processed, attach(processed))
-            return processed
+    def _attach(self, loader: object) -> None:
+        if isinstance(loader, DataLoader) and id(loader) not in self._attached_:
+            self._attached_[id(loader)] = (loader, attach(loader))
 
-        strategy.process_dataloader = process_dataloader  # type: ignore[method-assign]
-        self._patched_ = (strategy, process_dataloader)
-
+    @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._undo()
 
+    @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         # Lightning skips teardown when fit raises (ShuffleAuditError included): restore the user's loaders here.
         self._undo()
 
     def _undo(self) -> None:
         """Restore the strategy and every train loader (idempotent)."""
-        patched = getattr(self, "_patched_", None)
-        if patched is not None and patched[0].__dict__.get("process_dataloader") is patched[1]:
-            del patched[0].__dict__["process_dataloader"]
+        unhook_process_dataloader(self._patched_)
         self._patched_ = None
-        for loader, _ in getattr(self, "_attached_", {}).values():
+        for loader, _ in self._attached_.values():
             detach(loader)
         self._attached_ = {}
         self._loaders_ = []
+        self._fingerprint_tables_ = {}  # device memory goes when the fit ends
 
+    @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # overfit_batches replays the same sequential batches on purpose: no order finding then.
-        self._intended_ = _INTENDED_BY_OVERFIT if getattr(trainer, "overfit_batches", 0) > 0 else frozenset()
+        self._overfit_codes_ = _INTENDED_BY_OVERFIT if getattr(trainer, "overfit_batches", 0) > 0 else frozenset()
         if trainer.is_global_zero:
             self._report_dir_ = self._choose_report_dir(trainer)
         self._loaders_ = self._follow_loaders(trainer, [])
@@ -283,6 +297,7 @@ class ShuffleAudit(Callback):
         self.fit_start_ = self._combine(None, parts)
         self._report(trainer, self.fit_start_, tag_step=0)
 
+    @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._steps_ = 0
         self._pending_ = None
@@ -325,6 +340,7 @@ class ShuffleAudit(Callback):
         for slot in self._loaders_:
             slot.ids, slot.labels = [], []
 
+    @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
@@ -343,7 +359,7 @@ class ShuffleAudit(Callback):
                         slot.ids.append(torch.as_tensor(value).reshape(-1).detach())
                 if value is None and self.fingerprints and slot.source != "sample_ids":
                     slot.source = "content fingerprints"  # no sample_ids, or none in this loader's batches
-                    slot.ids.append(fingerprint(part))
+                    slot.ids.append(fingerprint(part, self._fingerprint_tables_))
             if (
                 slot.labels_array is None
                 and self.labels is not None
@@ -356,6 +372,7 @@ class ShuffleAudit(Callback):
                         labels = labels.argmax(dim=-1)
                     slot.labels.append(labels.detach().reshape(-1))
 
+    @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         payloads = {slot.key: self._local_payload(trainer, slot) for slot in self._loaders_}
         gathered = _distributed.gather_objects(trainer, payloads)  # collective
@@ -394,6 +411,7 @@ class ShuffleAudit(Callback):
         self.verdicts_.append(verdict)
         self._report(trainer, verdict)
 
+    @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
             log.info(summary(self.fit_start_, self.verdicts_))
@@ -401,15 +419,16 @@ class ShuffleAudit(Callback):
 
     # -------------------------------------------------------------------------------------------- resume
 
+    @override
     def state_dict(self) -> dict[str, Any]:
-        previous = getattr(self, "previous_", {}) or {}
         return {
-            "verdicts": [v.to_dict() for v in getattr(self, "verdicts_", [])],
-            "previous": {key: record.to_state() for key, record in previous.items()},
-            "previous_epoch": dict(getattr(self, "previous_epoch_", {}) or {}),
-            "fit_start": fit_start.to_dict() if (fit_start := getattr(self, "fit_start_", None)) else None,
+            "verdicts": [v.to_dict() for v in self.verdicts_],
+            "previous": {key: record.to_state() for key, record in self.previous_.items()},
+            "previous_epoch": dict(self.previous_epoch_),
+            "fit_start": self.fit_start_.to_dict() if self.fit_start_ else None,
         }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.verdicts_ = [EpochVerdict.from_dict(v) for v in state_dict.get("verdicts", [])]
         previous = state_dict.get("previous") or {}
@@ -424,9 +443,8 @@ class ShuffleAudit(Callback):
 
     # ----------------------------------------------------------------------------------------- internals
 
-    def _reset_run_state(self) -> None:
-        # Always reset: Lightning restores callback state (load_state_dict) after setup, so a resumed fit still
-        # gets its checkpointed state, and a later fit never inherits a previous one.
+    def _reset_state(self) -> None:
+        """The state of one fit, fresh (see :mod:`epochkit._callback`)."""
         self.verdicts_ = []
         self.fit_start_ = None
         self.previous_ = {}
@@ -441,7 +459,8 @@ class ShuffleAudit(Callback):
         self._report_dir_ = None
         self._steps_ = 0
         self._patched_ = None
-        self._intended_ = frozenset()
+        self._overfit_codes_ = frozenset()
+        self._fingerprint_tables_ = {}
 
     def _follow_loaders(self, trainer: pl.Trainer, old: list[_Loader]) -> list[_Loader]:
         """The fit's train loaders now, keeping what is known of the ones that did not change and dropping the
@@ -592,7 +611,7 @@ class ShuffleAudit(Callback):
             ids,
             sizes,
             source=source,
-            universe=config.get("universe"),
+            dataset_size=config.get("dataset_size"),
             world_size=trainer.world_size,
             max_samples=self.max_samples,
             labels_by_id=slot.labels_array,
@@ -611,7 +630,7 @@ class ShuffleAudit(Callback):
             _logging.log_image(trainer, prefix + "label_map", img.render_label_map(img.label_map(table)))
 
     def _skip(self) -> set[str]:
-        return set(self.ignore) | set(self._intended_)
+        return set(self.ignore) | set(self._overfit_codes_)
 
     def _report(self, trainer: pl.Trainer, verdict: EpochVerdict, tag_step: int | None = None) -> None:
         if verdict.epoch is not None:
@@ -648,7 +667,7 @@ class ShuffleAudit(Callback):
         """``shuffle_audit.json`` and ``shuffle_audit_digests.txt`` (atomically, rank 0)."""
         if self._report_dir_ is None:
             return
-        _logging.write_json_atomic(
+        write_json_atomic(
             self._report_dir_ / REPORT_FILE,
             {
                 "config": self.configs_,

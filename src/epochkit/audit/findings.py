@@ -79,8 +79,6 @@ CATALOG: dict[str, tuple[str, str]] = {
     ),
 }
 
-#: Findings decided when fit starts (and again when ``reload_dataloaders_every_n_epochs`` swaps a loader).
-FIT_START = ("shuffle_off", "rank_sampler_mismatch", "iterable_workers", "persistent_workers_set_epoch")
 #: Findings reported as notices unless ``ShuffleAudit(escalate=...)`` names them: properties a loader can have by
 #: design, measured and explained, that training survives.
 NOTICES = ("iterable_workers", "weak_mixing", "correlated_batches")

@@ -2,8 +2,8 @@
 
 An epoch is recorded as the sequence of sample ids in the order the model saw them (``ids``), with the batch each
 position fell in (``batches``). Every statistic here comes with its expectation under the null hypothesis "this
-epoch is a fresh uniform random permutation", and every threshold is derived from that null (see :data:`Z`), so a
-healthy shuffled run is not flagged:
+epoch is a fresh uniform random permutation", and every threshold is derived from that null (see
+:data:`FLAG_SIGMAS`), so a healthy shuffled run is not flagged:
 
 * coverage and duplicates are exact (a shuffle of the data has no duplicate and misses nothing);
 * Spearman's rho of the positions of the samples two epochs share has mean 0 and variance ``1 / (n - 1)``;
@@ -39,9 +39,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-#: Standard deviations a statistic must deviate from its null expectation before it is flagged. At 6 sigma a
-#: healthy epoch is flagged with probability below 1e-8 per check (normal approximation).
-Z = 6.0
+#: Standard deviations a statistic must deviate from its null expectation before it is flagged (``Z`` in the formulas
+#: below). At 6 sigma a healthy epoch is flagged with probability below 1e-8 per check (normal approximation).
+FLAG_SIGMAS = 6.0
 #: Tail probability below which a count is flagged when its null distribution is known (Poisson): a healthy epoch
 #: is flagged with probability below 1e-9 per check.
 TAIL = 1e-9
@@ -68,14 +68,14 @@ class CoverageStats:
     """How much of the data one epoch (or one rank) presented.
 
     Attributes:
-        seen: Positions presented (samples drawn, counting repeats).
+        presented: Positions presented (samples drawn, counting repeats).
         distinct: Distinct samples among them.
-        expected: Distinct samples a healthy epoch presents: ``min(universe, seen)``.
-        duplicates: ``seen - distinct``.
+        expected: Distinct samples a healthy epoch presents: ``min(dataset_size, presented)``.
+        duplicates: ``presented - distinct``.
         allowed_duplicates: Repeats a healthy epoch may have (``DistributedSampler`` padding).
     """
 
-    seen: int
+    presented: int
     distinct: int
     expected: int
     duplicates: int
@@ -143,21 +143,21 @@ def count_distinct(ids: np.ndarray) -> int:
     return int(np.unique(ids).size)
 
 
-def coverage_stats(ids: np.ndarray, universe: int | None, allowed_duplicates: int = 0) -> CoverageStats:
-    """Coverage and duplicates of one epoch's ``ids`` against a data set of ``universe`` samples.
+def coverage_stats(ids: np.ndarray, dataset_size: int | None, allowed_duplicates: int = 0) -> CoverageStats:
+    """Coverage and duplicates of one epoch's ``ids`` against a data set of ``dataset_size`` samples.
 
-    ``universe=None`` (an iterable data set of unknown size) expects every presented sample to be distinct.
+    ``dataset_size=None`` (an iterable data set of unknown size) expects every presented sample to be distinct.
 
     Example:
-        >>> s = coverage_stats(np.array([0, 1, 2, 2]), universe=4)
+        >>> s = coverage_stats(np.array([0, 1, 2, 2]), dataset_size=4)
         >>> s.distinct, s.duplicates, s.missing, round(s.coverage, 2)
         (3, 1, 1, 0.75)
     """
     ids = np.asarray(ids)
-    seen = int(ids.size)
+    presented = int(ids.size)
     distinct = count_distinct(ids)
-    expected = seen if universe is None else min(int(universe), seen)
-    return CoverageStats(seen, distinct, expected, seen - distinct, int(allowed_duplicates))
+    expected = presented if dataset_size is None else min(int(dataset_size), presented)
+    return CoverageStats(presented, distinct, expected, presented - distinct, int(allowed_duplicates))
 
 
 def rank_overlap(ids_per_rank: Sequence[np.ndarray]) -> tuple[int, int]:
@@ -429,7 +429,7 @@ def spearman_threshold(n: int) -> float:
     """
     if n < MIN_ORDER_SAMPLES:
         return float("inf")
-    return min(0.99, Z / float(np.sqrt(n - 1)))
+    return min(0.99, FLAG_SIGMAS / float(np.sqrt(n - 1)))
 
 
 def poisson_tail(k: int, mu: float) -> float:
@@ -555,7 +555,7 @@ def footrule_null(n: int) -> tuple[float, float]:
 
 def displacement_flagged(footrule: float, n: int) -> bool:
     """Whether samples moved too little for a fresh shuffle: mean displacement at most :data:`WEAK_DISPLACEMENT`
-    (half) of a fresh shuffle's, and the footrule more than :data:`Z` standard deviations below its mean.
+    (half) of a fresh shuffle's, and the footrule more than :data:`FLAG_SIGMAS` standard deviations below its mean.
 
     A block shuffle that moves blocks moves their samples as far as a fresh shuffle does (a displacement near 1);
     a small shuffle buffer, or a few interleaved shards, keep every sample near its previous place.
@@ -570,7 +570,7 @@ def displacement_flagged(footrule: float, n: int) -> bool:
     mean, sd = footrule_null(n)
     if n < MIN_ORDER_SAMPLES or not footrule <= WEAK_DISPLACEMENT * mean:
         return False
-    return mean - footrule > Z * sd
+    return mean - footrule > FLAG_SIGMAS * sd
 
 
 def _log_binom(n: int, k: int) -> float:
@@ -769,7 +769,7 @@ def entropy_floor(table: np.ndarray) -> float:
     if df < 1 or n <= 0:
         return -float("inf")
     pooled = float(_entropy_bits(totals))
-    x = df * (1.0 - 2.0 / (9.0 * df) + Z * math.sqrt(2.0 / (9.0 * df))) ** 3
+    x = df * (1.0 - 2.0 / (9.0 * df) + FLAG_SIGMAS * math.sqrt(2.0 / (9.0 * df))) ** 3
     return pooled - x / (2.0 * math.log(2.0) * n)
 
 
@@ -786,7 +786,7 @@ def change_rate_flagged(changes: int, pairs: int, expected_rate: float) -> bool:
         return False
     rate = changes / pairs
     q = expected_rate
-    return rate < q - Z * float(np.sqrt(2.0 * q * (1.0 - q) / pairs)) and rate < 0.9 * q
+    return rate < q - FLAG_SIGMAS * float(np.sqrt(2.0 * q * (1.0 - q) / pairs)) and rate < 0.9 * q
 
 
 def entropy_flagged(
@@ -808,7 +808,7 @@ def entropy_flagged(
         return False
     if not np.isnan(floor) and not entropy < floor:
         return False
-    margin = Z * sd * float(np.sqrt(1.0 / batches + 1.0 / draws))
+    margin = FLAG_SIGMAS * sd * float(np.sqrt(1.0 / batches + 1.0 / draws))
     return entropy < expected - margin and entropy < 0.9 * expected
 
 
@@ -823,7 +823,7 @@ def coverage_slack(expected: int, fraction: float, padding: int = 0) -> float:
         >>> coverage_slack(1000, 1.0), round(coverage_slack(10_000, 0.1), 1), coverage_slack(1000, 1.0, padding=1)
         (0.0, 180.0, 1.0)
     """
-    return Z * math.sqrt(expected * fraction * (1.0 - fraction)) + padding * fraction
+    return FLAG_SIGMAS * math.sqrt(expected * fraction * (1.0 - fraction)) + padding * fraction
 
 
 def overlap_allowance(padding: int, fraction: float = 1.0) -> float:
@@ -835,7 +835,7 @@ def overlap_allowance(padding: int, fraction: float = 1.0) -> float:
         (1.0, 0.0, 55.0)
     """
     kept = padding * fraction
-    return kept + (Z * math.sqrt(kept) if fraction < 1.0 else 0.0)
+    return kept + (FLAG_SIGMAS * math.sqrt(kept) if fraction < 1.0 else 0.0)
 
 
 def pooled_label_stats(stats: Sequence[LabelStats]) -> LabelStats:

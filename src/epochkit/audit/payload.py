@@ -23,7 +23,7 @@ class LoaderConfig(TypedDict, total=False):
         length: ``len()`` of the sampler.
         drop_last: Whether a last incomplete batch is dropped.
         replacement: Whether it draws with replacement.
-        universe: Samples in the data set (None for an iterable data set).
+        dataset_size: Samples in the data set (None for an iterable data set).
         padding: Samples a ``DistributedSampler`` repeats to even out the ranks.
         iterable: Whether the data set is an ``IterableDataset``.
         dataset: The data set's class.
@@ -53,7 +53,7 @@ class LoaderConfig(TypedDict, total=False):
     length: int | None
     drop_last: bool
     replacement: bool
-    universe: int | None
+    dataset_size: int | None
     padding: int
     iterable: bool
     dataset: str
@@ -82,7 +82,7 @@ class EpochPayload:
     Attributes:
         source: Where the ids came from (``"sampler indices"``, ``"sample_ids"``, ``"content fingerprints"``,
             ``"none"``).
-        seen: Samples presented (exact, over the rank's whole stream).
+        presented: Samples presented (exact, over the rank's whole stream).
         distinct: Distinct samples among them (exact).
         label: Label statistics of the stream (None without labels).
         fraction: Share of the ids kept in the record (``max_samples``).
@@ -96,7 +96,7 @@ class EpochPayload:
     """
 
     source: str
-    seen: int
+    presented: int
     distinct: int
     label: LabelStats | None
     fraction: float

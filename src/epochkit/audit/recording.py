@@ -209,23 +209,27 @@ def indices_to_ids(items: list[Any], batched: bool) -> tuple[np.ndarray, np.ndar
     return ids, sizes
 
 
-_WEIGHTS: dict[tuple[int, str], torch.Tensor] = {}
+FingerprintTables = dict[tuple[int, str], torch.Tensor]
 
 
-def _weights(width: int, device: torch.device) -> torch.Tensor:
-    """Fixed odd int64 multipliers (splitmix64 of 0..width-1), made without touching any RNG."""
+def _multipliers(width: int, device: torch.device, tables: FingerprintTables | None) -> torch.Tensor:
+    """Fixed odd int64 multipliers (splitmix64 of 0..width-1), made without touching any RNG, on ``device``; kept in
+    ``tables`` (the caller's, so that device memory lives as long as the caller wants it, not the process)."""
     key = (width, str(device))
-    if key not in _WEIGHTS:
-        with np.errstate(over="ignore"):
-            z = np.arange(1, width + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-            z = (z ^ (z >> np.uint64(31))) * np.uint64(0xBF58476D1CE4E5B9)
-            z = z | np.uint64(1)
-        table = torch.from_numpy(z.view(np.int64).copy())
-        if device.type == "cuda":
-            # From pinned memory the upload is asynchronous: no host synchronisation, even on the first batch.
-            table = table.pin_memory()
-        _WEIGHTS[key] = table.to(device, non_blocking=device.type == "cuda")
-    return _WEIGHTS[key]
+    if tables is not None and key in tables:
+        return tables[key]
+    with np.errstate(over="ignore"):
+        z = np.arange(1, width + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(31))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = z | np.uint64(1)
+    table = torch.from_numpy(z.view(np.int64).copy())
+    if device.type == "cuda":
+        # From pinned memory the upload is asynchronous: no host synchronisation, even on the first batch.
+        table = table.pin_memory()
+    table = table.to(device, non_blocking=device.type == "cuda")
+    if tables is not None:
+        tables[key] = table
+    return table
 
 
 def _as_int64(t: torch.Tensor) -> torch.Tensor:
@@ -240,11 +244,12 @@ def _as_int64(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.int64)
 
 
-def fingerprint(batch: Any) -> torch.Tensor:
+def fingerprint(batch: Any, tables: FingerprintTables | None = None) -> torch.Tensor:
     """One int64 id per sample of ``batch``, computed on the batch's device with no host synchronisation.
 
     Every tensor whose first dimension is the batch size contributes the exact bits of its row, combined by a
     weighted sum in wrapping int64 arithmetic, which is order-independent and therefore the same on any device.
+    ``tables`` keeps the multipliers per width and device between calls (``ShuffleAudit`` keeps one per fit).
 
     Example:
         >>> x = torch.tensor([[1.0, 2.0], [3.0, 4.0], [1.0, 2.0]])
@@ -263,7 +268,7 @@ def fingerprint(batch: Any) -> torch.Tensor:
         if t.shape[0] != size:
             continue
         rows = _as_int64(t.reshape(size, -1))
-        mixed = (rows * _weights(rows.shape[1], rows.device)).sum(dim=1)
+        mixed = (rows * _multipliers(rows.shape[1], rows.device, tables)).sum(dim=1)
         out = out * 0x100000001B3 + mixed.to(out.device)
     return out
 
@@ -307,9 +312,9 @@ def _hf_stream(dataset: Any) -> LoaderConfig:
     """A Hugging Face ``datasets.IterableDataset``: whether it shuffles (a buffer shuffle in its chain of example
     iterables), its buffer, its shards, and whether it was split across ranks."""
     shuffle, buffer = False, None
-    node, seen = getattr(dataset, "_ex_iterable", None), set()
-    while node is not None and id(node) not in seen:
-        seen.add(id(node))
+    node, visited = getattr(dataset, "_ex_iterable", None), set()
+    while node is not None and id(node) not in visited:
+        visited.add(id(node))
         if type(node).__name__ == "BufferShuffledExamplesIterable":
             shuffle, buffer = True, int(node.buffer_size)
         node = getattr(node, "ex_iterable", None)
@@ -355,7 +360,7 @@ def describe_loader(loader: DataLoader) -> LoaderConfig:
     Example:
         >>> from torch.utils.data import TensorDataset
         >>> d = describe_loader(DataLoader(TensorDataset(torch.arange(10)), batch_size=4, shuffle=True))
-        >>> d["sampler"], d["shuffle"], d["length"], d["drop_last"], d["universe"], d["design"]
+        >>> d["sampler"], d["shuffle"], d["length"], d["drop_last"], d["dataset_size"], d["design"]
         ('RandomSampler', True, 10, False, 10, 'sample')
     """
     dataset = loader.dataset
@@ -366,19 +371,19 @@ def describe_loader(loader: DataLoader) -> LoaderConfig:
     shuffle: bool | None = None
     seed: int | None = None
     replacement = False
-    # The universe is counted in samples: the data set's length, never a sampler's (a RandomSampler with
+    # The data set size is counted in samples: the data set's length, never a sampler's (a RandomSampler with
     # num_samples=2N draws every sample twice; a custom batch sampler's len() counts batches). Only an explicit
     # subset sampler (SubsetRandomSampler) narrows it.
-    universe = None if iterable else _sized(dataset)
+    dataset_size = None if iterable else _sized(dataset)
     padding = 0
     name = type(sampler).__qualname__
     uniform = False  # a torch sampler that permutes samples uniformly
     if isinstance(sampler, DistributedSampler):
         shuffle = bool(sampler.shuffle)
         seed = int(sampler.seed)
-        universe = _sized(sampler.dataset)
-        if universe is not None and not sampler.drop_last:
-            padding = int(sampler.total_size) - universe
+        dataset_size = _sized(sampler.dataset)
+        if dataset_size is not None and not sampler.drop_last:
+            padding = int(sampler.total_size) - dataset_size
         inner = getattr(sampler.dataset, "_sampler", None)  # Lightning's DistributedSamplerWrapper
         if inner is not None:
             name = f"{name}({type(inner).__qualname__})"
@@ -394,7 +399,7 @@ def describe_loader(loader: DataLoader) -> LoaderConfig:
         uniform = True
     elif isinstance(sampler, SubsetRandomSampler):
         shuffle = True
-        universe = _sized(sampler.indices)
+        dataset_size = _sized(sampler.indices)
         uniform = True
     elif isinstance(sampler, WeightedRandomSampler):
         shuffle = True
@@ -414,7 +419,7 @@ def describe_loader(loader: DataLoader) -> LoaderConfig:
         length=None if iterable else _sized(sampler),
         drop_last=bool(drop_last),
         replacement=replacement,
-        universe=universe,
+        dataset_size=dataset_size,
         padding=padding,
         iterable=iterable,
         dataset=type(dataset).__qualname__,

@@ -17,7 +17,9 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import BatchSampler, ChainDataset, ConcatDataset, DataLoader, Subset
+from typing_extensions import override
 
+from epochkit._callback import hook_process_dataloader, unhook_process_dataloader
 from epochkit.audit.recording import RecordingSampler, train_loaders
 
 log = logging.getLogger("epochkit.audit")
@@ -114,50 +116,56 @@ class SetEpoch(Callback):
     _warned_: set[int]
     _reported_: bool
 
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
+    def __init__(self) -> None:
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        """The state of one fit, fresh (see :mod:`epochkit._callback`)."""
         self.epochs_ = {}
+        self._patched_ = None
         self._done_ = {}
         self._warned_ = set()
         self._reported_ = False
-        strategy = trainer.strategy
-        original = strategy.process_dataloader
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        self._reset_state()
 
         # Lightning sets the samplers' epoch right after the strategy processes a train loader, before the first
         # iterator is made (first epoch, reloads, resumes): the data set's epoch is set at the same moment.
-        def process_dataloader(dataloader: object) -> object:
-            processed = original(dataloader)
-            if trainer.training:
-                progress = trainer.fit_loop.epoch_progress.current
-                self._apply(trainer, [processed], int(getattr(progress, "processed", trainer.current_epoch)))
-            return processed
+        def set_loader_epoch(loader: object) -> None:
+            progress = trainer.fit_loop.epoch_progress.current
+            self._apply(trainer, [loader], int(getattr(progress, "processed", trainer.current_epoch)))
 
-        strategy.process_dataloader = process_dataloader  # type: ignore[method-assign]
-        self._patched_ = (strategy, process_dataloader)
+        self._patched_ = hook_process_dataloader(trainer, set_loader_epoch)
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         """What was set: ``{"epochs": {"<role>:<class>": last epoch set}}`` (the epoch itself always comes from the
         Trainer, so a resumed fit needs nothing from here; it is kept for the record)."""
-        return {"epochs": dict(getattr(self, "epochs_", {}) or {})}
+        return {"epochs": dict(self.epochs_)}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.epochs_ = dict(state_dict.get("epochs", {}))
 
+    @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         loaders = [loader for _, _, loader in train_loaders(trainer.train_dataloader)]
         self._apply(trainer, loaders, trainer.current_epoch)
 
+    @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._undo()
 
+    @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._undo()
 
     def _undo(self) -> None:
-        patched = getattr(self, "_patched_", None)
-        if patched is not None and patched[0].__dict__.get("process_dataloader") is patched[1]:
-            del patched[0].__dict__["process_dataloader"]
+        unhook_process_dataloader(self._patched_)
         self._patched_ = None
 
     def _apply(self, trainer: pl.Trainer, loaders: list[Any], epoch: int) -> None:

@@ -173,8 +173,8 @@ def judge_coverage(
     """Coverage, duplicates and rank overlap: per rank exactly, over all ranks on the (sub)sampled record.
 
     Example:
-        >>> p = epoch_payload(np.array([0, 1, 1, 2]), np.array([2, 2]), source="sampler indices", universe=5)
-        >>> v = judge_coverage(0, [p], [{"universe": 5}])
+        >>> p = epoch_payload(np.array([0, 1, 1, 2]), np.array([2, 2]), source="sampler indices", dataset_size=5)
+        >>> v = judge_coverage(0, [p], [{"dataset_size": 5}])
         >>> sorted(f.code for f in v.findings), v.metrics["coverage"]
         (['duplicate_samples', 'incomplete_coverage'], 0.75)
     """
@@ -185,34 +185,35 @@ def judge_coverage(
     iterable = bool(first.get("iterable"))
     world = len(payloads)
     fraction = min(p.fraction for p in payloads)
-    universe = first.get("universe")
+    dataset_size = first.get("dataset_size")
     padding = int(first.get("padding", 0) or 0)
     if first.get("replacement"):
         notes.append("the sampler draws with replacement: duplicates and coverage are not checked")
         return verdict
     dup_code = "iterable_replicated" if iterable else "duplicate_samples"
     for rank, p in enumerate(payloads):
-        dups = p.seen - p.distinct
-        allowed = max(0, p.seen - universe) if universe is not None else 0
+        dups = p.presented - p.distinct
+        allowed = max(0, p.presented - dataset_size) if dataset_size is not None else 0
         if dups > allowed:
             where = f"rank {rank}: " if world > 1 else ""
             workers = f", {first.get('num_workers')} workers" if iterable else ""
-            found.add(dup_code, f"{where}{dups} of {p.seen} samples drawn were repeats ({dups / p.seen:.1%}{workers})")
-    seen = sum(p.seen for p in payloads)
-    metrics["duplicates"] = float(seen - sum(p.distinct for p in payloads))
+            share = f"{dups / p.presented:.1%}"
+            found.add(dup_code, f"{where}{dups} of {p.presented} samples drawn were repeats ({share}{workers})")
+    presented = sum(p.presented for p in payloads)
+    metrics["duplicates"] = float(presented - sum(p.distinct for p in payloads))
     cov_fraction = fraction
     if world > 1:
         shared, distinct = F.rank_overlap([p.ids for p in payloads])
     else:  # one rank: the exact count over the full stream, whatever the subsample
         shared, distinct, cov_fraction = 0, payloads[0].distinct, 1.0
-    if universe is not None:
-        expected = min(universe, seen)
+    if dataset_size is not None:
+        expected = min(dataset_size, presented)
         kept_expected = cov_fraction * expected
         metrics["coverage"] = min(1.0, distinct / kept_expected) if kept_expected else 1.0
         if distinct < kept_expected - F.coverage_slack(expected, cov_fraction, padding):
             never = ""
-            if universe > expected and cov_fraction == 1.0:  # the epoch drew fewer samples than the data holds
-                never = f"; {universe - distinct} of the data set's {universe} were not drawn at all"
+            if dataset_size > expected and cov_fraction == 1.0:  # the epoch drew fewer samples than the data holds
+                never = f"; {dataset_size - distinct} of the data set's {dataset_size} were not drawn at all"
             found.add(
                 "incomplete_coverage",
                 f"coverage {metrics['coverage']:.3f}: about {round((kept_expected - distinct) / cov_fraction)}"
@@ -370,7 +371,9 @@ def judge_labels(
 
     Example:
         >>> labels = np.repeat(np.arange(4), 16)  # sorted by label
-        >>> p = epoch_payload(np.arange(64), np.full(8, 8), source="sampler indices", universe=64, labels_by_id=labels)
+        >>> p = epoch_payload(
+        ...     np.arange(64), np.full(8, 8), source="sampler indices", dataset_size=64, labels_by_id=labels
+        ... )
         >>> sorted(f.code for f in judge_labels(0, [p]).findings)
         ['class_blocked_batches', 'sorted_labels']
     """
@@ -418,8 +421,8 @@ def judge_epoch(
 
     Example:
         >>> ids = np.arange(100)
-        >>> payload = epoch_payload(ids, np.full(10, 10), source="sampler indices", universe=100)
-        >>> config = {"universe": 100, "padding": 0}
+        >>> payload = epoch_payload(ids, np.full(10, 10), source="sampler indices", dataset_size=100)
+        >>> config = {"dataset_size": 100, "padding": 0}
         >>> first, record = judge_epoch(0, [payload], [config])
         >>> again, _ = judge_epoch(1, [payload], [config], record, 0)
         >>> [f.evidence for f in again.findings]
@@ -476,7 +479,7 @@ def epoch_payload(
     sizes: np.ndarray,
     *,
     source: str,
-    universe: int | None,
+    dataset_size: int | None,
     world_size: int = 1,
     max_samples: int | None = None,
     labels_by_id: np.ndarray | None = None,
@@ -490,7 +493,7 @@ def epoch_payload(
         ids: Sample ids in presentation order.
         sizes: Batch sizes, in order (they sum to ``ids.size``).
         source: Where the ids came from, for the report.
-        universe: Samples in the data set (None when unknown).
+        dataset_size: Samples in the data set (None when unknown).
         world_size: Ranks; the subset is sized for all of them together.
         max_samples: The bound on kept ids across ranks (None: keep all).
         labels_by_id: Labels indexed by id (dataset index), or None.
@@ -498,13 +501,13 @@ def epoch_payload(
 
     Example:
         >>> ids = np.array([4, 2, 0, 1, 3, 2])
-        >>> p = epoch_payload(ids, np.array([2, 2, 2]), source="sampler indices", universe=5)
-        >>> p.seen, p.distinct, p.batches.tolist(), p.successors.tolist(), len(p.digest)
+        >>> p = epoch_payload(ids, np.array([2, 2, 2]), source="sampler indices", dataset_size=5)
+        >>> p.presented, p.distinct, p.batches.tolist(), p.successors.tolist(), len(p.digest)
         (6, 5, [0, 0, 1, 1, 2, 2], [2, 0, 1, 3, 2, -1], 16)
     """
     ids, sizes = np.asarray(ids), np.asarray(sizes, np.int64)
     offsets = np.concatenate([[0], np.cumsum(sizes)])
-    cov = F.coverage_stats(ids, universe)
+    cov = F.coverage_stats(ids, dataset_size)
     # Label runs: on every stride-th whole batch when the epoch is larger than max_samples (exact per batch).
     stride = 1
     if max_samples is not None and ids.size > max_samples:
@@ -537,7 +540,7 @@ def epoch_payload(
     successors[has_next] = ids[kept[has_next] + 1]
     return EpochPayload(
         source=source,
-        seen=cov.seen,
+        presented=cov.presented,
         distinct=cov.distinct,
         label=label,
         fraction=fraction,

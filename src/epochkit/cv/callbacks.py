@@ -5,7 +5,6 @@ They run on every rank (DDP) and write files from global rank 0 only; the driver
 
 from __future__ import annotations
 
-import logging
 import random
 import time
 from pathlib import Path
@@ -17,14 +16,14 @@ import torch
 from lightning.pytorch.callbacks import Callback, Checkpoint
 from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature
 from torch.utils.data import DataLoader, DistributedSampler, Subset
+from typing_extensions import override
 
 from epochkit._distributed import all_ranks, broadcast
 from epochkit._io import atomic_path, save_torch_atomic, write_json_atomic
 from epochkit._logging import log_text
+from epochkit._validation import is_real
 from epochkit.cv.data import rebuild_loader
 from epochkit.cv.reset import weights_checksum
-
-log = logging.getLogger("epochkit.cv")
 
 
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -35,7 +34,7 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
             if value.numel() != 1:
                 continue
             value = value.item()
-        if isinstance(value, int | float) and not isinstance(value, bool):
+        if is_real(value):
             out[name] = float(value)
     # `self.log(..., on_step=True, on_epoch=True)` gives x_step, x_epoch and x (= x_epoch): keep x only.
     return {
@@ -55,22 +54,32 @@ class FoldMonitor(Checkpoint):
     own, so what the module logs there is recorded in the same epoch, not the next.
     """
 
+    history: list[dict[str, Any]]  # every epoch's metrics so far
+    kept_epoch: int | None  # the epoch whose weights the fold keeps (set at fit end)
+
     def __init__(self, fold: int, plan_hash: str, checksum: str, history_path: str, kept_path: str) -> None:
         self.fold = fold
         self.plan_hash = plan_hash
         self.checksum = checksum
         self.history_path = history_path
         self.kept_path = kept_path
-        self.history: list[dict[str, Any]] = []
-        self.kept_epoch: int | None = None
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        """The state of one fit, fresh (see :mod:`epochkit._callback`)."""
+        self.history = []
+        self.kept_epoch = None
 
     @property
+    @override
     def state_key(self) -> str:
         return "epochkit.cv.FoldMonitor"
 
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        self._reset_state()
         mine = (self.fold, self.plan_hash)
         same_fold = all_ranks(trainer, tuple(broadcast(trainer, mine)) == mine)
         if not same_fold:
@@ -82,10 +91,12 @@ class FoldMonitor(Checkpoint):
                 f"{trainer.global_rank}, not the reset weights {self.checksum[:12]}."
             )
 
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Text, not scalars: a fold number or a "verified" flag logged once makes a one-point chart.
         log_text(trainer, "cv/weights_checksum", f"fold {self.fold}: `{self.checksum}` (verified on every rank)")
 
+    @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # After `on_train_end`, where EarlyStopping restores its best weights: those are what the fold keeps.
         restored = [
@@ -98,6 +109,7 @@ class FoldMonitor(Checkpoint):
         if trainer.is_global_zero:
             write_json_atomic(self.kept_path, {"kept_epoch": self.kept_epoch, "epochs": len(self.history)})
 
+    @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
@@ -110,9 +122,11 @@ class FoldMonitor(Checkpoint):
         if trainer.is_global_zero:
             write_json_atomic(self.history_path, self.history)
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"fold": self.fold, "history": list(self.history)}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict.get("history", []))
 
@@ -157,22 +171,37 @@ class ResumeCheckpoint(Checkpoint):
     Lightning's default ``ModelCheckpoint``.
     """
 
+    rng_to_restore_: dict[str, Any] | None  # the RNG states a resumed fold continues from (applied at fit start)
+
     def __init__(self, path: str) -> None:
         self.path = path
-        self.rng_to_restore_: dict[str, Any] | None = None
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        """The state of one fit, fresh (see :mod:`epochkit._callback`)."""
+        self.rng_to_restore_ = None
 
     @property
+    @override
     def state_key(self) -> str:
         return "epochkit.cv.ResumeCheckpoint"
 
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":  # load_state_dict (a resumed fold) runs after setup
+            self._reset_state()
+
+    @override
     def state_dict(self) -> dict[str, Any]:
         # The global RNGs as the next epoch will find them: a shuffling train loader draws its order (and its
         # workers' base seed) from them, so a resumed fold must continue their streams, not restart them.
         return {"rng": collect_rng_states()}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.rng_to_restore_ = state_dict.get("rng")
 
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # The last hook before a resumed fit creates its train iterator (the sanity check in between runs under
         # Lightning's `isolate_rng`); `load_state_dict` runs earlier, before the strategy and module setup.
@@ -180,6 +209,7 @@ class ResumeCheckpoint(Checkpoint):
             set_rng_states(self.rng_to_restore_)
             self.rng_to_restore_ = None
 
+    @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
@@ -258,6 +288,7 @@ class OOFPredictor(Callback):
         self.out_dir = out_dir
 
     @property
+    @override
     def state_key(self) -> str:
         return "epochkit.cv.OOFPredictor"
 
@@ -266,6 +297,7 @@ class OOFPredictor(Callback):
         user_dm = getattr(getattr(trainer, "datamodule", None), "datamodule", None)
         return callable(getattr(user_dm, "cv_dataloader", None))
 
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # Checked before the fold trains (the same on every rank: world_size is). A loader from the user's
         # `cv_dataloader` cannot be split across ranks without knowing its sampler.
@@ -276,6 +308,7 @@ class OOFPredictor(Callback):
                 "the fold models afterwards), or train on one device."
             )
 
+    @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         start = time.perf_counter()
         fold_data: Any = getattr(trainer, "datamodule")  # noqa: B009  (untyped property)

@@ -6,7 +6,7 @@ Pure module-level logic: no Trainer. The cross-validator uses it between folds; 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -14,27 +14,22 @@ from torch import nn
 from torch.nn.parameter import is_lazy
 
 from epochkit._validation import fail
+from epochkit._weights import (
+    copy_tensors,
+    distinct,
+    empty_like_on,
+    first_names,
+    identity,
+    named_tensors,
+    ties,
+    unwrap_compiled,
+)
 
 __all__ = ["WeightReset", "WeightResetError", "reinit_parameters", "unwrap_compiled", "weights_checksum"]
 
 
 class WeightResetError(RuntimeError):
     """The module does not match its snapshot (or cannot be snapshotted); the message names the tensors."""
-
-
-def unwrap_compiled(module: nn.Module) -> nn.Module:
-    """The module under ``torch.compile``'s ``OptimizedModule`` wrappers (the module itself when not compiled)."""
-    while isinstance(getattr(module, "_orig_mod", None), nn.Module):
-        module = module._orig_mod  # type: ignore[assignment]
-    return module
-
-
-def _named_tensors(module: nn.Module) -> Iterator[tuple[str, torch.Tensor, bool]]:
-    """Every parameter and buffer (non-persistent too) under every name, ties included: (name, tensor, is_param)."""
-    for name, param in module.named_parameters(remove_duplicate=False):
-        yield name, param, True
-    for name, buf in module.named_buffers(remove_duplicate=False):
-        yield name, buf, False
 
 
 def _digest(tensor: torch.Tensor) -> str:
@@ -49,7 +44,7 @@ def _digest(tensor: torch.Tensor) -> str:
 def _check_unsharded(module: nn.Module) -> None:
     # DTensors (FSDP2 fully_shard, tensor parallelism) hold one shard per rank: whole-tensor copies and byte
     # checksums fail on them inside torch with errors that do not say why.
-    sharded = [name for name, t, _ in _named_tensors(module) if type(t).__name__ == "DTensor"]
+    sharded = [name for name, t in named_tensors(module).items() if type(t).__name__ == "DTensor"]
     if sharded:
         raise WeightResetError(
             f"the module has sharded (DTensor) parameters or buffers {sharded}: WeightReset copies and checksums "
@@ -60,7 +55,7 @@ def _check_unsharded(module: nn.Module) -> None:
 
 def _check_materialised(module: nn.Module) -> None:
     _check_unsharded(module)
-    lazy = [name for name, t, _ in _named_tensors(module) if is_lazy(t)]
+    lazy = [name for name, t in named_tensors(module).items() if is_lazy(t)]
     if lazy:
         raise WeightResetError(
             f"the module has uninitialized lazy parameters or buffers {lazy}: materialise them first (run one forward "
@@ -70,31 +65,17 @@ def _check_materialised(module: nn.Module) -> None:
 
 def _tensor_digests(module: nn.Module) -> dict[str, str]:
     """One digest per distinct tensor, keyed by its first name."""
-    out: dict[str, str] = {}
-    seen: set[int] = set()
-    for name, tensor, _ in _named_tensors(module):
-        if id(tensor) in seen:
-            continue
-        seen.add(id(tensor))
-        out[name] = _digest(tensor)
-    return out
+    slots, tensors = distinct(named_tensors(module))
+    return {name: _digest(tensor) for name, tensor in zip(first_names(slots), tensors, strict=True)}
 
 
-def _combine(digests: dict[str, str], ties: list[list[str]]) -> str:
+def _combine(digests: dict[str, str], tie_groups: list[list[str]]) -> str:
     h = hashlib.sha256()
     for name in sorted(digests):
         h.update(f"{name}={digests[name]};".encode())
-    for group in ties:
+    for group in tie_groups:
         h.update(("tie:" + ",".join(group) + ";").encode())
     return h.hexdigest()
-
-
-def _ties(module: nn.Module) -> list[list[str]]:
-    """Groups of names that share one Parameter/buffer object (tied weights), each group sorted."""
-    by_id: dict[int, list[str]] = {}
-    for name, tensor, _ in _named_tensors(module):
-        by_id.setdefault(id(tensor), []).append(name)
-    return sorted(sorted(names) for names in by_id.values() if len(names) > 1)
 
 
 def weights_checksum(module: nn.Module) -> str:
@@ -110,7 +91,7 @@ def weights_checksum(module: nn.Module) -> str:
     """
     module = unwrap_compiled(module)
     _check_materialised(module)
-    return _combine(_tensor_digests(module), _ties(module))
+    return _combine(_tensor_digests(module), ties(named_tensors(module)))
 
 
 @dataclass
@@ -179,18 +160,16 @@ class WeightReset:
         """
         module = unwrap_compiled(module)
         _check_materialised(module)
-        entries: list[_Entry] = []
-        seen: set[int] = set()
-        for name, tensor, is_param in _named_tensors(module):
-            if id(tensor) in seen:
-                continue  # a tied alias: restored through its first name, re-tied by _retie
-            seen.add(id(tensor))
-            owner, attr = _split(name)
-            target = tensor.device if self.device is None else torch.device(self.device)
-            saved = tensor.detach().to(target, copy=True)
-            entries.append(_Entry(name, owner, attr, is_param, saved))
-        self._entries = entries
-        self._ties = _ties(module)
+        named = named_tensors(module)
+        slots, tensors = distinct(named)
+        saved = empty_like_on(tensors, self.device)
+        copy_tensors(saved, tensors)
+        params = {id(p) for p in module.parameters()}
+        self._entries = [
+            _Entry(name, *_split(name), id(tensor) in params, copy)
+            for name, tensor, copy in zip(first_names(slots), tensors, saved, strict=True)
+        ]
+        self._ties = ties(named)
         self._digests = _tensor_digests(module)
         self.checksum_ = _combine(self._digests, self._ties)
         return self.checksum_
@@ -208,7 +187,7 @@ class WeightReset:
         module = unwrap_compiled(module)
         _check_unsharded(module)
         self._retie(module)
-        current = {name: tensor for name, tensor, _ in _named_tensors(module)}
+        current = named_tensors(module)
         problems = []
         for e in self._entries:
             t = current.get(e.name)
@@ -222,14 +201,7 @@ class WeightReset:
         problems += [f"{name}: not in the snapshot" for name in extra]
         if problems:
             raise WeightResetError("the module no longer matches its snapshot: " + "; ".join(problems))
-        dst = [current[e.name] for e in self._entries]
-        src = [e.saved for e in self._entries]
-        same_device = [i for i, (d, s) in enumerate(zip(dst, src, strict=True)) if d.device == s.device]
-        if same_device:
-            # One fused call per device: the same bytes as one big copy, without a Python loop per tensor.
-            torch._foreach_copy_([dst[i] for i in same_device], [src[i] for i in same_device])
-        for i in set(range(len(dst))) - set(same_device):
-            dst[i].copy_(src[i], non_blocking=True)
+        copy_tensors([current[e.name] for e in self._entries], [e.saved for e in self._entries])
         for e in self._entries:
             if e.is_param:
                 current[e.name].grad = None
@@ -245,13 +217,13 @@ class WeightReset:
         module = unwrap_compiled(module)
         _check_materialised(module)
         digests = _tensor_digests(module)
-        ties = _ties(module)
-        checksum = _combine(digests, ties)
+        now_tied = ties(named_tensors(module))
+        checksum = _combine(digests, now_tied)
         if checksum != self.checksum_:
             differ = sorted(n for n in set(digests) | set(self._digests) if digests.get(n) != self._digests.get(n))
             detail = [f"tensors that differ: {differ}"] if differ else []
-            if ties != self._ties:
-                detail.append(f"ties differ: now {ties}, snapshot {self._ties}")
+            if now_tied != self._ties:
+                detail.append(f"ties differ: now {now_tied}, snapshot {self._ties}")
             raise WeightResetError(
                 f"weights checksum {checksum[:12]} != snapshot {self.checksum_[:12]}; {'; '.join(detail)}"
             )
@@ -273,8 +245,9 @@ class WeightReset:
             for name in group[1:]:
                 owner_name, attr = _split(name)
                 owner = module.get_submodule(owner_name)
-                if getattr(owner, attr, None) is not anchor:
-                    setattr(owner, attr, anchor)
+                alias = getattr(owner, attr, None)
+                if not isinstance(alias, torch.Tensor) or identity(alias) != identity(anchor):
+                    setattr(owner, attr, anchor)  # the tie was broken since the snapshot
 
 
 def _reset_method(module: nn.Module) -> Callable[[], object] | None:

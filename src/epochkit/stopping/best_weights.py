@@ -1,4 +1,5 @@
-"""A host-memory copy of a module's best weights, made with preallocated buffers reused across improvements."""
+"""A host-memory copy of a module's best weights, made with preallocated buffers reused across improvements (the
+copying itself is :mod:`epochkit._weights`, shared with :class:`~epochkit.cv.WeightReset`)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,7 @@ import torch
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy, Strategy
 from torch import Tensor, nn
 
-
-def _named_tensors(module: nn.Module) -> dict[str, Tensor]:
-    """Every parameter and every buffer (non-persistent ones too) under every name, tied aliases included."""
-    named: dict[str, Tensor] = dict(module.named_parameters(remove_duplicate=False))
-    named.update(module.named_buffers(remove_duplicate=False))
-    return named
+from epochkit._weights import copy_tensors, distinct, empty_like_on, named_tensors
 
 
 class HostWeights:
@@ -22,9 +18,9 @@ class HostWeights:
     "Every buffer" includes non-persistent ones (``register_buffer(..., persistent=False)``), which
     ``module.state_dict()`` leaves out; the names are the module's own (``state_dict`` keys for everything
     ``state_dict`` holds). The first :meth:`capture` allocates one host buffer per distinct tensor (tied weights share
-    one; pinned when the source is on a GPU); later captures copy into the same buffers with ``copy_``, so an
-    improvement costs one memcpy of the model and no allocation. :meth:`load_into` copies the values back into the
-    module's own tensors (``copy_``, the same tensor objects, so optimizers and tied weights keep pointing at them).
+    one; pinned when the source is on a GPU); later captures copy into the same buffers, so an improvement costs one
+    memcpy of the model and no allocation. :meth:`load_into` copies the values back into the module's own tensors
+    (``copy_``, the same tensor objects, so optimizers and tied weights keep pointing at them).
 
     Example:
         >>> layer = nn.Linear(2, 1)
@@ -72,18 +68,14 @@ class HostWeights:
 
     def capture(self, module: nn.Module) -> None:
         """Copy the module's current parameters and buffers into the host buffers (allocating them on first use or a
-        change of names, shapes or dtypes)."""
-        named = _named_tensors(module)
-        slots, sources = self._layout(named)
+        change of names, ties, shapes or dtypes)."""
+        named = named_tensors(module)
+        slots, sources = distinct(named)
         if not self._fits(named, slots, sources):
             self._keys = list(named)
             self._slot_of = slots
-            self._buffers = [
-                torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=t.is_cuda and torch.cuda.is_available())
-                for t in sources
-            ]
-        with torch.no_grad():
-            torch._foreach_copy_(self._buffers, [t.detach() for t in sources])
+            self._buffers = empty_like_on(sources, "cpu")
+        copy_tensors(self._buffers, sources)
 
     def load_into(self, module: nn.Module) -> None:
         """Copy the held values into ``module``'s tensors, in place.
@@ -94,27 +86,22 @@ class HostWeights:
         """
         if self.empty:
             raise RuntimeError("HostWeights.load_into: nothing was captured.")
-        named = _named_tensors(module)
+        named = named_tensors(module)
         problems = [f"{k}: missing from the module" for k in self._keys if k not in named]
         problems += [f"{k}: not in the copy" for k in named if k not in self._slot_of]
-        pairs: dict[int, tuple[Tensor, Tensor]] = {}  # one copy per distinct module tensor (a tie is copied once)
-        for key in self._keys:
-            tensor = named.get(key)
-            if tensor is None:
-                continue
-            held = self._buffers[self._slot_of[key]]
-            if tensor.shape != held.shape or tensor.dtype != held.dtype:
-                problems.append(f"{key}: {tuple(tensor.shape)} {tensor.dtype}, copy {tuple(held.shape)} {held.dtype}")
-            pairs.setdefault(id(tensor), (tensor, held))
+        slots, targets = distinct({k: t for k, t in named.items() if k in self._slot_of})
+        held: list[Tensor | None] = [None] * len(targets)  # one copy per distinct module tensor (a tie, once)
+        for key, slot in slots.items():
+            tensor, source = targets[slot], self._buffers[self._slot_of[key]]
+            if tensor.shape != source.shape or tensor.dtype != source.dtype:
+                problems.append(
+                    f"{key}: {tuple(tensor.shape)} {tensor.dtype}, copy {tuple(source.shape)} {source.dtype}"
+                )
+            if held[slot] is None:
+                held[slot] = source
         if problems:
             raise RuntimeError("HostWeights.load_into: the module does not match the copy: " + "; ".join(problems))
-        on_host = [pair for pair in pairs.values() if pair[0].device.type == "cpu"]
-        with torch.no_grad():
-            if on_host:  # one fused call for everything on the host
-                torch._foreach_copy_([dst for dst, _ in on_host], [src for _, src in on_host])
-            for dst, src in pairs.values():
-                if dst.device.type != "cpu":
-                    dst.copy_(src)
+        copy_tensors(targets, [h for h in held if h is not None])
 
     def state(self) -> dict[str, Tensor]:
         """The copy as a name -> tensor dict whose values are the host buffers themselves (not copies)."""
@@ -122,31 +109,11 @@ class HostWeights:
 
     def load_state(self, state: Mapping[str, Tensor]) -> None:
         """Replace the copy with ``state`` (as saved by :meth:`state`), copying it into fresh host buffers."""
-        slots, sources = self._layout(state)
+        slots, sources = distinct(state)
         self._keys = list(state)
         self._slot_of = slots
-        self._buffers = [t.detach().to("cpu", copy=True) for t in sources]
-
-    @staticmethod
-    def _layout(named: Mapping[str, Tensor]) -> tuple[dict[str, int], list[Tensor]]:
-        # Tied weights appear under several names with one storage: copy and keep them once.
-        slots: dict[str, int] = {}
-        seen: dict[tuple, int] = {}
-        sources: list[Tensor] = []
-        for key, tensor in named.items():
-            ident = (
-                tensor.device,
-                tensor.untyped_storage().data_ptr(),
-                tensor.storage_offset(),
-                tuple(tensor.shape),
-                tensor.stride(),
-                tensor.dtype,
-            )
-            if ident not in seen or tensor.numel() == 0:
-                seen[ident] = len(sources)
-                sources.append(tensor)
-            slots[key] = seen[ident]
-        return slots, sources
+        self._buffers = empty_like_on(sources, "cpu")
+        copy_tensors(self._buffers, sources)
 
     def _fits(self, named: Mapping[str, Tensor], slots: dict[str, int], sources: list[Tensor]) -> bool:
         return (

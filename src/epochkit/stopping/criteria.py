@@ -13,11 +13,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
-from typing import Any, Literal
-
-Mode = Literal["min", "max"]
-MinDeltaMode = Literal["abs", "rel"]
-Smoothing = Literal["ema", "mean", "median"]
+from typing import Any
 
 MODES: tuple[str, ...] = ("min", "max")
 MIN_DELTA_MODES: tuple[str, ...] = ("abs", "rel")

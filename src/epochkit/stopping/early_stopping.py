@@ -15,7 +15,6 @@ import itertools
 import math
 import pickle
 from enum import Enum
-from numbers import Integral
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -29,8 +28,10 @@ from lightning.pytorch.trainer.states import TrainerFn, TrainerStatus
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
+from typing_extensions import override
 
 from epochkit import _distributed, _logging
+from epochkit._validation import is_int, is_one_of, real_value
 from epochkit.stopping import criteria
 from epochkit.stopping.best_weights import HostWeights, host_copy_problem
 
@@ -97,10 +98,6 @@ _LIGHTNING_METHODS = ("_run_early_stopping_check", "_evaluate_stopping_criteria"
 
 # Where a checkpoint keeps what Lightning's state_dict has no key for (with Lightning's arguments only).
 _CHECKPOINT_KEY = "epochkit.EarlyStopping"
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, Integral) and not isinstance(value, bool)
 
 
 def _fit_is_running(trainer: pl.Trainer) -> bool:
@@ -207,12 +204,52 @@ class EarlyStopping(LightningEarlyStopping):
             weight-averaging callbacks, or a Lightning version without the methods this class extends.
 
     Example:
+        A fit that ends with the weights of its best epoch:
+
+        >>> import tempfile
+        >>> from epochkit.demo import DigitsClassifier, DigitsDataModule
         >>> es = EarlyStopping(monitor="val_loss", patience=5, restore_best_weights=True)
+        >>> with tempfile.TemporaryDirectory() as root:
+        ...     trainer = pl.Trainer(max_epochs=3, limit_train_batches=4, limit_val_batches=2, logger=False,
+        ...                          enable_checkpointing=False, enable_progress_bar=False,
+        ...                          enable_model_summary=False, default_root_dir=root, callbacks=[es])
+        ...     trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule(batch_size=32))
+        >>> es.best_epoch >= 0 and es.restored_epoch == es.best_epoch
+        True
         >>> es.state_key
         "EarlyStopping{'monitor': 'val_loss', 'mode': 'min'}"
         >>> EarlyStopping(monitor="val_loss", patience=2.0, min_delta=-0.01).patience  # Lightning's values work
         2.0
     """
+
+    # What checks learn (made by _reset_learned_state; Lightning's own wait_count, best_score, ... beside it).
+    best_epoch: int
+    _best_epoch_score: float | None  # the (smoothed) value at best_epoch
+    _history: list[float]  # raw values, the last smoothing_window of them
+    _ema: float | None
+    _error_opt: float | None  # Prechelt's E_opt: the lowest (smoothed) value so far
+    _checks: int  # counted checks (after start_from_epoch), for strips
+    _train_strip: list[float]
+    _last_strip_end: float | None
+    _up_count: int
+    _baseline_beaten: bool
+    _train_current: Tensor | None  # this check's train_monitor value, for PQ
+    _best_weights: HostWeights | None  # created at the first improvement
+    _best_weights_epoch: int
+    _validated_weights: HostWeights | None  # a copy of the averaged weights validation ran with
+    _checkpoint_state: dict[str, Any] | None  # this callback's part of a checkpoint being loaded
+    _check_metrics: dict[str, float]  # the smoothed value and the criterion's figures of the last check, logged
+    # The state of one fit (made by _reset_state).
+    restored_epoch: int
+    _latch: tuple[Any, int, str | None] | None  # (reason, stopped_epoch, message) before our stop
+    _raised_stop: bool  # the Trainer's flag was down when this callback's pending stop raised it
+    _stops_at_latch: tuple[Any, ...]  # the other callbacks' stop requests at that moment
+    _validated_fresh: bool  # a validation ran since the last check (with a weight-averaging callback)
+    _validated_copied: bool  # ... and its averaged weights were copied into _validated_weights
+    _validated_version: Tensor | None  # the average's update count at that validation
+    _warned_missing: bool
+    _warned_rank_disagreement: bool
+    _warned_average_moved: bool
 
     def __init__(
         self,
@@ -272,10 +309,11 @@ class EarlyStopping(LightningEarlyStopping):
         self.successive_strips = successive_strips
         self.train_monitor = train_monitor
         self._validate_extra_arguments()
-        # Lightning's __init__ already made its own training state (wait_count, best_score, ...); ours is fresh
-        # state of the same kind, plain values that compare equal after a pickle round trip, kept beside it so that
+        # Lightning's __init__ already made its own learned state (wait_count, best_score, ...); ours is learned state
+        # of the same kind, plain values that compare equal after a pickle round trip, kept beside it so that
         # state_dict/load_state_dict see it before any setup.
-        self._reset_extra_state()
+        self._reset_learned_state()
+        self._reset_state()
 
     # ------------------------------------------------------------------ arguments
 
@@ -308,26 +346,23 @@ class EarlyStopping(LightningEarlyStopping):
         bad = self._bad
         if self.min_delta_mode not in criteria.MIN_DELTA_MODES:
             raise bad("min_delta_mode", self.min_delta_mode, f"allowed: {list(criteria.MIN_DELTA_MODES)}")
-        if self.restore_best_weights not in (True, False, "checkpoint") or (
-            isinstance(self.restore_best_weights, int) and not isinstance(self.restore_best_weights, bool)
-        ):
+        if not is_one_of(self.restore_best_weights, (True, False, "checkpoint")):
             raise bad("restore_best_weights", self.restore_best_weights, "allowed: True, False, 'checkpoint'")
-        if not _is_int(self.start_from_epoch) or self.start_from_epoch < 0:
+        if not is_int(self.start_from_epoch) or self.start_from_epoch < 0:
             raise bad("start_from_epoch", self.start_from_epoch, "it must be an int >= 0")
-        if self.baseline is not None and (
-            isinstance(self.baseline, bool) or _as_real(self.baseline) is None or not math.isfinite(self.baseline)
-        ):
+        baseline = real_value(self.baseline) if self.baseline is not None else 0.0
+        if baseline is None or not math.isfinite(baseline):
             raise bad("baseline", self.baseline, "it must be a finite number or None")
         if self.smoothing is not None and self.smoothing not in criteria.SMOOTHINGS:
             raise bad("smoothing", self.smoothing, f"allowed: {list(criteria.SMOOTHINGS)} or None")
-        if not _is_int(self.smoothing_window) or self.smoothing_window < 1:
+        if not is_int(self.smoothing_window) or self.smoothing_window < 1:
             raise bad("smoothing_window", self.smoothing_window, "it must be an int >= 1 (values averaged)")
         if self.criterion not in criteria.CRITERIA:
             raise bad("criterion", self.criterion, f"allowed: {list(criteria.CRITERIA)}")
-        if not _is_int(self.strip_length) or self.strip_length < 1:
+        if not is_int(self.strip_length) or self.strip_length < 1:
             raise bad("strip_length", self.strip_length, "it must be an int >= 1 (checks per strip)")
         if self.criterion in ("GL", "PQ"):
-            alpha = None if isinstance(self.alpha, bool) else _as_real(self.alpha)
+            alpha = real_value(self.alpha)
             if alpha is None or not alpha > 0:
                 raise bad("alpha", self.alpha, f"criterion={self.criterion!r} needs a number > 0")
             if self.mode != "min":
@@ -342,7 +377,7 @@ class EarlyStopping(LightningEarlyStopping):
         elif self.train_monitor is not None:
             raise bad("train_monitor", self.train_monitor, "it only applies to criterion='PQ'; leave it None")
         if self.criterion == "UP":
-            if not _is_int(self.successive_strips) or self.successive_strips < 1:  # type: ignore[operator]
+            if not is_int(self.successive_strips) or self.successive_strips < 1:  # type: ignore[operator]
                 raise bad("successive_strips", self.successive_strips, "criterion='UP' needs an int >= 1")
         elif self.successive_strips is not None:
             raise bad("successive_strips", self.successive_strips, "it only applies to criterion='UP'; leave it None")
@@ -368,38 +403,42 @@ class EarlyStopping(LightningEarlyStopping):
 
     # ------------------------------------------------------------------ state
 
-    def _reset_extra_state(self) -> None:
+    def _reset_learned_state(self) -> None:
+        """What checks learn, made once in ``__init__``: like Lightning's own ``wait_count``/``best_score`` (which its
+        ``setup`` never resets), it carries over to a later fit of the same instance (drop-in), and a checkpoint
+        restores it."""
         self.best_epoch = -1
-        self.restored_epoch = -1
-        self._best_epoch_score: float | None = None  # the (smoothed) value at best_epoch
-        self._history: list[float] = []  # raw values, the last smoothing_window of them
-        self._ema: float | None = None
-        self._error_opt: float | None = None  # Prechelt's E_opt: the lowest (smoothed) value so far
-        self._checks = 0  # counted checks (after start_from_epoch), for strips
-        self._train_strip: list[float] = []
-        self._last_strip_end: float | None = None
+        self._best_epoch_score = None
+        self._history = []
+        self._ema = None
+        self._error_opt = None
+        self._checks = 0
+        self._train_strip = []
+        self._last_strip_end = None
         self._up_count = 0
         self._baseline_beaten = False
-        self._train_current: Tensor | None = None  # this check's train_monitor value, for PQ
-        self._best_weights: HostWeights | None = None  # created at the first improvement
+        self._train_current = None
+        self._best_weights = None
         self._best_weights_epoch = -1
-        self._validated_weights: HostWeights | None = None  # a copy of the averaged weights validation ran with
-        self._validated_fresh = False  # a validation ran since the last check (with a weight-averaging callback)
-        self._validated_copied = False  # ... and its averaged weights were copied into _validated_weights
-        self._validated_version: Tensor | None = None  # the average's update count at that validation
-        self._latch: tuple[Any, int, str | None] | None = None  # (reason, stopped_epoch, message) before our stop
-        self._raised_stop = False  # the Trainer's flag was down when this callback's pending stop raised it
-        self._stops_at_latch: tuple[Any, ...] = ()  # the other callbacks' stop requests at that moment
-        self._checkpoint_state: dict[str, Any] | None = None  # this callback's part of a checkpoint being loaded
-        self._stats: dict[str, float] = {}
-        self._warned_rank_disagreement = False
-        self._warned_missing = False
-        self._warned_average_moved = False
+        self._validated_weights = None
+        self._checkpoint_state = None
+        self._check_metrics = {}
+
+    def _reset_state(self) -> None:
+        """The state of one fit, fresh (see :mod:`epochkit._callback`)."""
+        self.restored_epoch = -1
+        self._latch = None
+        self._raised_stop = False
+        self._stops_at_latch = ()
+        self._validated_fresh = self._validated_copied = False
+        self._validated_version = None
+        self._warned_missing = self._warned_rank_disagreement = self._warned_average_moved = False
 
     def _epochkit_state(self) -> dict[str, Any]:
         """What Lightning's ``state_dict`` has no key for and a resumed run needs."""
         return {"best_epoch": self.best_epoch, "best_epoch_score": self._best_epoch_score}
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         if not self._extras_in_use:
@@ -423,6 +462,7 @@ class EarlyStopping(LightningEarlyStopping):
             state["best_weights_epoch"] = self._best_weights_epoch
         return state
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # With Lightning's arguments only, best_epoch came beside the state, in the checkpoint (on_load_checkpoint,
         # which Lightning calls just before this).
@@ -449,6 +489,7 @@ class EarlyStopping(LightningEarlyStopping):
             self._best_weights = HostWeights()
             self._best_weights.load_state(state_dict["best_weights"])
 
+    @override
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
@@ -458,6 +499,7 @@ class EarlyStopping(LightningEarlyStopping):
         if not self._extras_in_use:
             checkpoint.setdefault(_CHECKPOINT_KEY, {})[self.state_key] = self._epochkit_state()
 
+    @override
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
@@ -466,6 +508,7 @@ class EarlyStopping(LightningEarlyStopping):
 
     # ------------------------------------------------------------------ hooks
 
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         if stage != "fit":
@@ -479,13 +522,7 @@ class EarlyStopping(LightningEarlyStopping):
                 " epochkit with your Lightning version; until then, use Lightning's EarlyStopping or a Lightning"
                 " version epochkit supports."
             )
-        self.restored_epoch = -1
-        self._latch = None
-        self._raised_stop = False
-        self._stops_at_latch = ()
-        self._validated_fresh = self._validated_copied = False
-        self._validated_version = None
-        self._warned_missing = self._warned_rank_disagreement = self._warned_average_moved = False
+        self._reset_state()
         if self.restore_best_weights == "checkpoint":
             self._matching_checkpoint(trainer)
         if self.restore_best_weights is True:
@@ -533,6 +570,7 @@ class EarlyStopping(LightningEarlyStopping):
                     " elsewhere. Please report it to epochkit with your Lightning version."
                 )
 
+    @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._note_validation(trainer)
         super().on_validation_end(trainer, pl_module)
@@ -566,6 +604,7 @@ class EarlyStopping(LightningEarlyStopping):
         more_steps_this_epoch = not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
         return more_steps_this_epoch or bool(averager.should_update(epoch_idx=trainer.current_epoch))
 
+    @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.restore_best_weights is True:
             self._restore_from_host_copy(trainer, pl_module)
@@ -595,6 +634,7 @@ class EarlyStopping(LightningEarlyStopping):
 
     # ------------------------------------------------------------------ the check
 
+    @override
     def _run_early_stopping_check(self, trainer: pl.Trainer) -> None:
         """Read the metric (agreed across ranks), apply the criteria, tell the Trainer, log."""
         if getattr(trainer, "fast_dev_run", False):  # disabled with fast_dev_run, as in Lightning
@@ -621,7 +661,7 @@ class EarlyStopping(LightningEarlyStopping):
 
         before = (self.stopping_reason, self.stopped_epoch, self.stopping_reason_message)
         best_before = self.best_score
-        self._stats = {}
+        self._check_metrics = {}
         self._train_current = train_current
         should_stop, reason = self._evaluate_stopping_criteria(current)
         new_best = self.best_score is not best_before and self._beats_best_epoch(self.best_score)
@@ -777,6 +817,7 @@ class EarlyStopping(LightningEarlyStopping):
             return own
         return RuntimeError(errors[0][1] + where)
 
+    @override
     def _validate_condition_metric(self, logs: dict[str, Tensor]) -> bool:
         """Lightning's check that the monitored metric was logged (raise, warn or skip), called as Lightning's class
         calls it (so a patch of Lightning's method, or an override in a subclass, decides here too), plus the
@@ -817,6 +858,7 @@ class EarlyStopping(LightningEarlyStopping):
                 category=RuntimeWarning,
             )
 
+    @override
     def _evaluate_stopping_criteria(self, current: Tensor) -> tuple[bool, str | None]:
         """Lightning's own method when epochkit's decision arguments are at their defaults; else Lightning's rules
         (same order, arithmetic and messages) extended by smoothing, baseline, relative ``min_delta`` and Prechelt."""
@@ -888,7 +930,7 @@ class EarlyStopping(LightningEarlyStopping):
         value = criteria.smoothed(self.smoothing, self._history, self.smoothing_window, self._ema)
         if self.smoothing == "ema":
             self._ema = value
-        self._stats["smoothed"] = value
+        self._check_metrics["smoothed"] = value
         return torch.tensor(value, dtype=current.dtype, device=current.device)
 
     def _prechelt(self, value: float, train_value: float | None) -> str | None:
@@ -904,7 +946,7 @@ class EarlyStopping(LightningEarlyStopping):
                 gl = criteria.generalization_loss(value, self._error_opt)
             except ValueError as err:
                 raise ValueError(f"EarlyStopping(criterion={self.criterion!r}) on `{self.monitor}`: {err}") from err
-            self._stats["generalization_loss"] = gl
+            self._check_metrics["generalization_loss"] = gl
             assert self.alpha is not None
             if self.criterion == "GL" and gl > self.alpha:
                 self.stopping_reason = StoppingReason.GENERALIZATION_LOSS  # type: ignore[assignment]
@@ -921,7 +963,7 @@ class EarlyStopping(LightningEarlyStopping):
                     except ValueError as err:
                         raise ValueError(f"EarlyStopping(criterion='PQ') on `{self.train_monitor}`: {err}") from err
                     pq = criteria.progress_quotient(gl, progress)
-                    self._stats.update(training_progress=progress, progress_quotient=pq)
+                    self._check_metrics.update(training_progress=progress, progress_quotient=pq)
                     if pq > self.alpha:
                         self.stopping_reason = StoppingReason.PROGRESS_QUOTIENT  # type: ignore[assignment]
                         return (
@@ -934,7 +976,7 @@ class EarlyStopping(LightningEarlyStopping):
         if strip_end:
             self._up_count = criteria.successive_increases(self._up_count, value, self._last_strip_end, self.mode)
             self._last_strip_end = value
-            self._stats["successive_increases"] = float(self._up_count)
+            self._check_metrics["successive_increases"] = float(self._up_count)
             assert self.successive_strips is not None
             if self._up_count >= self.successive_strips:
                 self.stopping_reason = StoppingReason.SUCCESSIVE_INCREASES  # type: ignore[assignment]
@@ -1104,7 +1146,7 @@ class EarlyStopping(LightningEarlyStopping):
             "wait_count": float(self.wait_count),
             "stopped": float(stopped),
             "stopping_reason": float(self.stopping_reason.value),
-            **self._stats,
+            **self._check_metrics,
         }
         _logging.log_scalars(trainer, {self._tag(k): v for k, v in scalars.items()})
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from functools import cached_property, partial
+from functools import partial
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -14,10 +14,12 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch.utils.hooks import RemovableHandle
+from typing_extensions import override
 
+from epochkit._callback import cached_state_key
 from epochkit._logging import current_step, log_scalars
-from epochkit._validation import check_bool, check_number
-from epochkit.warmup.schedules import WarmupShape, check_warmup, warmup_factor
+from epochkit._validation import check_bool, check_number, is_int, is_real
+from epochkit.schedules import WarmupShape, check_warmup, warmup_factor
 
 log = logging.getLogger("epochkit.warmup")
 
@@ -40,14 +42,14 @@ def _warmup_in(scheduler: Any) -> str | None:
         if not isinstance(fn, functools.partial):
             continue
         name = getattr(fn.func, "__name__", "?")
-        ours = fn.keywords.get("warmup_steps") if fn.func.__module__ == "epochkit.warmup.schedules" else None
+        ours = fn.keywords.get("warmup_steps") if fn.func.__module__ == "epochkit.schedules" else None
         if ours:
             return f"epochkit.schedules.{name.removesuffix('_factor')} with warmup_steps={ours}"
         theirs = fn.keywords.get("num_warmup_steps")
         if theirs:
             return f"{fn.func.__module__}.{name} with num_warmup_steps={theirs}"
     warmup_t = getattr(scheduler, "warmup_t", 0)  # timm's schedulers
-    if isinstance(warmup_t, int | float) and not isinstance(warmup_t, bool) and warmup_t > 0:
+    if is_real(warmup_t) and warmup_t > 0:
         return f"warmup_t={warmup_t}"
     return None
 
@@ -96,10 +98,36 @@ class LRWarmup(Callback):
             (``Trainer(log_every_n_steps=...)``), while warmup lasts.
 
     Example:
+        The first 10 optimizer steps of a fit warm up; the module's own LR is untouched afterwards:
+
+        >>> import tempfile
+        >>> from epochkit.demo import DigitsClassifier, DigitsDataModule
+        >>> model, warmup = DigitsClassifier(lr=1e-3), LRWarmup(steps=10)
+        >>> with tempfile.TemporaryDirectory() as root:
+        ...     trainer = pl.Trainer(max_epochs=1, limit_train_batches=24, limit_val_batches=0, logger=False,
+        ...                          enable_checkpointing=False, enable_progress_bar=False,
+        ...                          enable_model_summary=False, default_root_dir=root, callbacks=[warmup])
+        ...     trainer.fit(model, datamodule=DigitsDataModule(batch_size=32))
+        >>> warmup.steps_applied_, warmup.warmup_steps_, trainer.optimizers[0].param_groups[0]["lr"]
+        ([10], [[10]], 0.001)
         >>> warmup = LRWarmup(steps=100, shape="cosine")
         >>> warmup.state_key
         "LRWarmup{'steps': 100, 'epochs': None, 'fraction': None, 'shape': 'cosine', 'start_factor': 0.0}"
     """
+
+    # State of one fit (skorch's trailing underscore: public, learned), made by _reset_state.
+    steps_applied_: list[int]
+    warmup_steps_: list[list[int]]
+    group_starts_: list[list[int]]
+    _restored: dict[str, Any] | None
+    _ends: list[int]
+    _handles: dict[int, list[RemovableHandle]]
+    _tables: dict[int, list[float]]
+    _saved: dict[int, list[tuple[Any, Any]]]
+    _used: dict[int, tuple[float, list[Any]]]
+    _finished: list[int]
+    _pending_lrs: list[tuple[int, dict[str, torch.Tensor]]]
+    _length: int | str
 
     def __init__(
         self,
@@ -118,11 +146,7 @@ class LRWarmup(Callback):
                 "Give exactly one of `steps`, `epochs` or `fraction` to LRWarmup, "
                 f"got {', '.join(f'`{n}`' for n in given) or 'none'}."
             )
-        if (
-            steps is not None
-            and steps != UNTUNED
-            and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1)
-        ):
+        if steps is not None and steps != UNTUNED and (not is_int(steps) or int(steps) < 1):
             raise ValueError(f"`steps` must be an int >= 1 or 'untuned', got {steps!r}.")
         if epochs is not None:
             check_number("LRWarmup", "epochs", epochs, above=0.0)
@@ -130,17 +154,19 @@ class LRWarmup(Callback):
             check_number("LRWarmup", "fraction", fraction, above=0.0, maximum=1.0)
         check_warmup(1, shape, start_factor)
         check_bool("LRWarmup", "log_lr", log_lr)
-        self.steps = steps
+        self.steps = int(steps) if steps is not None and is_int(steps) else steps  # NumPy ints: the int's state_key
         self.epochs = epochs
         self.fraction = fraction
         self.shape = shape
         self.start_factor = start_factor
         self.log_lr = log_lr
+        self._reset_state()
 
-    @cached_property
+    @property
+    @override
     def state_key(self) -> str:
-        # Lightning asks for it on every hook call (profiler action names): build the string once.
-        return self._generate_state_key(
+        return cached_state_key(
+            self,
             steps=self.steps,
             epochs=self.epochs,
             fraction=self.fraction,
@@ -149,23 +175,27 @@ class LRWarmup(Callback):
         )
 
     # ------------------------------------------------------------------------------------------- lifecycle
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return  # validate/test/predict: keep what the last fit (or a checkpoint) left
-        # Made here, not in __init__: state of one fit (constructor = parameters).
-        self.steps_applied_: list[int] = []
-        self.warmup_steps_: list[list[int]] = []
-        self.group_starts_: list[list[int]] = []
-        self._restored: dict[str, Any] | None = None
-        self._ends: list[int] = []
-        self._handles: dict[int, list[RemovableHandle]] = {}
-        self._tables: dict[int, list[float]] = {}
-        self._saved: dict[int, list[tuple[Any, Any]]] = {}
-        self._used: dict[int, tuple[float, list[Any]]] = {}
-        self._finished: list[int] = []
-        self._pending_lrs: list[tuple[int, dict[str, torch.Tensor]]] = []
-        self._length: int | str = 0
+    def _reset_state(self) -> None:
+        """The state of one fit, fresh (see :mod:`epochkit._callback`)."""
+        self.steps_applied_ = []
+        self.warmup_steps_ = []
+        self.group_starts_ = []
+        self._restored = None
+        self._ends = []
+        self._handles = {}
+        self._tables = {}
+        self._saved = {}
+        self._used = {}
+        self._finished = []
+        self._pending_lrs = []
+        self._length = 0
 
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":  # validate/test/predict: keep what the last fit (or a checkpoint) left
+            self._reset_state()
+
+    @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Here, not at fit start: the train loader is set up by now, so reading the run's length loads nothing
         # (at fit start Lightning would load it early and say so), and no optimizer step has run yet.
@@ -238,6 +268,7 @@ class LRWarmup(Callback):
                     "(warmup twice). Keep one: give the schedule no warmup (warmup_steps=0), or remove LRWarmup."
                 )
 
+    @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -265,15 +296,17 @@ class LRWarmup(Callback):
         if deferred:
             self._pending_lrs.append((current_step(trainer), deferred))
 
+    @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._log_tensor_lrs(trainer)
 
+    @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._log_tensor_lrs(trainer)
 
     def _log_tensor_lrs(self, trainer: pl.Trainer) -> None:
         """Log the tensor LRs kept since the last call at the steps they were used, with one host transfer."""
-        pending, self._pending_lrs = getattr(self, "_pending_lrs", []), []
+        pending, self._pending_lrs = self._pending_lrs, []
         if not pending or not trainer.is_global_zero:
             return
         flat = [lr for _, tensors in pending for lr in tensors.values()]
@@ -281,18 +314,20 @@ class LRWarmup(Callback):
         for step, tensors in pending:
             log_scalars(trainer, {tag: next(values) for tag in tensors}, step=step)
 
+    @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._release(trainer)
 
+    @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._release(trainer)
 
     def _release(self, trainer: pl.Trainer) -> None:
         """Remove the hooks, and undo a scaling whose step raised before the post-hook could restore it."""
-        for i, saved in getattr(self, "_saved", {}).items():
+        for i, saved in self._saved.items():
             self._restore(trainer.optimizers[i], saved)
         self._saved = {}
-        for handles in getattr(self, "_handles", {}).values():
+        for handles in self._handles.values():
             for handle in handles:
                 handle.remove()
         self._handles = {}
@@ -449,13 +484,15 @@ class LRWarmup(Callback):
         return math.ceil(2.0 / (1.0 - beta2) - 1e-9)
 
     # ---------------------------------------------------------------------------------------- checkpoints
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {
-            "steps_applied": list(getattr(self, "steps_applied_", [])),
-            "warmup_steps": [list(x) for x in getattr(self, "warmup_steps_", [])],
-            "group_starts": [list(x) for x in getattr(self, "group_starts_", [])],
+            "steps_applied": list(self.steps_applied_),
+            "warmup_steps": [list(x) for x in self.warmup_steps_],
+            "group_starts": [list(x) for x in self.group_starts_],
         }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # Applied at on_train_start, once the optimizers exist; also readable right away.
         self._restored = dict(state_dict)

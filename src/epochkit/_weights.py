@@ -1,0 +1,125 @@
+"""The one engine that copies a module's weights: every parameter and buffer, ties found once, copied in one fused
+call per pair of devices.
+
+Two users: :class:`epochkit.stopping.HostWeights` (the best weights of ``EarlyStopping(restore_best_weights=True)``,
+in host memory) and :class:`epochkit.cv.WeightReset` (the snapshot a fold starts from). Both take their tensors from
+:func:`named_tensors`, group tied names with :func:`distinct`, allocate their copy with :func:`empty_like_on` and move
+bytes with :func:`copy_tensors`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+def unwrap_compiled(module: nn.Module) -> nn.Module:
+    """The module under ``torch.compile``'s ``OptimizedModule`` wrappers (the module itself when not compiled).
+
+    Example:
+        >>> layer = nn.Linear(2, 2)
+        >>> unwrap_compiled(layer) is layer
+        True
+    """
+    while isinstance(getattr(module, "_orig_mod", None), nn.Module):
+        module = module._orig_mod  # type: ignore[assignment]
+    return module
+
+
+def named_tensors(module: nn.Module) -> dict[str, Tensor]:
+    """Every parameter and every buffer (non-persistent ones too, which ``state_dict()`` leaves out) under every
+    name, tied aliases included, parameters first."""
+    named: dict[str, Tensor] = dict(module.named_parameters(remove_duplicate=False))
+    named.update(module.named_buffers(remove_duplicate=False))
+    return named
+
+
+def identity(tensor: Tensor) -> tuple[Any, ...]:
+    """The tie rule: two names are one tensor when they view the same bytes the same way (device, storage, offset,
+    shape, strides, dtype). That covers one Parameter under two names (``head.weight = embed.weight``) and two
+    objects over one storage alike. Empty tensors are never tied (they may all report storage pointer 0)."""
+    if tensor.numel() == 0:
+        return ("empty", id(tensor))
+    return (
+        tensor.device,
+        tensor.untyped_storage().data_ptr(),
+        tensor.storage_offset(),
+        tuple(tensor.shape),
+        tensor.stride(),
+        tensor.dtype,
+    )
+
+
+def distinct(named: Mapping[str, Tensor]) -> tuple[dict[str, int], list[Tensor]]:
+    """``(slot of each name, the distinct tensors)``: tied names share one slot, in first-seen order.
+
+    Example:
+        >>> a = nn.Linear(2, 2)
+        >>> net = nn.ModuleDict({"a": a, "b": nn.Linear(2, 2)})
+        >>> net["b"].weight = a.weight
+        >>> slots, tensors = distinct(named_tensors(net))
+        >>> slots["b.weight"] == slots["a.weight"], len(tensors)
+        (True, 3)
+    """
+    slots: dict[str, int] = {}
+    first: dict[tuple[Any, ...], int] = {}
+    tensors: list[Tensor] = []
+    for name, tensor in named.items():
+        key = identity(tensor)
+        if key not in first:
+            first[key] = len(tensors)
+            tensors.append(tensor)
+        slots[name] = first[key]
+    return slots, tensors
+
+
+def first_names(slots: Mapping[str, int]) -> list[str]:
+    """The first name of each slot of :func:`distinct`, in slot order."""
+    names: dict[int, str] = {}
+    for name, slot in slots.items():
+        names.setdefault(slot, name)
+    return [names[slot] for slot in range(len(names))]
+
+
+def ties(named: Mapping[str, Tensor]) -> list[list[str]]:
+    """The groups of names that are one tensor (by :func:`identity`), each sorted, sorted."""
+    groups: dict[int, list[str]] = {}
+    slots = distinct(named)[0]
+    for name, slot in slots.items():
+        groups.setdefault(slot, []).append(name)
+    return sorted(sorted(names) for names in groups.values() if len(names) > 1)
+
+
+def empty_like_on(tensors: Sequence[Tensor], device: torch.device | str | None) -> list[Tensor]:
+    """Uninitialised tensors of the same shapes and dtypes on ``device`` (``None``: each tensor's own). Host memory
+    that will hold copies of CUDA tensors is pinned, so that the copies run asynchronously at full bandwidth."""
+    out = []
+    for tensor in tensors:
+        target = tensor.device if device is None else torch.device(device)
+        pin = target.type == "cpu" and tensor.is_cuda and torch.cuda.is_available()
+        out.append(torch.empty(tensor.shape, dtype=tensor.dtype, device=target, pin_memory=pin))
+    return out
+
+
+@torch.no_grad()
+def copy_tensors(targets: Sequence[Tensor], sources: Sequence[Tensor]) -> None:
+    """``target.copy_(source)`` for every pair, as one fused ``torch._foreach_copy_`` per (target device, source
+    device) pair: the same bytes as one big copy, without a Python loop per tensor. Copies between the host and a GPU
+    are issued asynchronously (``non_blocking``) and waited for once at the end, so the host copy is complete when
+    this returns.
+    """
+    groups: dict[tuple[torch.device, torch.device], tuple[list[Tensor], list[Tensor]]] = {}
+    for target, source in zip(targets, sources, strict=True):
+        pair = groups.setdefault((target.device, source.device), ([], []))
+        pair[0].append(target)
+        pair[1].append(source.detach())
+    cuda_devices: set[torch.device] = set()
+    for (target_device, source_device), (group_targets, group_sources) in groups.items():
+        across = target_device != source_device
+        torch._foreach_copy_(group_targets, group_sources, non_blocking=across)
+        cuda_devices.update(d for d in (target_device, source_device) if across and d.type == "cuda")
+    for device in cuda_devices:
+        torch.cuda.synchronize(device)

@@ -17,7 +17,7 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,42 @@ FOLD_RESULT = "fold_result.json"
 FOLD_OOF = "oof.pt"
 KEPT_FILE = "kept.json"
 WORKER_FILE = "worker.json"
+
+
+# Loggers through which Lightning prints its INFO lines (device banner, tips, "`Trainer.fit` stopped", ...).
+LIGHTNING_INFO_LOGGERS = (
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.fabric.utilities.rank_zero",
+    "lightning.pytorch.accelerators.cuda",
+)
+
+
+class RepeatedInfoDropped(logging.Filter):
+    """While active, drops INFO (and DEBUG) records of the named loggers that repeat, word for word, one already
+    shown: every fold's Trainer prints Lightning's device banner and tips again. Warnings always pass."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        super().__init__()
+        self.names = tuple(names)
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        message = record.getMessage()
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
+
+    def __enter__(self) -> RepeatedInfoDropped:
+        for name in self.names:
+            logging.getLogger(name).addFilter(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name in self.names:
+            logging.getLogger(name).removeFilter(self)
 
 
 def is_rank_zero() -> bool:

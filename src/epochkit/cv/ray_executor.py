@@ -29,7 +29,15 @@ import torch
 from epochkit._io import write_json_atomic
 from epochkit._validation import check_bool, check_int, check_number, fail
 from epochkit.cv.data import find_training_dataset
-from epochkit.cv.fold import WORKER_FILE, FoldJob, FoldOutcome, FoldSpec, run_fold
+from epochkit.cv.fold import (
+    LIGHTNING_INFO_LOGGERS,
+    WORKER_FILE,
+    FoldJob,
+    FoldOutcome,
+    FoldSpec,
+    RepeatedInfoDropped,
+    run_fold,
+)
 from epochkit.cv.results import FoldResult
 
 __all__ = ["RayExecutor"]
@@ -365,6 +373,9 @@ class RayExecutor:
 
 
 # ------------------------------------------------------------------------------------ what runs in the tasks
+_WORKER_QUIET: list[RepeatedInfoDropped] = []  # the filter of this Ray worker process, once installed
+
+
 def _write_node_marker(path: str, run_id: str) -> tuple[str, str | None]:
     try:
         write_json_atomic(path, {"run_id": run_id, "host": socket.gethostname()})
@@ -386,6 +397,8 @@ def _fold_task(spec: FoldSpec, payload: tuple[Any, Any], executor: RayExecutor) 
     """One fold in a Ray worker process: check the shared directory, then the fold body."""
     import ray
 
+    if not _WORKER_QUIET:  # as in the in-process loop: Lightning's banner and tips once per worker, not per fold
+        _WORKER_QUIET.append(RepeatedInfoDropped(LIGHTNING_INFO_LOGGERS).__enter__())
     torch.set_num_threads(max(1, math.floor(executor.cpus_per_fold)))
     worker = {
         "host": socket.gethostname(),

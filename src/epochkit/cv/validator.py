@@ -27,9 +27,11 @@ from epochkit.cv.callbacks import concat_rows, take_rows
 from epochkit.cv.data import find_labels, find_training_dataset
 from epochkit.cv.fold import (
     FOLD_RESULT,
+    LIGHTNING_INFO_LOGGERS,
     FoldJob,
     FoldOutcome,
     FoldSpec,
+    RepeatedInfoDropped,
     TrainerFactory,
     is_rank_zero,
     local_worker,
@@ -48,45 +50,11 @@ log = logging.getLogger("epochkit.cv")
 OWNER = "CrossValidator"
 MANIFEST = "cv_manifest.json"
 OOF_FILE = "oof_predictions.pt"
-# Loggers through which Lightning prints its INFO lines (device banner, tips, "`Trainer.fit` stopped", ...).
-_LIGHTNING_INFO_LOGGERS = (
-    "lightning.pytorch.utilities.rank_zero",
-    "lightning.fabric.utilities.rank_zero",
-    "lightning.pytorch.accelerators.cuda",
-)
 
 
 def _stable_repr(value: Any) -> str:
     """``repr`` without memory addresses, so equal settings give equal strings in two runs."""
     return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))
-
-
-class _RepeatedInfoDropped(logging.Filter):
-    """While active, drops INFO (and DEBUG) records of the named loggers that repeat, word for word, one already
-    shown: every fold's Trainer prints Lightning's device banner and tips again. Warnings always pass."""
-
-    def __init__(self, names: Sequence[str]) -> None:
-        super().__init__()
-        self.names = tuple(names)
-        self.seen: set[str] = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.WARNING:
-            return True
-        message = record.getMessage()
-        if message in self.seen:
-            return False
-        self.seen.add(message)
-        return True
-
-    def __enter__(self) -> _RepeatedInfoDropped:
-        for name in self.names:
-            logging.getLogger(name).addFilter(self)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for name in self.names:
-            logging.getLogger(name).removeFilter(self)
 
 
 def _fold_line(fold: FoldResult, n_splits: int, skipped_from: Path | None) -> str:
@@ -393,7 +361,7 @@ class CrossValidator:
                 record_outcome(outcome, root)
             record(outcome.result, None)
 
-        with _RepeatedInfoDropped(_LIGHTNING_INFO_LOGGERS):
+        with RepeatedInfoDropped(LIGHTNING_INFO_LOGGERS):
             if self.executor is None:  # one fold after another, in this process, on the model itself
                 job = FoldJob(model, datamodule, dataset, resetter=resetter, worker=local_worker())
                 for k in range(plan.n_splits):

@@ -256,7 +256,9 @@ class CrossValidator:
         """Run every fold (skipping those a previous run finished) and return the :class:`CVResult`.
 
         Args:
-            model: The LightningModule (``torch.compile``'d is fine); it is trained in place, fold after fold.
+            model: The LightningModule (``torch.compile``'d is fine); in-process it is trained in place, fold after
+                fold, and put back to its starting weights at the end; with an ``executor`` the workers train copies
+                of it (it must pickle, as must the DataModule and the callbacks) and it is left as it is.
             datamodule: The DataModule whose training dataset is split.
             trainer_kwargs: ``Trainer`` arguments for every fold. ``callbacks`` are deep-copied per fold;
                 ``logger`` may be ``True`` (default: a TensorBoard run ``root_dir/fold_k``) or ``False``.

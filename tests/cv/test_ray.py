@@ -23,7 +23,7 @@ import torch
 from epochkit import CrossValidator
 from epochkit.cv import CVResult, RayExecutor
 from tests.helpers import RegressionDataModule, RegressionModule, read_tensorboard
-from tests.helpers.ray import FailOnce, HoldOnce, RecordRanks, local_ray
+from tests.helpers.ray import FailOnce, HoldOnce, local_ray
 
 pytestmark = pytest.mark.processes  # Ray starts (and the tests kill) worker processes
 
@@ -169,29 +169,6 @@ def test_a_worker_killed_mid_fold_is_retried_and_resumes_to_the_same_results(
     assert {t: v for t, v in resumed.items() if not t.startswith("cv/")} == {
         t: v for t, v in uninterrupted.items() if not t.startswith("cv/")
     }
-
-
-@pytest.mark.ddp
-def test_a_fold_on_two_cpus_trains_with_ddp_spawn_inside_its_task(ray_address: str, tmp_path: Path) -> None:
-    """``cpus_per_fold=2`` and ``devices=2``: each fold's task runs a 2-process ``ddp_spawn`` fit (gloo). Lean (no
-    validation, no predictions: each spawn costs two fresh interpreters), since the in-process loop's DDP results
-    are tested in tests/cv/test_ddp.py and the fold body is the same."""
-    ranks = tmp_path / "ranks"
-    ranks.mkdir()
-    torch.manual_seed(0)
-    executor = RayExecutor(cpus_per_fold=2, progress=False)
-    cv = CrossValidator(2, root_dir=tmp_path / "cv", verbose=False, predict=False, executor=executor)
-    kwargs = {**KWARGS, "max_epochs": 2, "limit_val_batches": 0, "devices": 2, "strategy": "ddp_spawn"}
-    result = cv.fit(
-        RegressionModule(),
-        RegressionDataModule(num_samples=24, batch_size=6),
-        trainer_kwargs={**kwargs, "callbacks": [RecordRanks(str(ranks))]},
-    )
-    records = [json.loads(p.read_text()) for p in sorted(ranks.glob("*.json"))]
-    assert sorted((r["fold"], r["world_size"]) for r in records) == [(0, 2), (0, 2), (1, 2), (1, 2)]
-    assert not {f.worker["pid"] for f in result.folds} & {r["pid"] for r in records}  # ranks the task spawned
-    assert [len(f.history) for f in result.folds] == [2, 2]
-    assert all(f.last["train_loss"] > 0 for f in result.folds)
 
 
 def test_resources_no_node_has_fail_with_a_message_not_a_hang(ray_address: str, tmp_path: Path) -> None:

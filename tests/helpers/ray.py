@@ -116,16 +116,3 @@ class FailOnce(Callback):
         except FileExistsError:
             return
         raise ValueError(f"fold {self.fold} failed on purpose")
-
-
-class RecordRanks(Callback):
-    """At fit start, each rank writes ``{"world_size", "pid", "fold"}`` to ``directory/fold<k>_rank<r>.json``. Changes
-    nothing about training."""
-
-    def __init__(self, directory: str) -> None:
-        self.directory = directory
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        fold = Path(trainer.default_root_dir).name.removeprefix("fold_")
-        path = Path(self.directory) / f"fold{fold}_rank{trainer.global_rank}.json"
-        path.write_text(json.dumps({"world_size": trainer.world_size, "pid": os.getpid(), "fold": int(fold)}))

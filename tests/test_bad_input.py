@@ -18,6 +18,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 import epochkit
 from epochkit import CrossValidator, EarlyStopping, LRWarmup, ShuffleAudit, WeightReset, schedules
+from epochkit.cv import RayExecutor
 from epochkit.demo import DigitsClassifier, DigitsDataModule
 from tests.helpers import RegressionDataModule, RegressionModule
 
@@ -48,6 +49,7 @@ BUILDERS: dict[str, Callable[..., Any]] = {
     "CrossValidator": lambda **k: CrossValidator(**k),
     "CrossValidator.fit": _cv_fit,
     "WeightReset": lambda **k: WeightReset(**k),
+    "RayExecutor": lambda **k: RayExecutor(**k),
     "warmup_cosine": _schedule("warmup_cosine", warmup_steps=2, total_steps=10),
     "warmup_polynomial": _schedule("warmup_polynomial", warmup_steps=2, total_steps=10),
     "warmup_inverse_sqrt": _schedule("warmup_inverse_sqrt", warmup_steps=2),
@@ -105,6 +107,7 @@ BAD: dict[str, dict[str, list[Any]]] = {
         "verbose": ["yes"],
         "labels": [3.5],
         "groups": [3.5],
+        "executor": ["ray", 2],
     },
     "CrossValidator.fit": {
         "model": ["model", torch.nn.Linear(2, 2)],
@@ -113,6 +116,16 @@ BAD: dict[str, dict[str, list[Any]]] = {
         "trainer_factory": [3],
     },
     "WeightReset": {"device": [3, "gpu9"]},
+    "RayExecutor": {
+        "address": [3, "", "  "],
+        "cpus_per_fold": [0, -1, NAN, "2", True],
+        "gpus_per_fold": [-1, 1.5, NAN, "1"],
+        "max_concurrent": [0, -2, 1.5, "4"],
+        "max_retries": [-1, 0.5, "2"],
+        "schedule_timeout": [0, -5.0, NAN, "10"],
+        "progress": ["yes", 1],
+        "runtime_env": ["env", ["working_dir"]],
+    },
     "warmup_cosine": {
         "warmup_steps": [-1, 2.5, "3", 10],
         "total_steps": [0, -5],

@@ -131,6 +131,7 @@ class FoldResult:
             ``model_path`` and made the out-of-fold predictions, i.e. after an
             ``EarlyStopping(restore_best_weights=...)`` restore. Validation metrics only; empty without validation.
         kept_epoch: The epoch those weights come from: the epoch ``EarlyStopping`` restored, else the last one.
+        worker: Where the fold ran: host and process id, and for a Ray task its node (``node_id``, ``node_ip``).
     """
 
     fold: int
@@ -147,6 +148,7 @@ class FoldResult:
     weights_checksum: str | None = None
     resumed_from: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    worker: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

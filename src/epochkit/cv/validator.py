@@ -3,14 +3,14 @@ per fold, with every piece of state reset and verified between folds."""
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import json
 import logging
 import os
 import re
+import secrets
 import shutil
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,18 +18,30 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.model_helpers import is_overridden
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch import nn
 
-from epochkit._distributed import DestroyProcessGroupAtExit
 from epochkit._io import check_writable, load_torch, save_torch_atomic, write_json_atomic
 from epochkit._validation import check_bool, check_choice, check_int, check_path, fail
-from epochkit.cv.callbacks import FoldMonitor, OOFPredictor, ResumeCheckpoint, concat_rows, scalar_metrics, take_rows
-from epochkit.cv.data import FoldDataModule, find_labels, find_training_dataset
-from epochkit.cv.reset import WeightReset, WeightResetError, reinit_parameters, unwrap_compiled, weights_checksum
-from epochkit.cv.results import CVResult, FoldResult, best_of
+from epochkit.cv.callbacks import concat_rows, take_rows
+from epochkit.cv.data import find_labels, find_training_dataset
+from epochkit.cv.fold import (
+    FOLD_RESULT,
+    LIGHTNING_INFO_LOGGERS,
+    FoldJob,
+    FoldOutcome,
+    FoldSpec,
+    RepeatedInfoDropped,
+    TrainerFactory,
+    is_rank_zero,
+    local_worker,
+    record_outcome,
+    reset_metric_states,
+    run_fold,
+)
+from epochkit.cv.ray_executor import RayExecutor
+from epochkit.cv.reset import WeightReset, WeightResetError, unwrap_compiled
+from epochkit.cv.results import CVResult, FoldResult
 from epochkit.cv.splits import FoldPlan, default_splitter, make_plan
 from epochkit.cv.summary import write_summary_run
 
@@ -37,54 +49,12 @@ log = logging.getLogger("epochkit.cv")
 
 OWNER = "CrossValidator"
 MANIFEST = "cv_manifest.json"
-FOLD_RESULT = "fold_result.json"
-KEPT_FILE = "kept.json"
 OOF_FILE = "oof_predictions.pt"
-# Loggers through which Lightning prints its INFO lines (device banner, tips, "`Trainer.fit` stopped", ...).
-_LIGHTNING_INFO_LOGGERS = (
-    "lightning.pytorch.utilities.rank_zero",
-    "lightning.fabric.utilities.rank_zero",
-    "lightning.pytorch.accelerators.cuda",
-)
-TrainerFactory = Callable[[int], pl.Trainer]
-
-
-def _is_rank_zero() -> bool:
-    # Set from RANK/LOCAL_RANK at import, so under `strategy="ddp"` scripts every rank knows it before any Trainer.
-    return int(getattr(rank_zero_only, "rank", 0) or 0) == 0
 
 
 def _stable_repr(value: Any) -> str:
     """``repr`` without memory addresses, so equal settings give equal strings in two runs."""
     return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))
-
-
-class _RepeatedInfoDropped(logging.Filter):
-    """While active, drops INFO (and DEBUG) records of the named loggers that repeat, word for word, one already
-    shown: every fold's Trainer prints Lightning's device banner and tips again. Warnings always pass."""
-
-    def __init__(self, names: Sequence[str]) -> None:
-        super().__init__()
-        self.names = tuple(names)
-        self.seen: set[str] = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.WARNING:
-            return True
-        message = record.getMessage()
-        if message in self.seen:
-            return False
-        self.seen.add(message)
-        return True
-
-    def __enter__(self) -> _RepeatedInfoDropped:
-        for name in self.names:
-            logging.getLogger(name).addFilter(self)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for name in self.names:
-            logging.getLogger(name).removeFilter(self)
 
 
 def _fold_line(fold: FoldResult, n_splits: int, skipped_from: Path | None) -> str:
@@ -104,14 +74,6 @@ def _fold_line(fold: FoldResult, n_splits: int, skipped_from: Path | None) -> st
         which = "kept the last epoch" if fold.kept_epoch == last_epoch else f"kept epoch {fold.kept_epoch}"
     shown = ", ".join(f"{name} {value:.4f}" for name, value in sorted(values.items()))
     return f"{head}; {which}: {shown}" if shown else head
-
-
-def _reset_metric_states(module: nn.Module) -> None:
-    from torchmetrics import Metric
-
-    for sub in module.modules():
-        if isinstance(sub, Metric):
-            sub.reset()
 
 
 class CrossValidator:
@@ -162,6 +124,10 @@ class CrossValidator:
             of the model it kept), the results table and where the files are. Whatever its value, Lightning's INFO
             lines that repeat, word for word, one an earlier fold printed (its device banner and tips, every fold)
             are dropped while the folds run; its warnings are not.
+        executor: ``None`` runs the folds one after another in this process, on ``model`` itself; a
+            :class:`~epochkit.cv.RayExecutor` runs each unfinished fold as a Ray task, side by side, with the same
+            guarantees, the same results and the same files in ``root_dir``. Both run the same fold body
+            (:func:`epochkit.cv.fold.run_fold`).
 
     Example:
         >>> cv = CrossValidator(n_splits=3, seed=1, root_dir="runs/cv")
@@ -186,6 +152,7 @@ class CrossValidator:
         resume_checkpoints: bool = True,
         seed_folds: bool = True,
         verbose: bool = True,
+        executor: RayExecutor | None = None,
     ) -> None:
         if splitter is None:
             n_splits = 5 if n_splits is None else n_splits
@@ -214,6 +181,8 @@ class CrossValidator:
             check_bool(OWNER, flag, locals()[flag])
         check_int(OWNER, "seed", seed, minimum=0, maximum=2**31 - 1)  # seed + k must stay a valid NumPy seed
         check_path(OWNER, "root_dir", root_dir)
+        if executor is not None and not isinstance(executor, RayExecutor):
+            fail(OWNER, "executor", executor, "None (folds in this process) or a RayExecutor", TypeError)
         for argument, value in (("labels", labels), ("groups", groups)):
             if value is not None and (
                 isinstance(value, bytes) or not isinstance(value, str | Sequence | np.ndarray | torch.Tensor)
@@ -239,11 +208,12 @@ class CrossValidator:
         self.resume_checkpoints = resume_checkpoints
         self.seed_folds = seed_folds
         self.verbose = verbose
+        self.executor = executor
 
     # ------------------------------------------------------------------------------------------------ plan
     def plan(self, datamodule: pl.LightningDataModule) -> FoldPlan:
         """Set the DataModule up (``prepare_data`` on rank 0, ``setup("fit")``) and make the checked fold plan."""
-        if _is_rank_zero():
+        if is_rank_zero():
             datamodule.prepare_data()
         datamodule.setup("fit")
         dataset = find_training_dataset(datamodule)
@@ -286,7 +256,9 @@ class CrossValidator:
         """Run every fold (skipping those a previous run finished) and return the :class:`CVResult`.
 
         Args:
-            model: The LightningModule (``torch.compile``'d is fine); it is trained in place, fold after fold.
+            model: The LightningModule (``torch.compile``'d is fine); in-process it is trained in place, fold after
+                fold, and put back to its starting weights at the end; with an ``executor`` the workers train copies
+                of it (it must pickle, as must the DataModule and the callbacks) and it is left as it is.
             datamodule: The DataModule whose training dataset is split.
             trainer_kwargs: ``Trainer`` arguments for every fold. ``callbacks`` are deep-copied per fold;
                 ``logger`` may be ``True`` (default: a TensorBoard run ``root_dir/fold_k``) or ``False``.
@@ -308,6 +280,9 @@ class CrossValidator:
                 "CrossValidator makes one logger run per fold: `trainer_kwargs['logger']` may be True "
                 "(TensorBoard under root_dir/fold_k) or False; for other loggers use `trainer_factory`."
             )
+        fold_kwargs = trainer_kwargs
+        if self.executor is not None and trainer_factory is None:
+            fold_kwargs = self.executor.fold_trainer_kwargs(trainer_kwargs)  # resources vs settings, before anything
         root = Path(self.root_dir)
         plan = self.plan(datamodule)  # every check on the data happens here, before anything is trained
         check_writable(root, "CrossValidator root_dir")  # a read-only or full file system fails before training
@@ -341,47 +316,75 @@ class CrossValidator:
         result = CVResult(
             folds=[], root_dir=str(root), plan_hash=plan.hash, n_splits=plan.n_splits, metric_modes=modes, model=model
         )
-        histories: list[list[dict[str, Any]]] = []
-        seen: list[object] = []  # objects earlier folds used; kept alive so that ids stay unique
         log.info(
             "CrossValidator: %d folds over %d samples, snapshot %s", plan.n_splits, plan.n_samples, snapshot_checksum
         )
         self._say(f"CrossValidator: {plan.n_splits} folds of {plan.n_samples} samples ({plan.splitter}) in {root}")
-        with _RepeatedInfoDropped(_LIGHTNING_INFO_LOGGERS):
-            for k in range(plan.n_splits):
-                fold_dir = root / f"fold_{k}"
-                done = fold_dir / FOLD_RESULT
-                skipped = done.exists()
-                if skipped:
-                    fold_result = FoldResult.from_dict(json.loads(done.read_text()))
-                    log.info("CrossValidator: fold %d finished in an earlier run; skipped", k)
-                else:
-                    fold_result = self._run_fold(
-                        k,
-                        model,
-                        datamodule,
-                        dataset,
-                        plan,
-                        resetter,
-                        trainer_kwargs,
-                        trainer_factory,
-                        modes,
-                        seen,
-                        predict,
-                    )
-                    if _is_rank_zero():
-                        write_json_atomic(done, fold_result.to_dict())
-                self._say(_fold_line(fold_result, plan.n_splits, done if skipped else None))
-                result.folds.append(fold_result)
-                histories.append(fold_result.history)
-                if _is_rank_zero():
-                    result.save()
+        finished = {k: root / f"fold_{k}" / FOLD_RESULT for k in range(plan.n_splits)}
+        finished = {k: path for k, path in finished.items() if path.exists()}
+        run_id = secrets.token_hex(8)
+        specs = {
+            k: FoldSpec(
+                fold=k,
+                train=plan.train[k],
+                val=plan.val[k],
+                plan_hash=plan.hash,
+                n_samples=plan.n_samples,
+                root_dir=str(root.absolute()),
+                run_id=run_id,
+                reset=self.reset,
+                snapshot_checksum=snapshot_checksum,
+                seed=self.seed,
+                seed_folds=self.seed_folds,
+                resume_checkpoints=self.resume_checkpoints,
+                predict=bool(predict),
+                metric_modes=modes,
+                trainer_kwargs=fold_kwargs,
+                trainer_factory=trainer_factory,
+            )
+            for k in range(plan.n_splits)
+            if k not in finished
+        }
+        by_fold: dict[int, FoldResult] = {}
+
+        def record(fold_result: FoldResult, skipped_from: Path | None) -> None:
+            self._say(_fold_line(fold_result, plan.n_splits, skipped_from))
+            by_fold[fold_result.fold] = fold_result
+            result.folds = [by_fold[k] for k in sorted(by_fold)]
+            if is_rank_zero():
+                result.save()
+
+        def skip(k: int) -> None:
+            log.info("CrossValidator: fold %d finished in an earlier run; skipped", k)
+            record(FoldResult.from_dict(json.loads(finished[k].read_text())), finished[k])
+
+        def finish(outcome: FoldOutcome) -> None:
+            if is_rank_zero():  # the driver alone writes results: the fold's OOF rows, then fold_result.json
+                record_outcome(outcome, root)
+            record(outcome.result, None)
+
+        with RepeatedInfoDropped(LIGHTNING_INFO_LOGGERS):
+            if self.executor is None:  # one fold after another, in this process, on the model itself
+                job = FoldJob(model, datamodule, dataset, resetter=resetter, worker=local_worker())
+                for k in range(plan.n_splits):
+                    if k in finished:
+                        skip(k)
+                    else:
+                        finish(run_fold(specs[k], job))
+            else:  # side by side: the model travels to the executor's workers; results come back as they finish
+                for k in sorted(finished):
+                    skip(k)
+                job = FoldJob(model, datamodule, dataset)
+                with contextlib.closing(self.executor.run(list(specs.values()), job)) as outcomes:
+                    for outcome in outcomes:
+                        finish(outcome)
+        histories = [fold.history for fold in result.folds]
         self._warn_missing_last(result)
         resetter.restore(model)  # leave the model as it came (the folds' weights are in fold_k/model.pt)
-        _reset_metric_states(core)
-        if predict and _is_rank_zero():  # under `ddp` scripts, other ranks may run ahead of rank 0's merge
+        reset_metric_states(core)
+        if predict and is_rank_zero():  # under `ddp` scripts, other ranks may run ahead of rank 0's merge
             self._collect_oof(root, plan, result)
-        if _is_rank_zero():
+        if is_rank_zero():
             write_summary_run(root / "summary", result, histories, hparams=dict(getattr(core, "hparams", {}) or {}))
             log.info("CrossValidator results:\n%s", result.table())
         self._say(str(result))
@@ -391,7 +394,7 @@ class CrossValidator:
 
     def _say(self, line: str) -> None:
         """Print ``line`` on rank 0 when ``verbose``: what a user running a cross-validation wants to read."""
-        if self.verbose and _is_rank_zero():
+        if self.verbose and is_rank_zero():
             print(line, flush=True)
 
     # ------------------------------------------------------------------------------------------ internals
@@ -453,9 +456,9 @@ class CrossValidator:
                     f"{plan.n_splits} folds of {plan.n_samples} samples by {plan.splitter}); use another `root_dir`, "
                     "or `overwrite=True` to delete that cross-validation and start over."
                 )
-            if _is_rank_zero():
+            if is_rank_zero():
                 self._clear(root)
-        if _is_rank_zero():
+        if is_rank_zero():
             write_json_atomic(path, {**plan.to_manifest(), "config": config})
 
     @staticmethod
@@ -474,185 +477,6 @@ class CrossValidator:
                 modes[cb.monitor] = cb.mode
         return modes
 
-    def _reset_weights(self, k: int, model: nn.Module, resetter: WeightReset) -> str:
-        resetter.restore(model)
-        if self.reset == "snapshot":
-            checksum = resetter.verify(model)
-        else:
-            try:
-                reinit_parameters(model, self.seed + k)
-            except WeightResetError:
-                resetter.restore(model)
-                raise
-            checksum = weights_checksum(model)
-        _reset_metric_states(unwrap_compiled(model))
-        return checksum
-
-    def _make_trainer(
-        self,
-        k: int,
-        fold_dir: Path,
-        trainer_kwargs: Mapping[str, Any] | None,
-        trainer_factory: TrainerFactory | None,
-        purge_step: int | None,
-        seen: list[object],
-    ) -> pl.Trainer:
-        if trainer_factory is not None:
-            trainer = trainer_factory(k)
-            if not isinstance(trainer, pl.Trainer):
-                raise TypeError(f"`trainer_factory({k})` returned {type(trainer).__name__}, not a Trainer.")
-            used: list[object] = [trainer, *getattr(trainer, "callbacks", []), *trainer.loggers]
-            reused = [type(o).__name__ for o in used if any(o is s for s in seen)]
-            if reused:
-                raise ValueError(
-                    f"`trainer_factory({k})` returned objects an earlier fold used ({reused}); state would leak "
-                    "between folds: build a new Trainer, new callbacks and new loggers on every call."
-                )
-            seen.extend(used)
-            return trainer
-        kwargs = dict(trainer_kwargs or {})
-        callbacks = kwargs.pop("callbacks", None) or []
-        callbacks = [callbacks] if isinstance(callbacks, Callback) else list(callbacks)
-        fold_callbacks = [copy.deepcopy(cb) for cb in callbacks]
-        for cb in fold_callbacks:
-            if isinstance(cb, ModelCheckpoint):
-                cb.dirpath = str(Path(cb.dirpath) / f"fold_{k}") if cb.dirpath else str(fold_dir / "checkpoints")
-        logger: Any = kwargs.pop("logger", True)
-        if logger is None or logger is True:
-            extra: dict[str, Any] = {} if purge_step is None else {"purge_step": purge_step}
-            logger = TensorBoardLogger(
-                save_dir=str(fold_dir.parent), name="", version=fold_dir.name, default_hp_metric=False, **extra
-            )
-        kwargs.setdefault("default_root_dir", str(fold_dir))
-        return pl.Trainer(callbacks=fold_callbacks, logger=logger, **kwargs)
-
-    def _run_fold(
-        self,
-        k: int,
-        model: pl.LightningModule,
-        datamodule: pl.LightningDataModule,
-        dataset: Any,
-        plan: FoldPlan,
-        resetter: WeightReset,
-        trainer_kwargs: Mapping[str, Any] | None,
-        trainer_factory: TrainerFactory | None,
-        modes: dict[str, str],
-        seen: list[object],
-        predict: bool,
-    ) -> FoldResult:
-        fold_dir = Path(self.root_dir) / f"fold_{k}"
-        start = time.perf_counter()
-        if self.seed_folds:
-            pl.seed_everything(self.seed + k, workers=True, verbose=False)
-        checksum = self._reset_weights(k, model, resetter)
-        restored = time.perf_counter()
-
-        resume = fold_dir / "resume" / "last.ckpt"
-        ckpt_path: str | None = None
-        purge_step: int | None = None
-        if self.resume_checkpoints and resume.exists():
-            # Checked here, in the driver, with a clear error; then Lightning loads it with weights_only=True too.
-            load_torch(resume, "resume checkpoint", mmap=True)
-            ckpt_path = str(resume)
-            sidecar = resume.with_suffix(".json")
-            # Lightning logged up to step global_step - 1 before that checkpoint: TensorBoard drops what the failed
-            # attempt logged from global_step on, so every step appears once.
-            purge_step = int(json.loads(sidecar.read_text())["global_step"]) if sidecar.exists() else None
-            log.info("CrossValidator: fold %d resumes from %s", k, resume)
-        elif fold_dir.exists() and _is_rank_zero():
-            shutil.rmtree(fold_dir)  # an attempt that left no checkpoint: start the fold clean
-
-        trainer = self._make_trainer(k, fold_dir, trainer_kwargs, trainer_factory, purge_step, seen)
-        monitor = FoldMonitor(k, plan.hash, checksum, str(fold_dir / "history.json"), str(fold_dir / KEPT_FILE))
-        # The fold's DDP processes (ddp_spawn workers) exit right after it: without this, gloo may abort them.
-        internal: list[Callback] = [monitor, DestroyProcessGroupAtExit()]
-        if self.resume_checkpoints:
-            internal.append(ResumeCheckpoint(str(resume)))
-        if predict:
-            internal.append(OOFPredictor(str(fold_dir / "oof_parts")))
-        getattr(trainer, "callbacks").extend(internal)  # noqa: B009  (set in Trainer.__init__, untyped)
-        fold_data = FoldDataModule(datamodule, dataset, plan.train[k], plan.val[k])
-
-        trainer.fit(model, datamodule=fold_data, ckpt_path=ckpt_path, weights_only=True)
-        if not trainer.state.finished:
-            raise RuntimeError(f"fold {k} did not finish (trainer status {trainer.state.status}); rerun to resume.")
-        fitted = time.perf_counter()
-
-        core = unwrap_compiled(model)
-        model_path = fold_dir / "model.pt"
-        if _is_rank_zero():
-            save_torch_atomic(core.state_dict(), model_path)
-        history = self._read_history(fold_dir, monitor)
-        # A fold restored from a checkpoint written after its last epoch runs no epoch and logs nothing, so
-        # `callback_metrics` is empty: the last recorded epoch (restored with FoldMonitor's state) holds the values.
-        last = {**(history[-1]["metrics"] if history else {}), **scalar_metrics(dict(trainer.callback_metrics))}
-        best, best_epoch = best_of(history, modes)
-        checkpoints = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
-        best_path = checkpoints[0].best_model_path if checkpoints and checkpoints[0].best_model_path else None
-
-        predict_seconds = 0.0
-        if predict and _is_rank_zero():
-            predict_seconds = self._merge_fold_oof(fold_dir, plan.val[k])
-        validated = time.perf_counter()
-        kept = self._validate_kept(trainer, model, fold_data)
-        kept_epoch = self._read_kept_epoch(fold_dir, monitor)
-        end = time.perf_counter()
-        return FoldResult(
-            fold=k,
-            n_train=len(plan.train[k]),
-            n_val=len(plan.val[k]),
-            last=last,
-            best=best,
-            best_epoch=best_epoch,
-            kept=kept,
-            kept_epoch=kept_epoch,
-            history=history,
-            best_model_path=best_path,
-            model_path=str(model_path),
-            weights_checksum=checksum,
-            resumed_from=ckpt_path,
-            seconds={
-                "restore": restored - start,
-                "fit": fitted - restored - predict_seconds,
-                "predict": predict_seconds,
-                "validate_kept": end - validated,
-                "total": end - start,
-            },
-        )
-
-    @staticmethod
-    def _validate_kept(trainer: pl.Trainer, model: pl.LightningModule, fold_data: FoldDataModule) -> dict[str, float]:
-        """Validate the model the fold kept (after an EarlyStopping restore), once, with the fold's own Trainer: the
-        metrics of the weights that are saved, ensembled and made the out-of-fold predictions. Not logged: the
-        fold's curves keep one point per epoch."""
-        core = unwrap_compiled(model)
-        if not is_overridden("validation_step", core) or trainer.limit_val_batches == 0:
-            return {}
-        loggers = trainer.loggers
-        trainer.loggers = []
-        try:
-            outputs = trainer.validate(model, datamodule=fold_data, verbose=False)
-        finally:
-            trainer.loggers = loggers
-        kept: dict[str, float] = {}
-        for per_loader in outputs or []:
-            kept.update(scalar_metrics(dict(per_loader)))
-        return kept
-
-    @staticmethod
-    def _read_kept_epoch(fold_dir: Path, monitor: FoldMonitor) -> int | None:
-        path = fold_dir / KEPT_FILE
-        if path.exists():  # written by rank 0, wherever that ran (ddp_spawn workers included)
-            return json.loads(path.read_text()).get("kept_epoch")
-        return monitor.kept_epoch
-
-    @staticmethod
-    def _read_history(fold_dir: Path, monitor: FoldMonitor) -> list[dict[str, Any]]:
-        path = fold_dir / "history.json"
-        if path.exists():  # written by rank 0, wherever that ran (ddp_spawn workers included)
-            return list(json.loads(path.read_text()))
-        return list(monitor.history)
-
     @staticmethod
     def _warn_missing_last(result: CVResult) -> None:
         """The aggregates skip missing values: say so when a fold lacks a last-epoch metric that other folds have."""
@@ -665,27 +489,6 @@ class CrossValidator:
                     fold.fold,
                     missing,
                 )
-
-    @staticmethod
-    def _merge_fold_oof(fold_dir: Path, val_idx: np.ndarray) -> float:
-        """Merge the ranks' prediction files into ``fold_dir/oof.pt``; return rank 0's prediction seconds."""
-        parts_dir = fold_dir / "oof_parts"
-        parts = [load_torch(p, "prediction file") for p in sorted(parts_dir.glob("oof_rank*.pt"))]
-        parts = [p for p in parts if p["predictions"] is not None]
-        if not parts:
-            raise RuntimeError(f"no out-of-fold predictions were written to {parts_dir}.")
-        positions = np.concatenate([p["positions"].numpy() for p in parts])
-        predictions = concat_rows([p["predictions"] for p in parts])
-        index = val_idx[positions]
-        # DistributedSampler pads by repeating samples: keep each dataset index once, in dataset order.
-        unique, first = np.unique(index, return_index=True)
-        missing = np.setdiff1d(val_idx, unique)
-        if missing.size:
-            raise RuntimeError(f"{fold_dir.name}: no prediction for validation samples {missing[:10].tolist()}.")
-        merged = {"index": torch.from_numpy(unique), "predictions": take_rows(predictions, first)}
-        save_torch_atomic(merged, fold_dir / "oof.pt")
-        shutil.rmtree(parts_dir)
-        return float(parts[0].get("seconds", 0.0))
 
     def _collect_oof(self, root: Path, plan: FoldPlan, result: CVResult) -> None:
         parts = []

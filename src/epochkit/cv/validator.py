@@ -23,7 +23,6 @@ from torch import nn
 
 from epochkit._io import check_writable, load_torch, save_torch_atomic, write_json_atomic
 from epochkit._validation import check_bool, check_choice, check_int, check_path, fail
-from epochkit.cv.callbacks import concat_rows, take_rows
 from epochkit.cv.data import find_labels, find_training_dataset
 from epochkit.cv.fold import (
     FOLD_RESULT,
@@ -42,6 +41,7 @@ from epochkit.cv.fold import (
 from epochkit.cv.ray_executor import RayExecutor
 from epochkit.cv.reset import WeightReset, WeightResetError, unwrap_compiled
 from epochkit.cv.results import CVResult, FoldResult
+from epochkit.cv.rows import concat_rows, take_rows
 from epochkit.cv.splits import FoldPlan, default_splitter, make_plan
 from epochkit.cv.summary import write_summary_run
 

@@ -139,7 +139,9 @@ class CrossValidator:
         verbose: Print, on rank 0, one line per fold (what ran, or that an earlier run finished it, and the metrics
             of the model it kept), the results table and where the files are. Whatever its value, Lightning's INFO
             lines that repeat, word for word, one an earlier fold printed (its device banner and tips, every fold)
-            are dropped while the folds run; its warnings are not.
+            are dropped while the folds run; its warnings are not. ``verbose=False`` prints nothing; the
+            ``epochkit.cv`` logger (``logging.getLogger("epochkit.cv")``) records the run's start and the results
+            table at INFO and its warnings either way, for an application that configures logging.
         executor: ``None`` runs the folds one after another in this process, on ``model`` itself; a
             :class:`~epochkit.cv.RayExecutor` runs each unfinished fold as a Ray task, side by side, with the same
             guarantees, the same results and the same files in ``root_dir``. Both run the same fold body
@@ -303,7 +305,7 @@ class CrossValidator:
         log.info(
             "CrossValidator: %d folds over %d samples, snapshot %s", plan.n_splits, plan.n_samples, snapshot_checksum
         )
-        self._say(f"CrossValidator: {plan.n_splits} folds of {plan.n_samples} samples ({plan.splitter}) in {root}")
+        self._print(f"CrossValidator: {plan.n_splits} folds of {plan.n_samples} samples ({plan.splitter}) in {root}")
         finished = {k: root / f"fold_{k}" / FOLD_RESULT for k in range(plan.n_splits)}
         finished = {k: path for k, path in finished.items() if path.exists()}
         run_id = secrets.token_hex(8)
@@ -340,9 +342,9 @@ class CrossValidator:
             hparams = dict(getattr(lightning_module, "hparams", {}) or {})
             write_summary_run(root / "summary", result, histories, hparams=hparams)
             log.info("CrossValidator results:\n%s", result.table())
-        self._say(str(result))
+        self._print(str(result))
         files = [root / name for name in ("cv_results.json", "cv_results.csv", OOF_FILE) if (root / name).exists()]
-        self._say(f"results: {', '.join(map(str, files))}; curves: tensorboard --logdir {root}")
+        self._print(f"results: {', '.join(map(str, files))}; curves: tensorboard --logdir {root}")
         return result
 
     @staticmethod
@@ -390,7 +392,7 @@ class CrossValidator:
         by_fold: dict[int, FoldResult] = {}
 
         def record(fold_result: FoldResult, skipped_from: Path | None) -> None:
-            self._say(_fold_line(fold_result, result.n_splits, skipped_from))
+            self._print(_fold_line(fold_result, result.n_splits, skipped_from))
             by_fold[fold_result.fold] = fold_result
             result.folds = [by_fold[k] for k in sorted(by_fold)]
             if is_rank_zero():
@@ -420,8 +422,14 @@ class CrossValidator:
                     for outcome in outcomes:
                         finish(outcome)
 
-    def _say(self, line: str) -> None:
-        """Print ``line`` on rank 0 when ``verbose``: what a user running a cross-validation wants to read."""
+    def _print(self, line: str) -> None:
+        """Print ``line`` to stdout on rank 0 when ``verbose``: what a user running a cross-validation reads.
+
+        Printed, not logged, on purpose: the README promises these lines on stdout ("What it prints") and the tests
+        read them there, while a handler on the ``epochkit.cv`` logger would write to stderr (as Lightning's does)
+        and show the INFO records that logger already carries (the run's start, the results table) a second time.
+        ``verbose=False`` prints nothing; the logger is unaffected by it.
+        """
         if self.verbose and is_rank_zero():
             print(line, flush=True)
 

@@ -148,9 +148,26 @@ class CrossValidator:
             (:func:`epochkit.cv.fold.run_fold`).
 
     Example:
-        >>> cv = CrossValidator(n_splits=3, seed=1, root_dir="runs/cv")
-        >>> cv.n_splits, cv.reset
-        (3, 'snapshot')
+        Two folds of the digits task, one short epoch each:
+
+        >>> import tempfile
+        >>> from epochkit.demo import DigitsClassifier, DigitsDataModule
+        >>> quick = dict(max_epochs=1, limit_train_batches=2, limit_val_batches=2, num_sanity_val_steps=0,
+        ...              logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        ...              enable_model_summary=False)
+        >>> from epochkit.cv import weights_checksum
+        >>> model = DigitsClassifier()
+        >>> before = weights_checksum(model)
+        >>> with tempfile.TemporaryDirectory() as root:
+        ...     cv = CrossValidator(n_splits=2, seed=0, root_dir=root, verbose=False)
+        ...     result = cv.fit(model, DigitsDataModule(batch_size=64), trainer_kwargs=quick)
+        ...     written = sorted(p.name for p in Path(root).glob("*.*"))
+        >>> [(fold.fold, fold.n_train, fold.n_val) for fold in result.folds]
+        [(0, 718, 719), (1, 719, 718)]
+        >>> written
+        ['cv_manifest.json', 'cv_results.csv', 'cv_results.json', 'oof_predictions.pt']
+        >>> weights_checksum(model) == before  # every fold started from these weights; the model is back at them
+        True
     """
 
     def __init__(

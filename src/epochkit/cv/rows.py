@@ -34,6 +34,10 @@ def checked_rows(prediction: Any, n: int) -> Any:
         Traceback (most recent call last):
         ...
         ValueError: predict_step returned a tensor of shape (2,) for a batch of 3 samples; ...
+        >>> checked_rows((torch.zeros(3), "3 labels"), 3)
+        Traceback (most recent call last):
+        ...
+        TypeError: predict_step returned a str; out-of-fold predictions need tensors.
     """
     # Every leaf that is not a tuple, list or mapping reaches `_checked_leaf`, which rejects what is not a tensor.
     return apply_to_collection(prediction, object, _checked_leaf, n, wrong_dtype=(Mapping, list, tuple))

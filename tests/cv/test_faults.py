@@ -15,13 +15,13 @@ import torch
 
 from epochkit import CrossValidator
 from epochkit._io import UnsafeFileError, WriteError
-from tests.cv.test_validator import QUIET, _factory
-from tests.helpers import RegressionDataModule, RegressionModule
+from tests.cv.test_validator import _factory
+from tests.helpers import QUIET, RegressionDataModule, RegressionModule
 from tests.helpers.faults import fail_writes_with_enospc, read_only_command
 from tests.test_io import plant
 
 REPO = Path(__file__).resolve().parents[2]
-KWARGS: dict[str, Any] = {**QUIET, "max_epochs": 1, "logger": False, "enable_checkpointing": False}
+KWARGS: dict[str, Any] = {**QUIET, "max_epochs": 1}
 
 
 def _cv(root: Path) -> CrossValidator:

@@ -22,18 +22,12 @@ import torch
 
 from epochkit import CrossValidator
 from epochkit.cv import CVResult, RayExecutor
-from tests.helpers import RegressionDataModule, RegressionModule, read_tensorboard
+from tests.helpers import QUIET, RegressionDataModule, RegressionModule, read_tensorboard
 from tests.helpers.ray import FailOnce, HoldOnce, local_ray
 
 pytestmark = pytest.mark.processes  # Ray starts (and the tests kill) worker processes
 
-KWARGS: dict[str, Any] = {
-    "accelerator": "cpu",
-    "max_epochs": 4,
-    "deterministic": True,
-    "enable_progress_bar": False,
-    "enable_model_summary": False,
-}
+KWARGS: dict[str, Any] = {**QUIET, "logger": True, "enable_checkpointing": True, "max_epochs": 4, "deterministic": True}
 
 
 def _data() -> RegressionDataModule:

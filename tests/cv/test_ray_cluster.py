@@ -15,18 +15,12 @@ import torch
 
 from epochkit import CrossValidator
 from epochkit.cv import CVResult, RayExecutor
-from tests.helpers import RegressionDataModule, RegressionModule
+from tests.helpers import QUIET, RegressionDataModule, RegressionModule
 from tests.helpers.ray import two_node_cluster
 
 pytestmark = pytest.mark.processes  # a cluster of Ray processes
 
-KWARGS: dict[str, Any] = {
-    "accelerator": "cpu",
-    "max_epochs": 3,
-    "deterministic": True,
-    "enable_progress_bar": False,
-    "enable_model_summary": False,
-}
+KWARGS: dict[str, Any] = {**QUIET, "logger": True, "enable_checkpointing": True, "max_epochs": 3, "deterministic": True}
 
 
 def _nan_equal(a: Any, b: Any) -> bool:

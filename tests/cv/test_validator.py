@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, SequentialSampler, TensorDataset
 from epochkit import CrossValidator
 from epochkit.cv import weights_checksum
 from tests.helpers import (
+    QUIET,
     DigitsClassifier,
     DigitsDataModule,
     RegressionDataModule,
@@ -33,7 +34,8 @@ from tests.helpers import (
     read_tensorboard,
 )
 
-QUIET = {"accelerator": "cpu", "enable_progress_bar": False, "enable_model_summary": False}
+# What a fold keeps of Lightning by default (a TensorBoard run, a ModelCheckpoint), on the shared quiet settings.
+LOGGED: dict[str, Any] = {**QUIET, "logger": True, "enable_checkpointing": True}
 
 
 class _Probe(Callback):
@@ -69,7 +71,7 @@ def test_digits_cv_resets_everything_and_reports(tmp_path: Path, capsys: pytest.
         ModelCheckpoint(monitor="val_acc", mode="max"),
     ]
     result = cv.fit(
-        model, dm, trainer_kwargs={**QUIET, "max_epochs": 2, "limit_train_batches": 3, "callbacks": callbacks}
+        model, dm, trainer_kwargs={**LOGGED, "max_epochs": 2, "limit_train_batches": 3, "callbacks": callbacks}
     )
 
     # The folds trained and validated on are StratifiedKFold's with the same seed.
@@ -159,7 +161,7 @@ class _Boom(Callback):
 def _factory(fail_in_fold: int | None):
     def make(fold: int) -> pl.Trainer:
         callbacks = [_Boom()] if fold == fail_in_fold else []
-        return pl.Trainer(**QUIET, max_epochs=3, logger=False, enable_checkpointing=False, callbacks=callbacks)
+        return pl.Trainer(**QUIET, max_epochs=3, callbacks=callbacks)
 
     return make
 
@@ -200,7 +202,7 @@ def test_an_interrupted_cv_resumes_where_it_failed_and_equals_an_uninterrupted_o
 
 
 def test_factory_must_build_new_trainers(tmp_path: Path) -> None:
-    shared = pl.Trainer(**QUIET, max_epochs=1, logger=False, enable_checkpointing=False)
+    shared = pl.Trainer(**QUIET, max_epochs=1)
     with pytest.raises(ValueError, match="objects an earlier fold used"):
         _regression_cv(tmp_path, n_splits=2).fit(
             RegressionModule(), RegressionDataModule(), trainer_factory=lambda k: shared
@@ -208,7 +210,7 @@ def test_factory_must_build_new_trainers(tmp_path: Path) -> None:
 
 
 def test_a_rerun_with_other_folds_fails_unless_overwrite(tmp_path: Path) -> None:
-    kwargs = {**QUIET, "max_epochs": 1, "logger": False, "enable_checkpointing": False}
+    kwargs = {**QUIET, "max_epochs": 1}
     _regression_cv(tmp_path, n_splits=2, seed=0).fit(RegressionModule(), RegressionDataModule(), kwargs)
     first = json.loads((tmp_path / "cv_manifest.json").read_text())["hash"]
     with pytest.raises(ValueError, match=r"pins different folds.*`overwrite=True`"):
@@ -240,12 +242,12 @@ class _NoDataset(pl.LightningDataModule):
 def test_bad_input_fails_before_any_training(tmp_path: Path, cv_kwargs, datamodule, message) -> None:
     cv = _regression_cv(tmp_path, **{"n_splits": 3, **cv_kwargs})
     with pytest.raises(ValueError, match=message):
-        cv.fit(RegressionModule(), datamodule, {**QUIET, "max_epochs": 1})
+        cv.fit(RegressionModule(), datamodule, {**LOGGED, "max_epochs": 1})
     assert not list(tmp_path.glob("fold_*"))
 
 
 def test_reinit_gives_each_fold_its_own_seeded_start(tmp_path: Path) -> None:
-    kwargs = {**QUIET, "max_epochs": 1, "logger": False, "enable_checkpointing": False}
+    kwargs = {**QUIET, "max_epochs": 1}
     runs = [
         _regression_cv(tmp_path / str(i), n_splits=2, reset="reinit", predict=False).fit(
             RegressionModule(), RegressionDataModule(), kwargs
@@ -289,7 +291,7 @@ class _LazyTiedCompiled(RegressionModule):
 def test_compiled_lazy_and_tied_modules(tmp_path: Path) -> None:
     torch._dynamo.reset()  # no compiled state from other tests
     model = _LazyTiedCompiled()
-    kwargs = {**QUIET, "max_epochs": 1, "logger": False, "enable_checkpointing": False}
+    kwargs = {**QUIET, "max_epochs": 1}
     result = _regression_cv(tmp_path, n_splits=2).fit(model, RegressionDataModule(), kwargs)
     materialised = weights_checksum(model)  # after CrossValidator ran example_input_array through the lazy layer
     assert result.folds[0].weights_checksum == result.folds[1].weights_checksum == materialised
@@ -312,7 +314,7 @@ class _BoomOnceInFold1(Callback):
 
 def test_resume_with_trainer_kwargs_keeps_one_clean_tensorboard_history(tmp_path: Path) -> None:
     kwargs = {
-        **QUIET,
+        **LOGGED,
         "max_epochs": 3,
         "log_every_n_steps": 1,
         "callbacks": [_BoomOnceInFold1(str(tmp_path / "failed")), ModelCheckpoint(monitor="val_loss")],
@@ -355,9 +357,7 @@ def test_metric_states_and_optimizer_start_empty_in_every_fold(tmp_path: Path) -
     seen: list[tuple[int, int]] = []
 
     def make(fold: int) -> pl.Trainer:
-        return pl.Trainer(
-            **QUIET, max_epochs=1, logger=False, enable_checkpointing=False, callbacks=[_RecordAtStart(seen)]
-        )
+        return pl.Trainer(**QUIET, max_epochs=1, callbacks=[_RecordAtStart(seen)])
 
     model = _UnloggedMetric()
     _regression_cv(tmp_path, n_splits=3, predict=False).fit(model, RegressionDataModule(), trainer_factory=make)
@@ -378,7 +378,7 @@ class _PredictFailsOnce(RegressionModule):
 
 
 def test_a_fold_failing_after_its_last_epoch_resumes_with_its_final_metrics(tmp_path: Path) -> None:
-    kwargs = {**QUIET, "max_epochs": 2, "logger": False, "enable_checkpointing": False}
+    kwargs = {**QUIET, "max_epochs": 2}
     data = RegressionDataModule(num_samples=24, batch_size=4, shuffle=False)
     _PredictFailsOnce.failed = False
     torch.manual_seed(0)
@@ -403,7 +403,7 @@ class _LogsAtEpochEnd(RegressionModule):
 
 
 def test_metrics_logged_in_the_modules_on_train_epoch_end_are_recorded_in_their_epoch(tmp_path: Path) -> None:
-    kwargs = {**QUIET, "max_epochs": 2, "logger": False, "enable_checkpointing": False}
+    kwargs = {**QUIET, "max_epochs": 2}
     result = _regression_cv(tmp_path, n_splits=2, predict=False).fit(_LogsAtEpochEnd(), RegressionDataModule(), kwargs)
     for fold in result.folds:
         assert [h["metrics"].get("epoch_end_metric") for h in fold.history] == [1.0, 2.0]
@@ -412,7 +412,7 @@ def test_metrics_logged_in_the_modules_on_train_epoch_end_are_recorded_in_their_
 
 
 def test_a_rerun_with_other_settings_or_another_model_fails_unless_overwrite(tmp_path: Path) -> None:
-    kwargs = {**QUIET, "max_epochs": 2, "logger": False, "enable_checkpointing": False}
+    kwargs = {**QUIET, "max_epochs": 2}
     data = RegressionDataModule(num_samples=24, batch_size=4)
     torch.manual_seed(0)
     first = _regression_cv(tmp_path, n_splits=2, predict=False).fit(RegressionModule(), data, kwargs)
@@ -452,7 +452,7 @@ class _LogsNamedMetrics(RegressionModule):
 
 
 def test_best_values_follow_the_whole_words_of_metric_names(tmp_path: Path) -> None:
-    kwargs = {**QUIET, "max_epochs": 2, "logger": False, "enable_checkpointing": False}
+    kwargs = {**QUIET, "max_epochs": 2}
     cv = _regression_cv(tmp_path, n_splits=2, predict=False)
     result = cv.fit(_LogsNamedMetrics(), RegressionDataModule(), kwargs)
     for fold in result.folds:
@@ -476,7 +476,7 @@ class _LazyTwoInputs(RegressionModule):
 
 @pytest.mark.parametrize("as_dict", [False, True])
 def test_lazy_modules_materialise_with_a_tuple_or_dict_example_input(tmp_path: Path, as_dict: bool) -> None:
-    kwargs = {**QUIET, "max_epochs": 1, "logger": False, "enable_checkpointing": False}
+    kwargs = {**QUIET, "max_epochs": 1}
     model = _LazyTwoInputs(as_dict)
     result = _regression_cv(tmp_path, n_splits=2, predict=False).fit(model, RegressionDataModule(), kwargs)
     assert result.folds[0].weights_checksum == result.folds[1].weights_checksum == weights_checksum(model)
@@ -497,7 +497,7 @@ class _OwnLoaders(RegressionDataModule):
 
 
 def test_out_of_fold_predictions_use_the_users_cv_dataloader_on_one_device(tmp_path: Path) -> None:
-    kwargs = {**QUIET, "max_epochs": 1, "logger": False, "enable_checkpointing": False}
+    kwargs = {**QUIET, "max_epochs": 1}
     data = _OwnLoaders()
     result = _regression_cv(tmp_path / "ok", n_splits=2).fit(RegressionModule(), data, kwargs)
     assert np.array_equal(result.oof_index, np.arange(30))
@@ -557,7 +557,7 @@ def test_kept_metrics_are_the_restored_models_and_match_its_out_of_fold_score(
     pl.seed_everything(0)
     dm = DigitsDataModule(batch_size=100)
     callbacks = [RestoringEarlyStopping("val_loss", patience=5, restore_best_weights=True), _WorseLastEpoch()]
-    kwargs = {**QUIET, "max_epochs": 3, "limit_train_batches": 4, "logger": False, "callbacks": callbacks}
+    kwargs = {**QUIET, "enable_checkpointing": True, "max_epochs": 3, "limit_train_batches": 4, "callbacks": callbacks}
     with _LightningInfo() as info:
         result = CrossValidator(2, stratify=True, seed=1, root_dir=tmp_path).fit(
             DigitsClassifier(hidden=32), dm, kwargs

@@ -5,13 +5,11 @@ They run on every rank (DDP) and write files from global rank 0 only; the driver
 
 from __future__ import annotations
 
-import random
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, Checkpoint
 from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature
@@ -24,6 +22,8 @@ from epochkit._logging import log_text
 from epochkit._validation import is_real
 from epochkit.cv.data import rebuild_loader
 from epochkit.cv.reset import weights_checksum
+from epochkit.cv.rng import collect_rng_states, set_rng_states
+from epochkit.cv.rows import checked_rows, concat_rows
 
 
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -131,38 +131,6 @@ class FoldMonitor(Checkpoint):
         self.history = list(state_dict.get("history", []))
 
 
-def _numpy_state() -> tuple[str, list[int], int, int, float]:
-    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
-    return str(name), [int(k) for k in keys], int(pos), int(has_gauss), float(cached)
-
-
-def collect_rng_states() -> dict[str, Any]:
-    """The states of torch's (CPU and CUDA), NumPy's and Python's global random number generators."""
-    states: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        # Plain types only, so that the checkpoint loads with `torch.load(weights_only=True)`.
-        "numpy": _numpy_state(),
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_rng_states(states: dict[str, Any]) -> None:
-    """Restore what :func:`collect_rng_states` returned (keys it lacks are left alone)."""
-    if "torch" in states:
-        torch.set_rng_state(states["torch"])
-    if "numpy" in states:
-        name, keys, pos, has_gauss, cached = states["numpy"]
-        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    if "python" in states:
-        version, internal, gauss = states["python"]
-        random.setstate((version, tuple(internal), gauss))
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
 class ResumeCheckpoint(Checkpoint):
     """Saves ``last.ckpt`` (atomically) after every training epoch, so an interrupted fold resumes where it was.
 
@@ -224,22 +192,6 @@ class ResumeCheckpoint(Checkpoint):
         write_json_atomic(target.with_suffix(".json"), {"global_step": int(trainer.global_step)})
 
 
-def _rows(prediction: Any, n: int) -> Any:
-    """Check ``prediction`` has ``n`` rows (tensors, or tuples/lists/dicts of them) and move it to the CPU."""
-    if isinstance(prediction, torch.Tensor):
-        if prediction.ndim == 0 or prediction.shape[0] != n:
-            raise ValueError(
-                f"predict_step returned a tensor of shape {tuple(prediction.shape)} for a batch of {n} samples; "
-                "out-of-fold predictions need one row per sample."
-            )
-        return prediction.detach().cpu()
-    if isinstance(prediction, dict):
-        return {k: _rows(v, n) for k, v in prediction.items()}
-    if isinstance(prediction, tuple | list):
-        return type(prediction)(_rows(v, n) for v in prediction)
-    raise TypeError(f"predict_step returned a {type(prediction).__name__}; out-of-fold predictions need tensors.")
-
-
 def _batch_sizes_in_order(loader: DataLoader, n: int) -> list[int]:
     """The batch sizes of a loader that visits the positions ``0 .. n-1`` of its dataset in order; else an error."""
     if loader.batch_sampler is None:
@@ -256,24 +208,6 @@ def _batch_sizes_in_order(loader: DataLoader, n: int) -> list[int]:
             "with a sequential sampler for 'predict', or use `predict=False`."
         )
     return [len(batch) for batch in batches]
-
-
-def concat_rows(parts: list[Any]) -> Any:
-    first = parts[0]
-    if isinstance(first, torch.Tensor):
-        return torch.cat(parts, dim=0)
-    if isinstance(first, dict):
-        return {k: concat_rows([p[k] for p in parts]) for k in first}
-    return type(first)(concat_rows(list(items)) for items in zip(*parts, strict=True))
-
-
-def take_rows(value: Any, rows: np.ndarray) -> Any:
-    index = torch.as_tensor(rows, dtype=torch.long)
-    if isinstance(value, torch.Tensor):
-        return value[index]
-    if isinstance(value, dict):
-        return {k: take_rows(v, rows) for k, v in value.items()}
-    return type(value)(take_rows(v, rows) for v in value)
 
 
 class OOFPredictor(Callback):
@@ -339,7 +273,7 @@ class OOFPredictor(Callback):
                 for batch_idx, batch in enumerate(loader):
                     batch = trainer.strategy.batch_to_device(batch)
                     out = pl_module.predict_step(batch, batch_idx) if takes_index else pl_module.predict_step(batch)
-                    parts.append(_rows(out, sizes[batch_idx]))
+                    parts.append(checked_rows(out, sizes[batch_idx]))
         finally:
             pl_module.train(training)
         payload = {  # tensors and plain types only: the driver loads it with weights_only=True

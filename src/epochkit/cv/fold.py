@@ -33,10 +33,11 @@ from torch import nn
 
 from epochkit._distributed import DestroyProcessGroupAtExit
 from epochkit._io import load_torch, save_torch_atomic, write_json_atomic
-from epochkit.cv.callbacks import FoldMonitor, OOFPredictor, ResumeCheckpoint, concat_rows, scalar_metrics, take_rows
+from epochkit.cv.callbacks import FoldMonitor, OOFPredictor, ResumeCheckpoint, scalar_metrics
 from epochkit.cv.data import FoldDataModule
 from epochkit.cv.reset import WeightReset, WeightResetError, reinit_parameters, unwrap_compiled, weights_checksum
 from epochkit.cv.results import FoldResult, best_of
+from epochkit.cv.rows import concat_rows, take_rows
 
 __all__ = ["FoldJob", "FoldOutcome", "FoldSpec", "TrainerFactory", "run_fold"]
 

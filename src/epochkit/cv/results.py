@@ -185,6 +185,31 @@ class CVResult:
         oof_predictions: ``predict_step`` outputs on validation folds, one row per ``oof_index`` entry (a tensor,
             or a tuple/list/dict of them), i.e. in the original dataset order. ``None`` when not computed.
         model: The model that was cross-validated (used by :meth:`ensemble`).
+
+    Example:
+        What :meth:`CrossValidator.fit <epochkit.cv.CrossValidator.fit>` returns, for two folds of the digits task:
+
+        >>> import tempfile
+        >>> from epochkit.cv import CrossValidator
+        >>> from epochkit.demo import DigitsClassifier, DigitsDataModule
+        >>> quick = dict(max_epochs=1, limit_train_batches=2, limit_val_batches=2, num_sanity_val_steps=0,
+        ...              logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        ...              enable_model_summary=False)
+        >>> with tempfile.TemporaryDirectory() as root:
+        ...     cv = CrossValidator(n_splits=2, seed=0, root_dir=root, verbose=False)
+        ...     result = cv.fit(DigitsClassifier(), DigitsDataModule(batch_size=64), trainer_kwargs=quick)
+        ...     ensemble = result.ensemble()  # the fold models' average, from fold_k/model.pt
+        >>> result.metrics
+        ['train_loss', 'val_acc', 'val_loss']
+        >>> accuracy = result.aggregate()["kept"]["val_acc"]
+        >>> accuracy["mean"] == result.mean("val_acc") and accuracy["ci_low"] <= accuracy["mean"] <= accuracy["ci_high"]
+        True
+        >>> next(line for line in result.table().splitlines() if line.startswith("metric")).split()
+        ['metric', 'fold', '0', 'fold', '1', 'mean', 'std', '95%', 'CI', '(t)']
+        >>> result.oof_index.tolist() == list(range(1437)), tuple(result.oof_predictions.shape)  # every sample once
+        (True, (1437, 10))
+        >>> tuple(ensemble(torch.zeros(1, 64)).shape)
+        (1, 10)
     """
 
     folds: list[FoldResult]

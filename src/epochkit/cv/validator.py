@@ -23,7 +23,6 @@ from torch import nn
 
 from epochkit._io import check_writable, load_torch, save_torch_atomic, write_json_atomic
 from epochkit._validation import check_bool, check_choice, check_int, check_path, fail
-from epochkit.cv.callbacks import concat_rows, take_rows
 from epochkit.cv.data import find_labels, find_training_dataset
 from epochkit.cv.fold import (
     FOLD_RESULT,
@@ -42,6 +41,7 @@ from epochkit.cv.fold import (
 from epochkit.cv.ray_executor import RayExecutor
 from epochkit.cv.reset import WeightReset, WeightResetError, unwrap_compiled
 from epochkit.cv.results import CVResult, FoldResult
+from epochkit.cv.rows import concat_rows, take_rows
 from epochkit.cv.splits import FoldPlan, default_splitter, make_plan
 from epochkit.cv.summary import write_summary_run
 
@@ -74,6 +74,22 @@ def _fold_line(fold: FoldResult, n_splits: int, skipped_from: Path | None) -> st
         which = "kept the last epoch" if fold.kept_epoch == last_epoch else f"kept epoch {fold.kept_epoch}"
     shown = ", ".join(f"{name} {value:.4f}" for name, value in sorted(values.items()))
     return f"{head}; {which}: {shown}" if shown else head
+
+
+def _materialise_lazy_modules(module: nn.Module) -> None:
+    """Run ``module`` once on its ``example_input_array`` (in eval mode, without gradients) so lazy modules get
+    their shapes; the input is passed as Lightning passes it: tuple -> ``*args``, dict -> ``**kwargs``."""
+    example = getattr(module, "example_input_array")  # noqa: B009  (checked by the caller; untyped attribute)
+    training = module.training
+    module.eval()
+    with torch.no_grad():
+        if isinstance(example, tuple):
+            module(*example)
+        elif isinstance(example, dict):
+            module(**example)
+        else:
+            module(example)
+    module.train(training)
 
 
 class CrossValidator:
@@ -123,16 +139,35 @@ class CrossValidator:
         verbose: Print, on rank 0, one line per fold (what ran, or that an earlier run finished it, and the metrics
             of the model it kept), the results table and where the files are. Whatever its value, Lightning's INFO
             lines that repeat, word for word, one an earlier fold printed (its device banner and tips, every fold)
-            are dropped while the folds run; its warnings are not.
+            are dropped while the folds run; its warnings are not. ``verbose=False`` prints nothing; the
+            ``epochkit.cv`` logger (``logging.getLogger("epochkit.cv")``) records the run's start and the results
+            table at INFO and its warnings either way, for an application that configures logging.
         executor: ``None`` runs the folds one after another in this process, on ``model`` itself; a
             :class:`~epochkit.cv.RayExecutor` runs each unfinished fold as a Ray task, side by side, with the same
             guarantees, the same results and the same files in ``root_dir``. Both run the same fold body
             (:func:`epochkit.cv.fold.run_fold`).
 
     Example:
-        >>> cv = CrossValidator(n_splits=3, seed=1, root_dir="runs/cv")
-        >>> cv.n_splits, cv.reset
-        (3, 'snapshot')
+        Two folds of the digits task, one short epoch each:
+
+        >>> import tempfile
+        >>> from epochkit.demo import DigitsClassifier, DigitsDataModule
+        >>> quick = dict(max_epochs=1, limit_train_batches=2, limit_val_batches=2, num_sanity_val_steps=0,
+        ...              logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        ...              enable_model_summary=False)
+        >>> from epochkit.cv import weights_checksum
+        >>> model = DigitsClassifier()
+        >>> before = weights_checksum(model)
+        >>> with tempfile.TemporaryDirectory() as root:
+        ...     cv = CrossValidator(n_splits=2, seed=0, root_dir=root, verbose=False)
+        ...     result = cv.fit(model, DigitsDataModule(batch_size=64), trainer_kwargs=quick)
+        ...     written = sorted(p.name for p in Path(root).glob("*.*"))
+        >>> [(fold.fold, fold.n_train, fold.n_val) for fold in result.folds]
+        [(0, 718, 719), (1, 719, 718)]
+        >>> written
+        ['cv_manifest.json', 'cv_results.csv', 'cv_results.json', 'oof_predictions.pt']
+        >>> weights_checksum(model) == before  # every fold started from these weights; the model is back at them
+        True
     """
 
     def __init__(
@@ -265,21 +300,7 @@ class CrossValidator:
             trainer_factory: Instead of ``trainer_kwargs``: ``factory(fold) -> Trainer``, called once per fold; it
                 must return a new Trainer with new callbacks every time (checked).
         """
-        if not isinstance(unwrap_compiled(model) if isinstance(model, nn.Module) else model, pl.LightningModule):
-            fail("CrossValidator.fit", "model", model, "a LightningModule (torch.compile'd or not)", TypeError)
-        if not isinstance(datamodule, pl.LightningDataModule):
-            fail("CrossValidator.fit", "datamodule", datamodule, "a LightningDataModule", TypeError)
-        if trainer_kwargs is not None and not isinstance(trainer_kwargs, Mapping):
-            fail("CrossValidator.fit", "trainer_kwargs", trainer_kwargs, "a mapping of Trainer arguments", TypeError)
-        if trainer_factory is not None and not callable(trainer_factory):
-            fail("CrossValidator.fit", "trainer_factory", trainer_factory, "a function fold -> Trainer", TypeError)
-        if trainer_kwargs is not None and trainer_factory is not None:
-            raise ValueError("give `trainer_kwargs` or `trainer_factory`, not both.")
-        if trainer_kwargs is not None and trainer_kwargs.get("logger", True) not in (True, False, None):
-            raise ValueError(
-                "CrossValidator makes one logger run per fold: `trainer_kwargs['logger']` may be True "
-                "(TensorBoard under root_dir/fold_k) or False; for other loggers use `trainer_factory`."
-            )
+        self._check_fit_arguments(model, datamodule, trainer_kwargs, trainer_factory)
         fold_kwargs = trainer_kwargs
         if self.executor is not None and trainer_factory is None:
             fold_kwargs = self.executor.fold_trainer_kwargs(trainer_kwargs)  # resources vs settings, before anything
@@ -288,30 +309,12 @@ class CrossValidator:
         check_writable(root, "CrossValidator root_dir")  # a read-only or full file system fails before training
         dataset = find_training_dataset(datamodule)
 
-        core = unwrap_compiled(model)
+        lightning_module = unwrap_compiled(model)
         resetter = WeightReset()
-        try:
-            snapshot_checksum = resetter.snapshot(model)
-        except WeightResetError as err:
-            if getattr(core, "example_input_array", None) is None:
-                raise
-            with torch.no_grad():  # materialise lazy modules with the module's own example input
-                training = core.training
-                core.eval()
-                example = core.example_input_array  # passed as Lightning passes it: tuple -> *args, dict -> **kwargs
-                if isinstance(example, tuple):
-                    core(*example)
-                elif isinstance(example, dict):
-                    core(**example)
-                else:
-                    core(example)
-                core.train(training)
-            log.info("CrossValidator materialised lazy modules with `example_input_array` (%s)", err)
-            snapshot_checksum = resetter.snapshot(model)
-        config = self._fingerprint(core, trainer_kwargs, trainer_factory)
-        self._pin_manifest(root, plan, config)
+        snapshot_checksum = self._snapshot(model, resetter)
+        self._pin_manifest(root, plan, self._fingerprint(lightning_module, trainer_kwargs, trainer_factory))
         self._check_finished_folds(root, plan, snapshot_checksum)
-        predict = self.predict if self.predict != "auto" else is_overridden("predict_step", core)
+        predict = self.predict if self.predict != "auto" else is_overridden("predict_step", lightning_module)
         modes = {**self._callback_modes(trainer_kwargs), **self.metric_modes}
         result = CVResult(
             folds=[], root_dir=str(root), plan_hash=plan.hash, n_splits=plan.n_splits, metric_modes=modes, model=model
@@ -319,7 +322,7 @@ class CrossValidator:
         log.info(
             "CrossValidator: %d folds over %d samples, snapshot %s", plan.n_splits, plan.n_samples, snapshot_checksum
         )
-        self._say(f"CrossValidator: {plan.n_splits} folds of {plan.n_samples} samples ({plan.splitter}) in {root}")
+        self._print(f"CrossValidator: {plan.n_splits} folds of {plan.n_samples} samples ({plan.splitter}) in {root}")
         finished = {k: root / f"fold_{k}" / FOLD_RESULT for k in range(plan.n_splits)}
         finished = {k: path for k, path in finished.items() if path.exists()}
         run_id = secrets.token_hex(8)
@@ -345,10 +348,68 @@ class CrossValidator:
             for k in range(plan.n_splits)
             if k not in finished
         }
+        self._run_folds(FoldJob(model, datamodule, dataset), resetter, specs, finished, result)
+        histories = [fold.history for fold in result.folds]
+        self._warn_missing_last(result)
+        resetter.restore(model)  # leave the model as it came (the folds' weights are in fold_k/model.pt)
+        reset_metric_states(lightning_module)
+        if predict and is_rank_zero():  # under `ddp` scripts, other ranks may run ahead of rank 0's merge
+            self._collect_oof(root, plan, result)
+        if is_rank_zero():
+            hparams = dict(getattr(lightning_module, "hparams", {}) or {})
+            write_summary_run(root / "summary", result, histories, hparams=hparams)
+            log.info("CrossValidator results:\n%s", result.table())
+        self._print(str(result))
+        files = [root / name for name in ("cv_results.json", "cv_results.csv", OOF_FILE) if (root / name).exists()]
+        self._print(f"results: {', '.join(map(str, files))}; curves: tensorboard --logdir {root}")
+        return result
+
+    @staticmethod
+    def _check_fit_arguments(model: Any, datamodule: Any, trainer_kwargs: Any, trainer_factory: Any) -> None:
+        """Clear errors for ``fit``'s arguments, before the data is touched."""
+        if not isinstance(unwrap_compiled(model) if isinstance(model, nn.Module) else model, pl.LightningModule):
+            fail("CrossValidator.fit", "model", model, "a LightningModule (torch.compile'd or not)", TypeError)
+        if not isinstance(datamodule, pl.LightningDataModule):
+            fail("CrossValidator.fit", "datamodule", datamodule, "a LightningDataModule", TypeError)
+        if trainer_kwargs is not None and not isinstance(trainer_kwargs, Mapping):
+            fail("CrossValidator.fit", "trainer_kwargs", trainer_kwargs, "a mapping of Trainer arguments", TypeError)
+        if trainer_factory is not None and not callable(trainer_factory):
+            fail("CrossValidator.fit", "trainer_factory", trainer_factory, "a function fold -> Trainer", TypeError)
+        if trainer_kwargs is not None and trainer_factory is not None:
+            raise ValueError("give `trainer_kwargs` or `trainer_factory`, not both.")
+        if trainer_kwargs is not None and trainer_kwargs.get("logger", True) not in (True, False, None):
+            raise ValueError(
+                "CrossValidator makes one logger run per fold: `trainer_kwargs['logger']` may be True "
+                "(TensorBoard under root_dir/fold_k) or False; for other loggers use `trainer_factory`."
+            )
+
+    @staticmethod
+    def _snapshot(model: pl.LightningModule, resetter: WeightReset) -> str:
+        """Snapshot the starting weights (materialising lazy modules first if needed); their checksum."""
+        try:
+            return resetter.snapshot(model)
+        except WeightResetError as err:
+            lightning_module = unwrap_compiled(model)
+            if getattr(lightning_module, "example_input_array", None) is None:
+                raise
+            _materialise_lazy_modules(lightning_module)
+            log.info("CrossValidator materialised lazy modules with `example_input_array` (%s)", err)
+            return resetter.snapshot(model)
+
+    def _run_folds(
+        self,
+        job: FoldJob,
+        resetter: WeightReset,
+        specs: dict[int, FoldSpec],
+        finished: dict[int, Path],
+        result: CVResult,
+    ) -> None:
+        """The fold loop: skip the folds an earlier run finished, run the others, record each into ``result``."""
+        root = Path(result.root_dir)
         by_fold: dict[int, FoldResult] = {}
 
         def record(fold_result: FoldResult, skipped_from: Path | None) -> None:
-            self._say(_fold_line(fold_result, plan.n_splits, skipped_from))
+            self._print(_fold_line(fold_result, result.n_splits, skipped_from))
             by_fold[fold_result.fold] = fold_result
             result.folds = [by_fold[k] for k in sorted(by_fold)]
             if is_rank_zero():
@@ -365,49 +426,44 @@ class CrossValidator:
 
         with RepeatedInfoDropped(LIGHTNING_INFO_LOGGERS):
             if self.executor is None:  # one fold after another, in this process, on the model itself
-                job = FoldJob(model, datamodule, dataset, resetter=resetter, worker=local_worker())
-                for k in range(plan.n_splits):
+                in_process = FoldJob(job.model, job.datamodule, job.dataset, resetter=resetter, worker=local_worker())
+                for k in range(result.n_splits):
                     if k in finished:
                         skip(k)
                     else:
-                        finish(run_fold(specs[k], job))
+                        finish(run_fold(specs[k], in_process))
             else:  # side by side: the model travels to the executor's workers; results come back as they finish
                 for k in sorted(finished):
                     skip(k)
-                job = FoldJob(model, datamodule, dataset)
                 with contextlib.closing(self.executor.run(list(specs.values()), job)) as outcomes:
                     for outcome in outcomes:
                         finish(outcome)
-        histories = [fold.history for fold in result.folds]
-        self._warn_missing_last(result)
-        resetter.restore(model)  # leave the model as it came (the folds' weights are in fold_k/model.pt)
-        reset_metric_states(core)
-        if predict and is_rank_zero():  # under `ddp` scripts, other ranks may run ahead of rank 0's merge
-            self._collect_oof(root, plan, result)
-        if is_rank_zero():
-            write_summary_run(root / "summary", result, histories, hparams=dict(getattr(core, "hparams", {}) or {}))
-            log.info("CrossValidator results:\n%s", result.table())
-        self._say(str(result))
-        files = [root / name for name in ("cv_results.json", "cv_results.csv", OOF_FILE) if (root / name).exists()]
-        self._say(f"results: {', '.join(map(str, files))}; curves: tensorboard --logdir {root}")
-        return result
 
-    def _say(self, line: str) -> None:
-        """Print ``line`` on rank 0 when ``verbose``: what a user running a cross-validation wants to read."""
+    def _print(self, line: str) -> None:
+        """Print ``line`` to stdout on rank 0 when ``verbose``: what a user running a cross-validation reads.
+
+        Printed, not logged, on purpose: the README promises these lines on stdout ("What it prints") and the tests
+        read them there, while a handler on the ``epochkit.cv`` logger would write to stderr (as Lightning's does)
+        and show the INFO records that logger already carries (the run's start, the results table) a second time.
+        ``verbose=False`` prints nothing; the logger is unaffected by it.
+        """
         if self.verbose and is_rank_zero():
             print(line, flush=True)
 
     # ------------------------------------------------------------------------------------------ internals
     def _fingerprint(
-        self, core: nn.Module, trainer_kwargs: Mapping[str, Any] | None, trainer_factory: TrainerFactory | None
+        self,
+        lightning_module: nn.Module,
+        trainer_kwargs: Mapping[str, Any] | None,
+        trainer_factory: TrainerFactory | None,
     ) -> dict[str, Any]:
         """What a finished fold's results depend on besides the folds and the starting weights, as plain strings."""
         kwargs = {k: v for k, v in (trainer_kwargs or {}).items() if k != "callbacks"}
         callbacks = (trainer_kwargs or {}).get("callbacks") or []
         callbacks = [callbacks] if isinstance(callbacks, Callback) else list(callbacks)
         return {
-            "model": f"{type(core).__module__}.{type(core).__qualname__}",
-            "hparams": _stable_repr(dict(getattr(core, "hparams", {}) or {})),
+            "model": f"{type(lightning_module).__module__}.{type(lightning_module).__qualname__}",
+            "hparams": _stable_repr(dict(getattr(lightning_module, "hparams", {}) or {})),
             "trainer_kwargs": _stable_repr(kwargs),
             "callbacks": [type(cb).__qualname__ for cb in callbacks],
             "trainer_factory": None if trainer_factory is None else getattr(trainer_factory, "__qualname__", "?"),

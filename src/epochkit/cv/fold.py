@@ -65,15 +65,15 @@ class RepeatedInfoDropped(logging.Filter):
     def __init__(self, names: Sequence[str]) -> None:
         super().__init__()
         self.names = tuple(names)
-        self.seen: set[str] = set()
+        self.shown: set[str] = set()
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno >= logging.WARNING:
             return True
         message = record.getMessage()
-        if message in self.seen:
+        if message in self.shown:
             return False
-        self.seen.add(message)
+        self.shown.add(message)
         return True
 
     def __enter__(self) -> RepeatedInfoDropped:
@@ -153,8 +153,8 @@ class FoldJob:
     Attributes:
         resetter: Holds the snapshot and puts it back before every fold (in-process); ``None`` where the model
             arrives fresh for each fold (a Ray task deserialises its own copy): its checksum is then verified.
-        seen: Objects a ``trainer_factory`` returned for earlier folds in this process (so a reused Trainer,
-            callback or logger is caught); kept alive so that identities stay unique.
+        earlier_fold_objects: Objects a ``trainer_factory`` returned for earlier folds in this process (so a
+            reused Trainer, callback or logger is caught); kept alive so that identities stay unique.
         check_trainer: Called with each fold's Trainer before it trains (an executor's check of the resources).
         worker: Where the fold runs (host, pid, and for Ray the node), recorded in ``fold_k/worker.json`` and in
             the fold's result.
@@ -164,7 +164,7 @@ class FoldJob:
     datamodule: pl.LightningDataModule
     dataset: Any
     resetter: WeightReset | None = None
-    seen: list[object] = field(default_factory=list)
+    earlier_fold_objects: list[object] = field(default_factory=list)
     check_trainer: Callable[[pl.Trainer, FoldSpec], None] | None = None
     worker: dict[str, Any] = field(default_factory=dict)
 
@@ -201,7 +201,7 @@ def run_fold(spec: FoldSpec, job: FoldJob) -> FoldOutcome:
     ckpt_path, purge_step = _prepare_fold_dir(spec)
     if is_rank_zero():
         write_json_atomic(fold_dir / WORKER_FILE, {**job.worker, "run_id": spec.run_id, "started": time.time()})
-    trainer = _make_trainer(spec, purge_step, job.seen)
+    trainer = _make_trainer(spec, purge_step, job.earlier_fold_objects)
     if job.check_trainer is not None:
         job.check_trainer(trainer, spec)
     resume = fold_dir / "resume" / "last.ckpt"
@@ -315,20 +315,20 @@ def _prepare_fold_dir(spec: FoldSpec) -> tuple[str | None, int | None]:
     return None, None
 
 
-def _make_trainer(spec: FoldSpec, purge_step: int | None, seen: list[object]) -> pl.Trainer:
+def _make_trainer(spec: FoldSpec, purge_step: int | None, earlier_fold_objects: list[object]) -> pl.Trainer:
     k, fold_dir = spec.fold, spec.fold_dir
     if spec.trainer_factory is not None:
         trainer = spec.trainer_factory(k)
         if not isinstance(trainer, pl.Trainer):
             raise TypeError(f"`trainer_factory({k})` returned {type(trainer).__name__}, not a Trainer.")
         used: list[object] = [trainer, *getattr(trainer, "callbacks", []), *trainer.loggers]
-        reused = [type(o).__name__ for o in used if any(o is s for s in seen)]
+        reused = [type(o).__name__ for o in used if any(o is e for e in earlier_fold_objects)]
         if reused:
             raise ValueError(
                 f"`trainer_factory({k})` returned objects an earlier fold used ({reused}); state would leak "
                 "between folds: build a new Trainer, new callbacks and new loggers on every call."
             )
-        seen.extend(used)
+        earlier_fold_objects.extend(used)
         return trainer
     kwargs = dict(spec.trainer_kwargs or {})
     callbacks = kwargs.pop("callbacks", None) or []

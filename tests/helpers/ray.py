@@ -73,6 +73,18 @@ def two_node_cluster() -> Iterator[Any]:
             cluster.shutdown()
 
 
+def _first_time_here(trainer: pl.Trainer, fold: int, epoch: int, path: str) -> int | None:
+    """The guard HoldOnce and FailOnce share: in fold ``fold`` (its ``default_root_dir`` is ``fold_<fold>``), at epoch
+    ``epoch``, the first time only, across processes and attempts. Creates ``path`` exclusively and returns its open
+    descriptor then; returns ``None`` in any other fold or epoch, and when ``path`` already exists (a later attempt)."""
+    if Path(trainer.default_root_dir).name != f"fold_{fold}" or trainer.current_epoch != epoch:
+        return None
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return None
+
+
 class HoldOnce(Callback):
     """In fold ``fold``, at the start of epoch ``epoch``, the first time only: write this process's id to
     ``pid_file`` and wait there (for the test to kill the process). Later attempts, and other folds, pass. Changes
@@ -85,12 +97,9 @@ class HoldOnce(Callback):
         self.wait = wait
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if Path(trainer.default_root_dir).name != f"fold_{self.fold}" or trainer.current_epoch != self.epoch:
+        fd = _first_time_here(trainer, self.fold, self.epoch, self.pid_file)
+        if fd is None:
             return
-        try:
-            fd = os.open(self.pid_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            return  # a later attempt: train on
         with os.fdopen(fd, "w") as handle:
             json.dump({"pid": os.getpid()}, handle)
         deadline = time.monotonic() + self.wait
@@ -109,10 +118,8 @@ class FailOnce(Callback):
         self.epoch = epoch
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if Path(trainer.default_root_dir).name != f"fold_{self.fold}" or trainer.current_epoch != self.epoch:
+        fd = _first_time_here(trainer, self.fold, self.epoch, self.marker)
+        if fd is None:
             return
-        try:
-            os.close(os.open(self.marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
-        except FileExistsError:
-            return
+        os.close(fd)
         raise ValueError(f"fold {self.fold} failed on purpose")

@@ -1,0 +1,68 @@
+"""Lightning's own EarlyStopping tests, run against ``epochkit.EarlyStopping`` with only the import changed.
+
+    git clone --depth 1 --branch 2.6.5 https://github.com/Lightning-AI/pytorch-lightning /tmp/pytorch-lightning
+    .venv/bin/python tests/stopping/lightning_suite.py /tmp/pytorch-lightning [pytest arguments]
+
+Take the tag nearest the installed Lightning (2.6.5's test helpers import nothing 2.6.6 lacks; the EarlyStopping test
+module has not changed since 2.6.0). Besides epochkit's test extras they need ``cloudpickle`` (scikit-learn's joblib
+brings it in here; else ``pip install cloudpickle``). Nothing is written to the clone: ``tests/tests_pytorch`` is
+copied to a temporary directory, and there ``callbacks/test_early_stopping.py`` gets one changed line
+(``EarlyStopping`` from ``epochkit`` instead of ``lightning.pytorch.callbacks``) and runs under pytest. Exits with
+pytest's status (0: every test passed); 2 when the clone is not one, or the import line is not there exactly once.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+MODULE = Path("tests_pytorch") / "callbacks" / "test_early_stopping.py"
+LIGHTNING_IMPORT = "from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint\n"
+EPOCHKIT_IMPORT = "from lightning.pytorch.callbacks import ModelCheckpoint\nfrom epochkit import EarlyStopping\n"
+
+
+def with_epochkit(source: str, where: str) -> str:
+    """``source`` with Lightning's EarlyStopping import replaced by epochkit's; ``ValueError`` naming ``where`` when
+    the line is not there exactly once (a Lightning release that moved it needs a look, not a silent pass).
+
+    >>> with_epochkit("import os\\n" + LIGHTNING_IMPORT, "m.py").splitlines()[1:]
+    ['from lightning.pytorch.callbacks import ModelCheckpoint', 'from epochkit import EarlyStopping']
+    """
+    lines = source.splitlines(keepends=True)
+    found = [i for i, line in enumerate(lines) if line == LIGHTNING_IMPORT]
+    if len(found) != 1:
+        line = LIGHTNING_IMPORT.strip()
+        raise ValueError(f"{where}: expected the line {line!r} exactly once, found it {len(found)} times")
+    lines[found[0]] = EPOCHKIT_IMPORT
+    return "".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0 if argv else 2
+    clone = Path(argv[0]).resolve()
+    tests = clone / "tests" / "tests_pytorch"
+    if not (clone / "tests" / MODULE).is_file():
+        print(f"{clone}: not a pytorch-lightning clone (no tests/{MODULE})", file=sys.stderr)
+        return 2
+    source = (clone / "tests" / MODULE).read_text()
+    try:
+        changed = with_epochkit(source, str(clone / "tests" / MODULE))
+    except ValueError as error:
+        print(error, file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="epochkit-lightning-") as temp:
+        shutil.copytree(tests, Path(temp) / "tests_pytorch")
+        (Path(temp) / MODULE).write_text(changed)
+        plugins = ["-p", "no:cacheprovider", "-p", "no:randomly"]
+        command = [sys.executable, "-m", "pytest", *plugins, str(MODULE), *argv[1:]]
+        print("running", " ".join(command), "in a copy of", tests, flush=True)
+        return subprocess.run(command, cwd=temp, check=False).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -5,9 +5,12 @@
 
 PYTHON ?= python3
 VENV   ?= .venv
-# A CPU build of this torch installs quickly; an unpinned torch pulls several GB of CUDA packages.
-# Override it, e.g. `make test TORCH="torch==2.5.1"`.
+# The torch the tests run with (CI tests this one only). Override it, e.g. `make test TORCH="torch==2.14.0"`; the
+# FSDP tests need torch 2.6+ (`torch.distributed.fsdp.fully_shard`).
 TORCH  ?= torch==2.13.0
+# Where pip gets torch. Empty: pip's configured index (PyPI's Linux wheel of torch is the CUDA build, several GB).
+# `make test TORCH_INDEX=https://download.pytorch.org/whl/cpu` installs PyTorch's CPU build from its own index.
+TORCH_INDEX ?=
 # litdata (the streaming-data tests) requires torchvision, which would replace that torch with a CUDA build of
 # several GB; it needs torchvision only for image and video serializers, so it is installed without its requirements
 # (the others are in the `test` extra).
@@ -17,8 +20,9 @@ PYTEST_ARGS ?=
 N ?= 20
 
 BIN := $(VENV)/bin
-# One stamp per (extras, torch and litdata spec): changing TORCH reinstalls, re-running does not.
-TORCH_TAG := $(shell printf '%s' '$(TORCH) $(LITDATA)' | cksum | cut -d' ' -f1)
+# One stamp per (extras, torch, its index and litdata spec): changing TORCH reinstalls, re-running does not.
+TORCH_TAG := $(shell printf '%s' '$(TORCH) $(TORCH_INDEX) $(LITDATA)' | cksum | cut -d' ' -f1)
+TORCH_FROM := $(if $(TORCH_INDEX),--index-url "$(TORCH_INDEX)")
 DEMO_STAMP := $(VENV)/.installed-demo-$(TORCH_TAG)
 TEST_STAMP := $(VENV)/.installed-test-$(TORCH_TAG)
 
@@ -59,12 +63,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(DEMO_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet $(TORCH_FROM) "$(TORCH)"
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
 $(TEST_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet $(TORCH_FROM) "$(TORCH)"
 	$(BIN)/python -m pip install --quiet -e ".[test,dev]"
 	$(BIN)/python -m pip install --quiet --no-deps "$(LITDATA)"
 	touch $@

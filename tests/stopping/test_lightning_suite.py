@@ -4,11 +4,12 @@ the import line moved, and writes nothing to the clone."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.stopping.lightning_suite import LIGHTNING_IMPORT
+from tests.stopping.lightning_suite import LIGHTNING_IMPORT, REFUSED
 
 SCRIPT = Path(__file__).with_name("lightning_suite.py")
 
@@ -27,8 +28,9 @@ def _clone(root: Path, module_text: str) -> Path:
     return root
 
 
-def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=240)
+def _run(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TMPDIR": str(tmp)}  # the script's temporary copy, under tmp_path too
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=240, env=env)
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -37,18 +39,27 @@ def _files(root: Path) -> dict[str, bytes]:
 
 def test_the_module_runs_against_epochkits_class_and_the_clone_is_untouched(tmp_path: Path) -> None:
     clone = _clone(tmp_path / "clone", "import os\n" + LIGHTNING_IMPORT + CHECK)
+    (clone / "pyproject.toml").write_text('[tool.pytest.ini_options]\nfilterwarnings = ["error::FutureWarning"]\n')
     before = _files(clone)
-    run = _run(str(clone), "-q")
+    run = _run(tmp_path, str(clone), "-q")
     assert run.returncode == 0, run.stdout + run.stderr
     assert "1 passed" in run.stdout, run.stdout
     assert _files(clone) == before
 
 
-def test_a_moved_import_or_a_wrong_path_is_refused_with_exit_2(tmp_path: Path) -> None:
+def test_lightnings_pytest_settings_apply(tmp_path: Path) -> None:
+    check = CHECK + "\ndef test_a_future_warning_fails():\n    import warnings\n    warnings.warn('x', FutureWarning)\n"
+    clone = _clone(tmp_path / "clone", LIGHTNING_IMPORT + check)
+    (clone / "pyproject.toml").write_text('[tool.pytest.ini_options]\nfilterwarnings = ["error::FutureWarning"]\n')
+    run = _run(tmp_path, str(clone), "-q")
+    assert run.returncode == 1 and "1 failed, 1 passed" in run.stdout, run.stdout
+
+
+def test_a_moved_import_or_a_wrong_path_is_refused_before_anything_runs(tmp_path: Path) -> None:
     clone = _clone(tmp_path / "clone", "from lightning.pytorch.callbacks import EarlyStopping\n" + CHECK)
-    run = _run(str(clone))
-    assert run.returncode == 2
+    run = _run(tmp_path, str(clone))
+    assert run.returncode == REFUSED
     assert "test_early_stopping.py: expected the line" in run.stderr and "found it 0 times" in run.stderr, run.stderr
-    run = _run(str(tmp_path / "nowhere"))
-    assert run.returncode == 2 and "not a pytorch-lightning clone" in run.stderr, run.stderr
-    assert _run().returncode == 2
+    run = _run(tmp_path, str(tmp_path / "nowhere"))
+    assert run.returncode == REFUSED and "not a pytorch-lightning clone" in run.stderr, run.stderr
+    assert _run(tmp_path).returncode == REFUSED

@@ -1,7 +1,7 @@
 # Two commands on a fresh machine (Python 3.10+ and make, nothing else):
 #   make demo   create .venv if missing, install epochkit, run the 5-fold CV demo (examples/cv_digits.py)
 #   make test   the same with the test extras, then ruff, mypy and pytest
-# Both are idempotent: an install is redone only when pyproject.toml or TORCH changes.
+# Both are idempotent: an install is redone only when pyproject.toml, TORCH, TORCH_INDEX or LITDATA changes.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -21,7 +21,7 @@ N ?= 20
 
 BIN := $(VENV)/bin
 # One stamp per (extras, torch, its index and litdata spec): changing TORCH reinstalls, re-running does not.
-TORCH_TAG := $(shell printf '%s' '$(TORCH) $(TORCH_INDEX) $(LITDATA)' | cksum | cut -d' ' -f1)
+TORCH_TAG := $(shell printf '%s' '$(strip $(TORCH) $(TORCH_INDEX) $(LITDATA))' | cksum | cut -d' ' -f1)
 TORCH_FROM := $(if $(TORCH_INDEX),--index-url "$(TORCH_INDEX)")
 DEMO_STAMP := $(VENV)/.installed-demo-$(TORCH_TAG)
 TEST_STAMP := $(VENV)/.installed-test-$(TORCH_TAG)

@@ -1,8 +1,8 @@
 """``python -m epochkit.audit compare A.json B.json``: at which epoch, loader and rank two runs first presented a
 different order, from the order digests in their ``shuffle_audit.json``.
 
-Exit status: 0 when every epoch both runs recorded presented the same order, 1 at the first difference, 2 when a
-report cannot be read.
+Exit status: 0 when the runs share at least one epoch and every shared epoch presented the same order, 1 at the first
+difference or with no epoch in common, 2 when a report cannot be read.
 """
 
 from __future__ import annotations

@@ -81,7 +81,8 @@ class Comparison:
     """What :func:`compare` found.
 
     Attributes:
-        identical: Whether every epoch both runs recorded presented the same order (every loader, every rank).
+        identical: Whether the runs share at least one epoch and every shared epoch presented the same order (every
+            loader, every rank); False with no epoch in common.
         epochs: The epochs both runs recorded, compared in order.
         epoch: The first epoch that differs (None when identical).
         loader: The loader it differs in.

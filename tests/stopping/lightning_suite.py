@@ -57,13 +57,12 @@ def main(argv: list[str]) -> int:
         print(f"{sys.executable} cannot import {', '.join(missing)}: run this with epochkit's .venv", file=sys.stderr)
         return REFUSED
     clone = Path(argv[0]).resolve()
-    tests = clone / "tests" / "tests_pytorch"
-    if not (clone / "tests" / MODULE).is_file():
+    tests, module = clone / "tests" / "tests_pytorch", clone / "tests" / MODULE
+    if not module.is_file():
         print(f"{clone}: not a pytorch-lightning clone (no tests/{MODULE})", file=sys.stderr)
         return REFUSED
-    source = (clone / "tests" / MODULE).read_text()
     try:
-        changed = with_epochkit(source, str(clone / "tests" / MODULE))
+        changed = with_epochkit(module.read_text(), str(module))
     except ValueError as error:
         print(error, file=sys.stderr)
         return REFUSED

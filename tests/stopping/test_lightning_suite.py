@@ -21,10 +21,12 @@ def test_the_class_under_test_is_epochkits():
 
 
 def _clone(root: Path, module_text: str) -> Path:
+    """A clone's shape: the test module, a helper beside it and a pyproject.toml with one of Lightning's settings."""
     callbacks = root / "tests" / "tests_pytorch" / "callbacks"
     callbacks.mkdir(parents=True)
     (callbacks / "test_early_stopping.py").write_text(module_text)
     (root / "tests" / "tests_pytorch" / "helpers.py").write_text("HELPER = 1\n")
+    (root / "pyproject.toml").write_text('[tool.pytest.ini_options]\nfilterwarnings = ["error::FutureWarning"]\n')
     return root
 
 
@@ -39,7 +41,6 @@ def _files(root: Path) -> dict[str, bytes]:
 
 def test_the_module_runs_against_epochkits_class_and_the_clone_is_untouched(tmp_path: Path) -> None:
     clone = _clone(tmp_path / "clone", "import os\n" + LIGHTNING_IMPORT + CHECK)
-    (clone / "pyproject.toml").write_text('[tool.pytest.ini_options]\nfilterwarnings = ["error::FutureWarning"]\n')
     before = _files(clone)
     run = _run(tmp_path, str(clone), "-q")
     assert run.returncode == 0, run.stdout + run.stderr
@@ -50,7 +51,6 @@ def test_the_module_runs_against_epochkits_class_and_the_clone_is_untouched(tmp_
 def test_lightnings_pytest_settings_apply(tmp_path: Path) -> None:
     check = CHECK + "\ndef test_a_future_warning_fails():\n    import warnings\n    warnings.warn('x', FutureWarning)\n"
     clone = _clone(tmp_path / "clone", LIGHTNING_IMPORT + check)
-    (clone / "pyproject.toml").write_text('[tool.pytest.ini_options]\nfilterwarnings = ["error::FutureWarning"]\n')
     run = _run(tmp_path, str(clone), "-q")
     assert run.returncode == 1 and "1 failed, 1 passed" in run.stdout, run.stdout
 

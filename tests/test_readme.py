@@ -1,5 +1,7 @@
-"""Every Python block of README.md runs as pasted, each in a fresh process, and the cross-validation example reruns
-by skipping the folds it finished; the install line works from a checkout.
+"""Every Python block of README.md and of the documentation pages (docs/**/*.md) runs as pasted, each in a fresh
+process, and the cross-validation example reruns by skipping the folds it finished; the install line works from a
+checkout. A block that appears word for word in several pages (the README's examples are the guides' first blocks)
+runs once.
 
 A block that is not meant to run says so in an HTML comment on the line before it: ``<!-- not run: why -->``.
 Blocks run in an empty working directory with Lightning's own environment defaults for the Trainer,
@@ -24,6 +26,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+#: The pages whose blocks run: the README and every page of the documentation site, found anew at each run.
+PAGES = [README, *sorted((ROOT / "docs").rglob("*.md"))]
 SHORT_RUN = {"PL_TRAINER_LIMIT_TRAIN_BATCHES": "2", "PL_TRAINER_LIMIT_VAL_BATCHES": "2"}
 _FENCE = re.compile(r"^```(?P<lang>[^\n`]*)\n(?P<code>.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 _NOT_RUN = re.compile(r"<!--\s*not run:\s*(?P<why>.+?)\s*-->\s*$")
@@ -31,16 +35,17 @@ _NOT_RUN = re.compile(r"<!--\s*not run:\s*(?P<why>.+?)\s*-->\s*$")
 
 @dataclass(frozen=True)
 class Block:
-    line: int  # where the fence opens in README.md
+    page: str  # the page's path relative to the repository, e.g. "docs/guides/warmup.md"
+    line: int  # where the fence opens in it
     code: str
     not_run: str | None  # the reason given in the comment before it, if any
 
     def __str__(self) -> str:
-        return f"README.md:{self.line}"
+        return f"{self.page}:{self.line}"
 
 
-def python_blocks() -> list[Block]:
-    text = README.read_text()
+def python_blocks(page: Path) -> list[Block]:
+    text = page.read_text()
     blocks = []
     for match in _FENCE.finditer(text):
         if match.group("lang").strip().lower() not in ("python", "py", "python3"):
@@ -48,19 +53,21 @@ def python_blocks() -> list[Block]:
         before = text[: match.start()].rstrip("\n").rsplit("\n", 1)[-1]
         reason = _NOT_RUN.search(before)
         line = text.count("\n", 0, match.start()) + 1
-        blocks.append(Block(line, match.group("code"), reason.group("why") if reason else None))
+        name = page.relative_to(ROOT).as_posix()
+        blocks.append(Block(name, line, match.group("code"), reason.group("why") if reason else None))
     return blocks
 
 
-BLOCKS = python_blocks()
-RUNNABLE = [b for b in BLOCKS if b.not_run is None]
+BLOCKS = [block for page in PAGES for block in python_blocks(page)]
+# One run per distinct code: the first place it appears (the README, then the pages) stands for every copy.
+RUNNABLE = [b for i, b in enumerate(BLOCKS) if b.not_run is None and all(b.code != a.code for a in BLOCKS[:i])]
 CV_BLOCK = next((b for b in RUNNABLE if "CrossValidator(" in b.code), None)
 
 Run = subprocess.CompletedProcess  # of str
 
 
 def run_block(block: Block, cwd: Path, name: str = "block") -> Run:
-    script = cwd / f"{name}_readme_{block.line}.py"
+    script = cwd / f"{name}_{Path(block.page).stem}_{block.line}.py"
     script.write_text(block.code)
     # One intra-op thread per process, as the in-process tests have (tests/conftest.py): they run side by side.
     env = {**os.environ, **SHORT_RUN, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
@@ -94,17 +101,30 @@ def started(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Futu
             jobs["cv"] = pool.submit(_run_twice, CV_BLOCK, tmp_path_factory.mktemp("readme_cv"))
         for block in RUNNABLE:
             if block is not CV_BLOCK:
-                jobs[str(block)] = pool.submit(run_block, block, tmp_path_factory.mktemp(f"readme_{block.line}"))
+                jobs[str(block)] = pool.submit(run_block, block, tmp_path_factory.mktemp(f"block_{block.line}"))
         jobs["install"] = pool.submit(_install, tmp_path_factory.mktemp("install") / "site")
         yield jobs
 
 
 def test_the_readme_has_runnable_python_blocks_and_says_why_of_the_others() -> None:
-    assert len(RUNNABLE) >= 6, [str(b) for b in BLOCKS]
+    assert len([b for b in BLOCKS if b.page == "README.md" and b.not_run is None]) >= 5, [str(b) for b in BLOCKS]
+    assert len(RUNNABLE) >= 10, [str(b) for b in BLOCKS]
+    assert {b.page for b in RUNNABLE} >= {"README.md", "docs/guides/warmup.md", "docs/your-own-project.md"}
     assert all(b.not_run.strip() for b in BLOCKS if b.not_run is not None)
     assert CV_BLOCK is not None, "the README's cross-validation example is no longer a runnable block"
     # The short-run switch the tests use is one the README tells its readers about.
     assert all(name in README.read_text() for name in SHORT_RUN)
+
+
+def test_the_readme_is_what_a_first_visitor_needs_and_links_the_pages() -> None:
+    """Under 200 lines; the rest is in the documentation pages, each of which it reaches by a link that exists."""
+    text = README.read_text()
+    assert len(text.splitlines()) < 200
+    links = re.findall(r"\]\((docs/[^)#]+)", text)
+    assert {"docs/getting-started.md", "docs/findings.md", "docs/your-own-project.md"} <= set(links), links
+    guides = ("warmup", "early-stopping", "shuffle-audit", "cross-validation")
+    assert {f"docs/guides/{g}.md" for g in guides} <= set(links), links
+    assert all((ROOT / link).is_file() for link in links), links
 
 
 @pytest.mark.parametrize("block", [b for b in RUNNABLE if b is not CV_BLOCK], ids=str)

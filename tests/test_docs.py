@@ -72,6 +72,13 @@ def test_the_site_builds_strictly_with_every_page_and_the_api_reference(site: Pa
     # The API reference is made from the docstrings: a class's signature and an argument's description are there.
     audit = (site / "reference" / "audit" / "index.html").read_text()
     assert "ShuffleAudit" in audit and "sample_ids" in audit and "on_issue" in audit
+    # The docstrings' Sphinx markup is rewritten (docs/_ext/griffe_docstrings.py): doctests and formulas as code.
+    for page in (site / "reference").rglob("index.html"):
+        html = page.read_text()
+        assert ".. math::" not in html and ":func:`" not in html and ":class:`" not in html, page
+    warmup = (site / "reference" / "warmup" / "index.html").read_text()
+    assert '<span class="k">\\tfrac</span>' in warmup  # a formula, highlighted as LaTeX code
+    assert '<span class="gp">&gt;&gt;&gt; </span>' in warmup  # a doctest's prompt, highlighted as a console session
     # The changelog page is CHANGELOG.md itself.
     assert "Unreleased" in (site / "changelog" / "index.html").read_text()
 

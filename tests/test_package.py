@@ -44,10 +44,11 @@ def test_the_sdist_holds_the_package_its_tests_examples_benchmarks_and_docs_only
         names = [name.split("/", 1)[1] for name in tar.getnames() if "/" in name]
     allowed = ("src/epochkit/", "tests/", "examples/", "benchmarks/", "docs/")
     top = {"README.md", "CHANGELOG.md", "CONTRIBUTING.md", "LICENSE", "pyproject.toml", "PKG-INFO", ".gitignore"}
+    top |= {"mkdocs.yml"}  # the documentation site's configuration, beside docs/
     stray = [n for n in names if not n.startswith(allowed) and n not in top]
     assert not stray, stray
     assert not [n for n in names if n.endswith((".ckpt", ".pyc")) or "lightning_logs" in n]
-    assert "src/epochkit/__init__.py" in names and "tests/conftest.py" in names
+    assert "src/epochkit/__init__.py" in names and "tests/conftest.py" in names and "mkdocs.yml" in names
 
 
 def test_warmup_schedules_stays_importable_as_a_re_export_of_epochkit_schedules() -> None:

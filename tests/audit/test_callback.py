@@ -92,7 +92,7 @@ def test_warn_mode_warns_and_log_mode_logs(caplog: pytest.LogCaptureFixture) -> 
         fit([ShuffleAudit(on_issue="log")], AuditDataModule(sampler=_data.fixed_permutation), max_epochs=2)
     messages = [r.getMessage() for r in caplog.records if r.name == "epochkit.audit"]
     assert any("order identical to epoch 0: Spearman 1.000" in m for m in messages)
-    assert messages[-1] == "ShuffleAudit: 2 epochs audited, 1 issue: order_unchanged (epochs 1)."
+    assert not any(m.startswith("ShuffleAudit: 2 epochs audited") for m in messages)  # Lightning's logger has it
 
 
 def test_raise_mode_stops_at_the_end_of_the_epoch_where_the_issue_is_found() -> None:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from lightning.fabric.utilities.data import sized_len
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch.utils.data import DataLoader, TensorDataset
 from typing_extensions import override
 
@@ -132,7 +133,10 @@ class ShuffleAudit(Callback):
     Args:
         on_issue: ``"warn"`` (a :class:`ShuffleAuditWarning` per issue, once per finding and loader), ``"raise"`` (a
             :class:`ShuffleAuditError` on every rank at the end of the epoch an issue is found in, or at fit start),
-            or ``"log"`` (Python logging only). Notices are only logged (INFO).
+            or ``"log"`` (Python logging only, ``epochkit.audit`` logger). Notices are logged (INFO) through
+            Lightning's rank-zero logger, which prints to the console by default, once per notice and loader in a
+            fit; so is the fit's one-line summary at its end. A finding seen again in a later epoch goes to the
+            ``epochkit.audit`` logger only.
         labels: Where labels come from, to check for sorted or class-blocked data: a sequence indexed by dataset
             index, an ``int``/``str`` key into the batch (``batch[key]``, per loader of several), or a function of
             the batch. Default: the dataset's ``targets`` when present.
@@ -414,7 +418,8 @@ class ShuffleAudit(Callback):
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
-            log.info(summary(self.fit_start_, self.verdicts_))
+            # Once per fit, where Lightning's own messages go (shown by default, as EarlyStopping's restore line).
+            rank_zero_info(summary(self.fit_start_, self.verdicts_))
             self._write_files()
 
     # -------------------------------------------------------------------------------------------- resume
@@ -544,9 +549,18 @@ class ShuffleAudit(Callback):
         try:
             return extract(batch, key)
         except (KeyError, IndexError, TypeError) as error:
+            if callable(key):
+                if len(self._loaders_) == 1:
+                    raise  # the user's own function failed: its own error says best why
+                reason = f"{type(error).__name__}: {error}"
+            else:
+                reason = _missing_key(batch, key)
             if len(self._loaders_) == 1:
-                raise
-            problem = f"{what}={key!r} does not apply to its batches ({type(error).__name__}: {error}): not used"
+                raise ValueError(
+                    f"ShuffleAudit({what}={key!r}): {reason}; pass one of those keys, a function of the batch, "
+                    f"or {what}=None."
+                ) from error
+            problem = f"{what}={key!r} does not apply to its batches ({reason}): not used"
             if problem not in slot.problems:
                 slot.problems.append(problem)
             return None
@@ -641,8 +655,10 @@ class ShuffleAudit(Callback):
             for finding in verdict.findings:
                 first = (finding.loader, finding.code) not in self._announced_
                 self._announced_.add((finding.loader, finding.code))
-                if finding.severity != "issue" or not first:
-                    log.info(finding.message())  # a notice, or an issue already warned about in this fit
+                if not first:
+                    log.info(finding.message())  # said already in this fit: the epochkit.audit logger only
+                elif finding.severity != "issue":
+                    rank_zero_info(finding.message())  # a notice, once per fit, where Lightning's messages go
                 elif self.on_issue == "warn":
                     warnings.warn(finding.message(), ShuffleAuditWarning, stacklevel=_user_stacklevel())
                 elif self.on_issue == "log":
@@ -678,6 +694,24 @@ class ShuffleAudit(Callback):
         )
         lines = [line for v in self.verdicts_ if v.epoch is not None for line in digest_lines(v.epoch, v.digests)]
         write_bytes_atomic(self._report_dir_ / DIGEST_FILE, "".join(f"{line}\n" for line in lines).encode())
+
+
+def _missing_key(batch: Any, key: int | str) -> str:
+    """Why ``batch[key]`` failed, naming the keys the batch does have.
+
+    Example:
+        >>> _missing_key({"x": 0, "labels": 1}, "label")
+        "the training batch (a dict) has no key 'label'; its keys are ['x', 'labels']"
+        >>> _missing_key((0, 1), 2)
+        'the training batch (a tuple of 2) has no key 2; its keys are 0..1'
+    """
+    kind = type(batch).__name__
+    if isinstance(batch, Mapping):
+        return f"the training batch (a {kind}) has no key {key!r}; its keys are {list(batch.keys())!r}"
+    if isinstance(batch, Sequence) and not isinstance(batch, str):
+        keys = f"0..{len(batch) - 1}" if len(batch) else "none (it is empty)"
+        return f"the training batch (a {kind} of {len(batch)}) has no key {key!r}; its keys are {keys}"
+    return f"the training batch (a {kind}) cannot be indexed by {key!r}"
 
 
 def _small_ints(labels: np.ndarray) -> np.ndarray:

@@ -153,7 +153,7 @@ def test_sample_ids_from_the_batch_identify_an_iterable_stream() -> None:
         ({"labels": {"a": 1}}, r"labels=\{'a': 1\}.*sequence of labels"),
         ({"escalate": ["order_unchanged"]}, r"escalate=\['order_unchanged'\]\): unknown notice codes .*'weak_mixing'"),
         ({"escalate": "weak_mixing"}, r"escalate='weak_mixing'\): must be a sequence of finding codes, not a str"),
-        ({"images": 1}, r"images=1\): must be True or False"),
+        ({"images": 1}, r"images=1\): must be one of True, False, 'plot', 'raw'"),
     ],
 )
 def test_bad_arguments_fail_at_construction_naming_argument_value_and_allowed(kwargs: dict, match: str) -> None:

@@ -4,17 +4,21 @@ for a wrong batch key, and the pictures in TensorBoard."""
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from epochkit import ShuffleAudit
 from tests.audit import _data
 from tests.audit._data import AuditDataModule, fit
-from tests.helpers import DigitsClassifier, quiet_trainer
+from tests.helpers import DigitsClassifier, quiet_trainer, read_tensorboard
 
 
 class _Console(logging.Handler):
@@ -130,3 +134,57 @@ def test_a_wrong_key_into_tuple_batches_names_the_positions() -> None:
         trainer.fit(
             DigitsClassifier(hidden=8), DataLoader(_data.LabelledSet(*_data.make_tensors(32, 4, 0)), batch_size=16)
         )
+
+
+# ------------------------------------------------------------------------------------------------- pictures
+
+#: The plot's axes in pixels of the 640 x 480 image (epochkit.audit.images._axes): columns, then rows.
+_AXES = (slice(70, 495), slice(62, 370))
+
+
+def _yellow_in_axes(image: np.ndarray) -> int:
+    """Pixels of viridis' top colour (yellow: the most samples) inside the plot's axes."""
+    region = image[_AXES[1], _AXES[0], :3].astype(int)
+    return int((np.abs(region - np.array([253, 231, 37])).sum(axis=-1) < 40).sum())
+
+
+def test_the_maps_are_plots_with_a_legend_and_the_verdict(tmp_path: Path) -> None:
+    shown = {}
+    for name, dm in (
+        ("bug", AuditDataModule(n=384, sampler=_data.fixed_permutation)),
+        ("sorted", AuditDataModule(n=384, shuffle=False, sort_by_label=True)),
+        ("healthy", AuditDataModule(n=384)),
+    ):
+        logger = TensorBoardLogger(tmp_path, name=name)
+        fit([ShuffleAudit(on_issue="log", labels=1)], dm, max_epochs=2, logger=logger, log_every_n_steps=1)
+        run = read_tensorboard(tmp_path / name)
+        for tag in ("shuffle_audit/order_map", "shuffle_audit/label_map"):
+            image = run.image_arrays(tag)[-1]
+            assert image.shape[:2] == (480, 640)  # a plot, not the raw map (at most 256 x 256)
+            shown[name, tag.rsplit("/", 1)[1]] = image
+            (tmp_path / f"{name}_{tag.rsplit('/', 1)[1]}.png").write_bytes(run.images[tag][-1][1])
+    # Both plots carry a colour bar, whose top is yellow, right of the axes.
+    for image in shown.values():
+        assert (np.abs(image[59:62, 522:530, :3].astype(int) - [253, 231, 37]).sum(axis=-1) < 40).all()
+    # A replay is a bright diagonal; a fresh shuffle has no cell near the top of the scale.
+    assert _yellow_in_axes(shown["bug", "order_map"]) > 2000
+    assert _yellow_in_axes(shown["healthy", "order_map"]) == 0
+    # Sorted labels: one-class batches (a staircase of yellow cells); shuffled: every class in every batch.
+    assert _yellow_in_axes(shown["sorted", "label_map"]) > 10_000
+    assert _yellow_in_axes(shown["healthy", "label_map"]) == 0
+
+
+def test_without_matplotlib_the_raw_maps_are_logged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `import matplotlib` raises ImportError from here on, as where the plot extra is not installed (Lightning and
+    # torchmetrics, imported already, keep the modules they loaded).
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    fit([ShuffleAudit(on_issue="log")], AuditDataModule(), max_epochs=2, logger=logger)
+    run = read_tensorboard(tmp_path / "tb")
+    shapes = {tag: run.image_arrays(tag)[-1].shape for tag in run.images}
+    assert set(shapes) == {"shuffle_audit/order_map", "shuffle_audit/label_map"}
+    assert all(max(shape[:2]) <= 256 for shape in shapes.values())  # today's raw maps (tests/audit/test_images.py)
+    with pytest.raises(
+        ImportError, match=r"ShuffleAudit\(images='plot'\) needs matplotlib: `pip install epochkit\[plot"
+    ):
+        fit([ShuffleAudit(images="plot")], AuditDataModule(), max_epochs=1)

@@ -29,6 +29,7 @@ from epochkit.audit import images as img
 from epochkit.audit.digests import digest_lines
 from epochkit.audit.findings import (
     CATALOG,
+    LABEL_CODES,
     NOTICES,
     ORDER_CODES,
     SINGLE_LOADER,
@@ -151,7 +152,10 @@ class ShuffleAudit(Callback):
         ignore: Finding codes not to report (see :data:`epochkit.audit.findings.CATALOG`).
         escalate: Notice codes to report as issues (``weak_mixing``, ``correlated_batches``, ``iterable_workers``).
         images: Whether to log an order map and a label map per loader and epoch to TensorBoard (when the Trainer
-            has a TensorBoard logger).
+            has a TensorBoard logger): ``True`` draws them as plots with axes, a colour legend and a title with the
+            epoch and the verdict when matplotlib is installed (``pip install epochkit[plot]``), else as the raw
+            maps (:mod:`epochkit.audit.images`); ``"plot"`` requires matplotlib; ``"raw"`` always logs the raw
+            maps (one pixel block per cell, for reading back); ``False`` logs none.
 
     Example:
         A shuffled loader passes; the same loader unshuffled fails the fit (``on_issue="raise"``):
@@ -204,7 +208,7 @@ class ShuffleAudit(Callback):
         max_samples: int | None = 1_000_000,
         ignore: Sequence[str] = (),
         escalate: Sequence[str] = (),
-        images: bool = True,
+        images: bool | Literal["plot", "raw"] = True,
     ) -> None:
         check_choice("ShuffleAudit", "on_issue", on_issue, ("warn", "raise", "log"))
         if isinstance(labels, Mapping) or not (
@@ -222,7 +226,7 @@ class ShuffleAudit(Callback):
         if max_samples is not None:
             check_int("ShuffleAudit", "max_samples", max_samples, minimum=100)
         check_bool("ShuffleAudit", "fingerprints", fingerprints)
-        check_bool("ShuffleAudit", "images", images)
+        check_choice("ShuffleAudit", "images", images, (True, False, "plot", "raw"))
         for name, codes, allowed in (("ignore", ignore, sorted(CATALOG)), ("escalate", escalate, sorted(NOTICES))):
             if isinstance(codes, str):
                 raise TypeError(
@@ -258,6 +262,8 @@ class ShuffleAudit(Callback):
         if stage != "fit":
             return
         self._reset_state()
+        if self.images == "plot" and not img.can_plot():
+            raise ImportError("ShuffleAudit(images='plot') needs matplotlib: `pip install epochkit[plot]`.")
         # The recorder goes in where each train loader is made, before its first iteration: one per train loader.
         self._patched_ = hook_process_dataloader(trainer, self._attach)
 
@@ -633,15 +639,30 @@ class ShuffleAudit(Callback):
         )
 
     def _images(self, trainer: pl.Trainer, slot: _Loader, payloads: list[EpochPayload], verdict: EpochVerdict) -> None:
-        """The order map (against the previous epoch) and the label map of one loader, to TensorBoard (rank 0)."""
+        """The order map (against the previous epoch) and the label map of one loader, to TensorBoard (rank 0):
+        plots with matplotlib, the raw maps without it or with ``images="raw"``."""
         if not self.images or not _logging.has_tensorboard(trainer):
             return
+        plot = self.images == "plot" or (self.images is True and img.can_plot())
         prefix = "shuffle_audit/" if len(self._loaders_) == 1 else f"shuffle_audit/{slot.key}/"
+        epoch = int(verdict.epoch or 0)
         if verdict.order_map is not None:
-            _logging.log_image(trainer, prefix + "order_map", img.render_order_map(verdict.order_map))
+            if plot:
+                line = _verdict_line(verdict, ORDER_CODES, self._explained_.get(slot.key))
+                previous = self.previous_epoch_.get(slot.key)
+                image = img.plot_order_map(verdict.order_map, epoch, previous, line, slot.name)
+            else:
+                image = img.render_order_map(verdict.order_map)
+            _logging.log_image(trainer, prefix + "order_map", image)
         table = img.merge_label_tables([p.label_table for p in payloads])
         if table is not None:
-            _logging.log_image(trainer, prefix + "label_map", img.render_label_map(img.label_map(table)))
+            shares = img.label_map(table)
+            if plot:
+                line = _verdict_line(verdict, LABEL_CODES, None)
+                image = img.plot_label_map(shares, epoch, line, slot.name, classes=table.shape[1])
+            else:
+                image = img.render_label_map(shares)
+            _logging.log_image(trainer, prefix + "label_map", image)
 
     def _skip(self) -> set[str]:
         return set(self.ignore) | set(self._overfit_codes_)
@@ -694,6 +715,24 @@ class ShuffleAudit(Callback):
         )
         lines = [line for v in self.verdicts_ if v.epoch is not None for line in digest_lines(v.epoch, v.digests)]
         write_bytes_atomic(self._report_dir_ / DIGEST_FILE, "".join(f"{line}\n" for line in lines).encode())
+
+
+def _verdict_line(verdict: EpochVerdict, codes: Sequence[str], explained: str | None) -> str:
+    """The findings among ``codes`` of an epoch's verdict for one loader, for a picture's title.
+
+    Example:
+        >>> replay = EpochVerdict(1, findings=[Finding("order_unchanged", 1, "Spearman 1.000")])
+        >>> _verdict_line(replay, ORDER_CODES, None)
+        'order_unchanged (issue): the epoch order did not change'
+        >>> _verdict_line(EpochVerdict(1), ORDER_CODES, "shuffle_off at fit start")
+        'no new finding: shuffle_off at fit start explains it'
+    """
+    found = list({f.code: f for f in verdict.findings if f.code in codes}.values())
+    if len(found) == 1:
+        return f"{found[0].code} ({found[0].severity}): {found[0].title}"
+    if found:
+        return ", ".join(f"{f.code} ({f.severity})" for f in found)
+    return f"no new finding: {explained} explains it" if explained else "no finding"
 
 
 def _missing_key(batch: Any, key: int | str) -> str:

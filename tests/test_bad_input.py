@@ -90,7 +90,7 @@ BAD: dict[str, dict[str, list[Any]]] = {
         "max_samples": [0, -1, 2.5],
         "ignore": ["sorted_labels", ["no_such_finding"]],
         "escalate": ["weak_mixing", ["order_unchanged"]],
-        "images": ["yes", 1],
+        "images": ["yes", 1, "png"],
     },
     "CrossValidator": {
         "n_splits": [1, 0, -2, 2.5, "5", True],
@@ -125,6 +125,7 @@ BAD: dict[str, dict[str, list[Any]]] = {
         "schedule_timeout": [0, -5.0, NAN, "10"],
         "progress": ["yes", 1],
         "runtime_env": ["env", ["working_dir"]],
+        "verbose": ["yes", 1],
     },
     "warmup_cosine": {
         "warmup_steps": [-1, 2.5, "3", 10],

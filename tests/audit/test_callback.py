@@ -92,7 +92,7 @@ def test_warn_mode_warns_and_log_mode_logs(caplog: pytest.LogCaptureFixture) -> 
         fit([ShuffleAudit(on_issue="log")], AuditDataModule(sampler=_data.fixed_permutation), max_epochs=2)
     messages = [r.getMessage() for r in caplog.records if r.name == "epochkit.audit"]
     assert any("order identical to epoch 0: Spearman 1.000" in m for m in messages)
-    assert messages[-1] == "ShuffleAudit: 2 epochs audited, 1 issue: order_unchanged (epochs 1)."
+    assert not any(m.startswith("ShuffleAudit: 2 epochs audited") for m in messages)  # Lightning's logger has it
 
 
 def test_raise_mode_stops_at_the_end_of_the_epoch_where_the_issue_is_found() -> None:
@@ -153,7 +153,7 @@ def test_sample_ids_from_the_batch_identify_an_iterable_stream() -> None:
         ({"labels": {"a": 1}}, r"labels=\{'a': 1\}.*sequence of labels"),
         ({"escalate": ["order_unchanged"]}, r"escalate=\['order_unchanged'\]\): unknown notice codes .*'weak_mixing'"),
         ({"escalate": "weak_mixing"}, r"escalate='weak_mixing'\): must be a sequence of finding codes, not a str"),
-        ({"images": 1}, r"images=1\): must be True or False"),
+        ({"images": 1}, r"images=1\): must be one of True, False, 'plot', 'raw'"),
     ],
 )
 def test_bad_arguments_fail_at_construction_naming_argument_value_and_allowed(kwargs: dict, match: str) -> None:

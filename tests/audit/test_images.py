@@ -25,7 +25,7 @@ def _cells(image: np.ndarray, bins: int) -> np.ndarray:
 
 
 def _fit_logged(tmp_path: Path, dm: AuditDataModule, epochs: int = 3, **kw: object) -> tuple[ShuffleAudit, object]:
-    audit = ShuffleAudit(on_issue="log", **kw)  # type: ignore[arg-type]
+    audit = ShuffleAudit(on_issue="log", **{"images": "raw", **kw})  # type: ignore[arg-type]
     fit([audit], dm, max_epochs=epochs, logger=TensorBoardLogger(tmp_path, name="tb"), log_every_n_steps=1)
     return audit, read_tensorboard(tmp_path / "tb")
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from lightning.fabric.utilities.data import sized_len
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch.utils.data import DataLoader, TensorDataset
 from typing_extensions import override
 
@@ -28,6 +29,7 @@ from epochkit.audit import images as img
 from epochkit.audit.digests import digest_lines
 from epochkit.audit.findings import (
     CATALOG,
+    LABEL_CODES,
     NOTICES,
     ORDER_CODES,
     SINGLE_LOADER,
@@ -132,7 +134,10 @@ class ShuffleAudit(Callback):
     Args:
         on_issue: ``"warn"`` (a :class:`ShuffleAuditWarning` per issue, once per finding and loader), ``"raise"`` (a
             :class:`ShuffleAuditError` on every rank at the end of the epoch an issue is found in, or at fit start),
-            or ``"log"`` (Python logging only). Notices are only logged (INFO).
+            or ``"log"`` (Python logging only, ``epochkit.audit`` logger). Notices are logged (INFO) through
+            Lightning's rank-zero logger, which prints to the console by default, once per notice and loader in a
+            fit; so is the fit's one-line summary at its end. A finding seen again in a later epoch goes to the
+            ``epochkit.audit`` logger only.
         labels: Where labels come from, to check for sorted or class-blocked data: a sequence indexed by dataset
             index, an ``int``/``str`` key into the batch (``batch[key]``, per loader of several), or a function of
             the batch. Default: the dataset's ``targets`` when present.
@@ -147,7 +152,10 @@ class ShuffleAudit(Callback):
         ignore: Finding codes not to report (see :data:`epochkit.audit.findings.CATALOG`).
         escalate: Notice codes to report as issues (``weak_mixing``, ``correlated_batches``, ``iterable_workers``).
         images: Whether to log an order map and a label map per loader and epoch to TensorBoard (when the Trainer
-            has a TensorBoard logger).
+            has a TensorBoard logger): ``True`` draws them as plots with axes, a colour legend and a title with the
+            epoch and the verdict when matplotlib is installed (``pip install epochkit[plot]``), else as the raw
+            maps (:mod:`epochkit.audit.images`); ``"plot"`` requires matplotlib; ``"raw"`` always logs the raw
+            maps (one pixel block per cell, for reading back); ``False`` logs none.
 
     Example:
         A shuffled loader passes; the same loader unshuffled fails the fit (``on_issue="raise"``):
@@ -200,7 +208,7 @@ class ShuffleAudit(Callback):
         max_samples: int | None = 1_000_000,
         ignore: Sequence[str] = (),
         escalate: Sequence[str] = (),
-        images: bool = True,
+        images: bool | Literal["plot", "raw"] = True,
     ) -> None:
         check_choice("ShuffleAudit", "on_issue", on_issue, ("warn", "raise", "log"))
         if isinstance(labels, Mapping) or not (
@@ -218,7 +226,7 @@ class ShuffleAudit(Callback):
         if max_samples is not None:
             check_int("ShuffleAudit", "max_samples", max_samples, minimum=100)
         check_bool("ShuffleAudit", "fingerprints", fingerprints)
-        check_bool("ShuffleAudit", "images", images)
+        check_choice("ShuffleAudit", "images", images, (True, False, "plot", "raw"))
         for name, codes, allowed in (("ignore", ignore, sorted(CATALOG)), ("escalate", escalate, sorted(NOTICES))):
             if isinstance(codes, str):
                 raise TypeError(
@@ -254,6 +262,8 @@ class ShuffleAudit(Callback):
         if stage != "fit":
             return
         self._reset_state()
+        if self.images == "plot" and not img.can_plot():
+            raise ImportError("ShuffleAudit(images='plot') needs matplotlib: `pip install epochkit[plot]`.")
         # The recorder goes in where each train loader is made, before its first iteration: one per train loader.
         self._patched_ = hook_process_dataloader(trainer, self._attach)
 
@@ -414,7 +424,8 @@ class ShuffleAudit(Callback):
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
-            log.info(summary(self.fit_start_, self.verdicts_))
+            # Once per fit, where Lightning's own messages go (shown by default, as EarlyStopping's restore line).
+            rank_zero_info(summary(self.fit_start_, self.verdicts_))
             self._write_files()
 
     # -------------------------------------------------------------------------------------------- resume
@@ -544,9 +555,18 @@ class ShuffleAudit(Callback):
         try:
             return extract(batch, key)
         except (KeyError, IndexError, TypeError) as error:
+            if callable(key):
+                if len(self._loaders_) == 1:
+                    raise  # the user's own function failed: its own error says best why
+                reason = f"{type(error).__name__}: {error}"
+            else:
+                reason = _missing_key(batch, key)
             if len(self._loaders_) == 1:
-                raise
-            problem = f"{what}={key!r} does not apply to its batches ({type(error).__name__}: {error}): not used"
+                raise ValueError(
+                    f"ShuffleAudit({what}={key!r}): {reason}; pass one of those keys, a function of the batch, "
+                    f"or {what}=None."
+                ) from error
+            problem = f"{what}={key!r} does not apply to its batches ({reason}): not used"
             if problem not in slot.problems:
                 slot.problems.append(problem)
             return None
@@ -619,15 +639,30 @@ class ShuffleAudit(Callback):
         )
 
     def _images(self, trainer: pl.Trainer, slot: _Loader, payloads: list[EpochPayload], verdict: EpochVerdict) -> None:
-        """The order map (against the previous epoch) and the label map of one loader, to TensorBoard (rank 0)."""
+        """The order map (against the previous epoch) and the label map of one loader, to TensorBoard (rank 0):
+        plots with matplotlib, the raw maps without it or with ``images="raw"``."""
         if not self.images or not _logging.has_tensorboard(trainer):
             return
+        plot = self.images == "plot" or (self.images is True and img.can_plot())
         prefix = "shuffle_audit/" if len(self._loaders_) == 1 else f"shuffle_audit/{slot.key}/"
+        epoch = int(verdict.epoch or 0)
         if verdict.order_map is not None:
-            _logging.log_image(trainer, prefix + "order_map", img.render_order_map(verdict.order_map))
+            if plot:
+                line = _verdict_line(verdict, ORDER_CODES, self._explained_.get(slot.key))
+                previous = self.previous_epoch_.get(slot.key)
+                image = img.plot_order_map(verdict.order_map, epoch, previous, line, slot.name)
+            else:
+                image = img.render_order_map(verdict.order_map)
+            _logging.log_image(trainer, prefix + "order_map", image)
         table = img.merge_label_tables([p.label_table for p in payloads])
         if table is not None:
-            _logging.log_image(trainer, prefix + "label_map", img.render_label_map(img.label_map(table)))
+            shares = img.label_map(table)
+            if plot:
+                line = _verdict_line(verdict, LABEL_CODES, None)
+                image = img.plot_label_map(shares, epoch, line, slot.name, classes=table.shape[1])
+            else:
+                image = img.render_label_map(shares)
+            _logging.log_image(trainer, prefix + "label_map", image)
 
     def _skip(self) -> set[str]:
         return set(self.ignore) | set(self._overfit_codes_)
@@ -641,8 +676,10 @@ class ShuffleAudit(Callback):
             for finding in verdict.findings:
                 first = (finding.loader, finding.code) not in self._announced_
                 self._announced_.add((finding.loader, finding.code))
-                if finding.severity != "issue" or not first:
-                    log.info(finding.message())  # a notice, or an issue already warned about in this fit
+                if not first:
+                    log.info(finding.message())  # said already in this fit: the epochkit.audit logger only
+                elif finding.severity != "issue":
+                    rank_zero_info(finding.message())  # a notice, once per fit, where Lightning's messages go
                 elif self.on_issue == "warn":
                     warnings.warn(finding.message(), ShuffleAuditWarning, stacklevel=_user_stacklevel())
                 elif self.on_issue == "log":
@@ -678,6 +715,42 @@ class ShuffleAudit(Callback):
         )
         lines = [line for v in self.verdicts_ if v.epoch is not None for line in digest_lines(v.epoch, v.digests)]
         write_bytes_atomic(self._report_dir_ / DIGEST_FILE, "".join(f"{line}\n" for line in lines).encode())
+
+
+def _verdict_line(verdict: EpochVerdict, codes: Sequence[str], explained: str | None) -> str:
+    """The findings among ``codes`` of an epoch's verdict for one loader, for a picture's title.
+
+    Example:
+        >>> replay = EpochVerdict(1, findings=[Finding("order_unchanged", 1, "Spearman 1.000")])
+        >>> _verdict_line(replay, ORDER_CODES, None)
+        'order_unchanged (issue): the epoch order did not change'
+        >>> _verdict_line(EpochVerdict(1), ORDER_CODES, "shuffle_off at fit start")
+        'no new finding: shuffle_off at fit start explains it'
+    """
+    found = list({f.code: f for f in verdict.findings if f.code in codes}.values())
+    if len(found) == 1:
+        return f"{found[0].code} ({found[0].severity}): {found[0].title}"
+    if found:
+        return ", ".join(f"{f.code} ({f.severity})" for f in found)
+    return f"no new finding: {explained} explains it" if explained else "no finding"
+
+
+def _missing_key(batch: Any, key: int | str) -> str:
+    """Why ``batch[key]`` failed, naming the keys the batch does have.
+
+    Example:
+        >>> _missing_key({"x": 0, "labels": 1}, "label")
+        "the training batch (a dict) has no key 'label'; its keys are ['x', 'labels']"
+        >>> _missing_key((0, 1), 2)
+        'the training batch (a tuple of 2) has no key 2; its keys are 0..1'
+    """
+    kind = type(batch).__name__
+    if isinstance(batch, Mapping):
+        return f"the training batch (a {kind}) has no key {key!r}; its keys are {list(batch.keys())!r}"
+    if isinstance(batch, Sequence) and not isinstance(batch, str):
+        keys = f"0..{len(batch) - 1}" if len(batch) else "none (it is empty)"
+        return f"the training batch (a {kind} of {len(batch)}) has no key {key!r}; its keys are {keys}"
+    return f"the training batch (a {kind}) cannot be indexed by {key!r}"
 
 
 def _small_ints(labels: np.ndarray) -> np.ndarray:

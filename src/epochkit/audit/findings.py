@@ -85,6 +85,8 @@ NOTICES = ("iterable_workers", "weak_mixing", "correlated_batches")
 #: Order findings: a fit-start or reload cause that explains a replay (``shuffle_off``, ``same_seed_reload``)
 #: replaces them, so a cause is reported once, with the fix for that cause.
 ORDER_CODES = ("order_unchanged", "batches_unchanged", "successors_preserved", "weak_mixing", "correlated_batches")
+#: Label findings (the label map shows them).
+LABEL_CODES = ("sorted_labels", "class_blocked_batches")
 #: The display name of the train loader of a fit that has only one.
 SINGLE_LOADER = "train_dataloader"
 

@@ -7,13 +7,18 @@
   cell is the class's share of those batches: a shuffle is even noise in horizontal bands (one per class, by its
   frequency), sorted data a staircase, class-blocked batches isolated bright cells.
 
-Colours follow the viridis ramp (dark blue for none, yellow for the most); every image is at most 256 x 256 pixels.
+Colours follow the viridis ramp (dark blue for none, yellow for the most); every raw image is at most 256 x 256
+pixels. With matplotlib (the ``plot`` extra) :func:`plot_order_map` and :func:`plot_label_map` draw the same data as
+readable plots: axes saying what they are, a colour legend, a title with the epoch and the verdict, and a line saying
+what a healthy and a broken picture look like.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -136,3 +141,133 @@ def render_label_map(shares: np.ndarray) -> np.ndarray:
     """
     rows, cols = shares.shape
     return _upscale(colorize(np.sqrt(np.clip(shares, 0.0, 1.0))), max(1, SIZE // rows), max(1, SIZE // cols))
+
+
+# ----------------------------------------------------------------------------------------------- plots (matplotlib)
+
+#: Size of a plotted image, in pixels (width, height).
+PLOT_SIZE = (640, 480)
+
+
+def can_plot() -> bool:
+    """Whether matplotlib can be imported (the ``plot`` extra), without importing it."""
+    try:
+        return importlib.util.find_spec("matplotlib") is not None
+    except (ImportError, ValueError):  # a broken or stubbed-out entry in sys.modules
+        return False
+
+
+def _title(what: str, epoch: int, loader: str | None, verdict: str) -> str:
+    where = f" of loader {loader!r}" if loader is not None else ""
+    return f"{what}{where}, epoch {epoch}\n{verdict}"
+
+
+def _render(draw: Any) -> np.ndarray:
+    """Draw on a bare matplotlib ``Figure`` (no pyplot: the user's backend and open figures are left alone) and
+    return its pixels as an RGB ``uint8`` array of :data:`PLOT_SIZE`."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    dpi = 100
+    # Fixed axes positions (see _axes): a layout engine would cost more than the drawing itself at every epoch.
+    fig = Figure(figsize=(PLOT_SIZE[0] / dpi, PLOT_SIZE[1] / dpi), dpi=dpi)
+    canvas = FigureCanvasAgg(fig)
+    draw(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def _axes(fig: Any) -> tuple[Any, Any]:
+    """The plot's axes and its colour bar's, placed for :data:`PLOT_SIZE` (title above, note below)."""
+    return fig.add_axes((0.1, 0.22, 0.68, 0.66)), fig.add_axes((0.81, 0.22, 0.025, 0.66))
+
+
+def _note(ax: Any, text: str) -> None:
+    """What a healthy and a broken picture look like, in small grey type at the bottom of the figure."""
+    ax.figure.text(0.5, 0.015, text, ha="center", va="bottom", fontsize=8, color="dimgray")
+
+
+def plot_order_map(
+    ratios: np.ndarray, epoch: int, previous_epoch: int | None, verdict: str, loader: str | None = None
+) -> np.ndarray:
+    """An order map (:func:`order_map`) as a readable plot (needs matplotlib): each sample's position in ``epoch``
+    (y) against ``previous_epoch`` (x), in percent of the epoch, coloured by samples per cell over what a fresh
+    shuffle puts there (square-root scale); ``verdict`` is the title's second line.
+
+    Example:
+        >>> img = plot_order_map(order_map(np.arange(64), np.arange(64), bins=8), 1, 0, "order_unchanged (issue)")
+        >>> img.shape, img.dtype.name
+        ((480, 640, 3), 'uint8')
+    """
+    from matplotlib.colors import PowerNorm
+
+    bins = ratios.shape[0]
+    before = f"epoch {previous_epoch}" if previous_epoch is not None else "the previous epoch"
+
+    def draw(fig: Any) -> None:
+        ax, cax = _axes(fig)
+        shown = ax.imshow(
+            np.maximum(ratios, 0.0),
+            origin="lower",
+            aspect="auto",
+            extent=(0, 100, 0, 100),
+            cmap="viridis",
+            norm=PowerNorm(0.5, vmin=0.0, vmax=max(float(bins), 1.0)),
+            interpolation="nearest",
+        )
+        ax.set_xlabel(f"position of the sample in {before} (% of the epoch)")
+        ax.set_ylabel(f"position in epoch {epoch} (% of the epoch)")
+        ax.set_title(_title("ShuffleAudit order map", epoch, loader, verdict), fontsize=11)
+        bar = fig.colorbar(shown, cax=cax)
+        bar.set_label(f"samples per cell / a fresh shuffle's ({bins} x {bins} cells)", fontsize=9)
+        _note(
+            ax,
+            "even noise: a fresh shuffle | diagonal: the same order again | parallel lines: a rotation\n"
+            "thick diagonal: a small shuffle buffer | tiles: blocks (shards, chunks) shuffled, not samples",
+        )
+
+    return _render(draw)
+
+
+def plot_label_map(
+    shares: np.ndarray, epoch: int, verdict: str, loader: str | None = None, classes: int | None = None
+) -> np.ndarray:
+    """A label map (:func:`label_map`) as a readable plot (needs matplotlib): the epoch's batches in order along x
+    (in percent of the epoch), the classes along y (class groups when ``classes`` is more than the rows), coloured by
+    the class's share of those batches' samples (square-root scale); ``verdict`` is the title's second line.
+
+    Example:
+        >>> img = plot_label_map(label_map(np.array([[8, 0], [0, 8]])), 0, "sorted_labels (issue)")
+        >>> img.shape, img.dtype.name
+        ((480, 640, 3), 'uint8')
+    """
+    from matplotlib.colors import PowerNorm
+    from matplotlib.ticker import MaxNLocator
+
+    rows = shares.shape[0]
+    grouped = classes is not None and classes > rows
+
+    def draw(fig: Any) -> None:
+        ax, cax = _axes(fig)
+        shown = ax.imshow(
+            np.clip(shares, 0.0, 1.0),
+            origin="upper",
+            aspect="auto",
+            extent=(0, 100, rows - 0.5, -0.5),
+            cmap="viridis",
+            norm=PowerNorm(0.5, vmin=0.0, vmax=1.0),
+            interpolation="nearest",
+        )
+        ax.set_xlabel(f"batches of epoch {epoch}, in the order trained (% of the epoch)")
+        ax.set_ylabel(f"class group (of {classes} classes)" if grouped else "class")
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=min(rows, 16), integer=True))
+        ax.set_title(_title("ShuffleAudit label map", epoch, loader, verdict), fontsize=11)
+        bar = fig.colorbar(shown, cax=cax)
+        bar.set_label("share of the batches' samples", fontsize=9)
+        _note(
+            ax,
+            "even bands (one per class, by its frequency): shuffled | staircase: sorted by label\n"
+            "isolated bright cells: batches of one class",
+        )
+
+    return _render(draw)

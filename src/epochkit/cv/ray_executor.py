@@ -89,7 +89,16 @@ class RayExecutor:
             retried: the cross-validation stops with it.
         schedule_timeout: Seconds to wait for a node that can run a fold (for an autoscaling cluster to add one)
             before failing with the resources asked for and those the nodes have.
-        progress: Show a progress bar over the folds on the driver (stderr).
+        progress: Show a progress bar over the folds on the driver (stderr): folds finished, running (their Ray
+            task placed on a worker: from Ray's resource accounting when this executor started Ray, else from the
+            folds that began training) and queued, and the last fold's headline metric.
+        verbose: Let Ray's own messages (its start-up lines and warnings, such as the token-authentication notice)
+            and the folds' console output (Lightning's banner and model summary, warnings from the fold's code,
+            each line prefixed and coloured by Ray, repeated lines deduplicated) reach this console. Off by default:
+            the driver shows the bar and epochkit's lines only; a fold's exception still comes back with its
+            traceback, and the workers' output stays in Ray's session logs (``/tmp/ray/session_latest/logs``).
+            Applies when this executor connects to Ray (``ray.init``); a Ray already initialised in this process
+            keeps its own settings.
         runtime_env: Ray's ``runtime_env`` for the fold tasks (e.g. ``{"working_dir": "."}`` to ship your code to a
             remote cluster; epochkit must be installed on every node).
 
@@ -112,6 +121,7 @@ class RayExecutor:
         schedule_timeout: float = 300.0,
         progress: bool = True,
         runtime_env: Mapping[str, Any] | None = None,
+        verbose: bool = False,
     ) -> None:
         if address is not None and (not isinstance(address, str) or not address.strip()):
             fail(OWNER, "address", address, "None or a Ray address such as 'auto', 'local' or 'host:6379'", TypeError)
@@ -124,6 +134,7 @@ class RayExecutor:
         check_int(OWNER, "max_retries", max_retries, minimum=0)
         check_number(OWNER, "schedule_timeout", schedule_timeout, above=0.0)
         check_bool(OWNER, "progress", progress)
+        check_bool(OWNER, "verbose", verbose)
         if runtime_env is not None and not isinstance(runtime_env, Mapping):
             fail(OWNER, "runtime_env", runtime_env, "None or a mapping (Ray's runtime_env)", TypeError)
         _import_ray()
@@ -135,6 +146,7 @@ class RayExecutor:
         self.schedule_timeout = schedule_timeout
         self.progress = progress
         self.runtime_env = dict(runtime_env) if runtime_env is not None else None
+        self.verbose = verbose
 
     def __repr__(self) -> str:
         return (
@@ -251,7 +263,13 @@ class RayExecutor:
         started_here = not ray.is_initialized()
         if started_here:
             log.info("RayExecutor: connecting to or starting Ray (address=%r)", self.address)
-            ray.init(address=self.address, include_dashboard=False)
+            ray.init(
+                address=self.address,
+                include_dashboard=False,
+                # Quiet unless asked: no worker output (prefixed, coloured, deduplicated) and no Ray notices here.
+                log_to_driver=self.verbose,
+                logging_level=logging.INFO if self.verbose else logging.ERROR,
+            )
         root = Path(specs[0].root_dir)
         run_id = specs[0].run_id
         marker = root / f".epochkit-driver-{run_id}.json"
@@ -284,7 +302,10 @@ class RayExecutor:
                     outcome = self._get(ray, ref, spec)
                     bar.finished(outcome.result, _headline(outcome.result, spec.metric_modes))
                     yield outcome
-                bar.show(_started_folds(running.values(), run_id), len(running), len(queue))
+                started = _started_folds(running.values(), run_id)
+                if started_here:  # nothing but these folds uses this Ray: its busy CPUs are the folds placed
+                    started = max(started, self._placed_folds(ray))
+                bar.show(min(started, len(running)), len(running), len(queue))
         finally:
             for ref in running:
                 ray.cancel(ref, force=True)
@@ -310,6 +331,13 @@ class RayExecutor:
         where = outcome.result.worker
         log.info("RayExecutor: fold %d finished on %s (pid %s)", spec.fold, where.get("node_ip"), where.get("pid"))
         return outcome
+
+    def _placed_folds(self, ray: Any) -> int:
+        """Folds whose task Ray has placed on a worker (starting or training), from the CPUs in use: on a Ray only
+        this run uses, each fold task holds ``cpus_per_fold`` of them (the node probes hold none)."""
+        total = ray.cluster_resources().get("CPU", 0.0)
+        free = ray.available_resources().get("CPU", 0.0)  # a resource fully in use is left out
+        return round(max(0.0, total - free) / self.cpus_per_fold)
 
     # ------------------------------------------------------------------------------------------ checks
     def _fits(self, resources: Mapping[str, float]) -> bool:

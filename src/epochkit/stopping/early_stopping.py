@@ -1145,7 +1145,7 @@ class EarlyStopping(LightningEarlyStopping):
             "best_epoch": float(self.best_epoch),
             "wait_count": float(self.wait_count),
             "stopped": float(stopped),
-            "stopping_reason": float(self.stopping_reason.value),
+            # No stopping_reason scalar (an enum value plots as a bare number): the reason is the text `.../reason`.
             **self._check_metrics,
         }
         _logging.log_scalars(trainer, {self._tag(k): v for k, v in scalars.items()})

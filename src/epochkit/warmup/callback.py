@@ -94,8 +94,11 @@ class LRWarmup(Callback):
             (``trainer.estimated_stepping_batches``).
         shape: ``"linear"`` or ``"cosine"`` (half-cosine ramp).
         start_factor: ``f0`` in [0, 1): where the ramp starts from.
-        log_lr: Log ``warmup/lr`` (the LR actually used) and ``warmup/factor`` at the steps Lightning logs at
-            (``Trainer(log_every_n_steps=...)``), while warmup lasts.
+        log_lr: Log ``warmup/lr`` (the LR actually used) and ``warmup/factor`` while warmup lasts, at the steps
+            Lightning logs at (``Trainer(log_every_n_steps=...)``) and, whatever that setting, at the warmup's first
+            step, last step and the three quarter points between them, so that even a warmup shorter than
+            ``log_every_n_steps`` draws its curve (five points more at most, host floats or tensors read once per
+            epoch: no host synchronisation per step).
 
     Example:
         The first 10 optimizer steps of a fit warm up; the module's own LR is untouched afterwards:
@@ -279,11 +282,14 @@ class LRWarmup(Callback):
         if not self._used:
             return
         used, self._used = self._used, {}
-        if not (self.log_lr and trainer.loggers and trainer._logger_connector.should_update_logs):
+        if not (self.log_lr and trainer.loggers):
             return
+        lightning_logs = trainer._logger_connector.should_update_logs
         metrics: dict[str, float] = {}
         deferred: dict[str, torch.Tensor] = {}
         for i, (factor, lrs) in used.items():
+            if not (lightning_logs or self._drawn_step(i)):
+                continue
             prefix = "warmup" if i == 0 else f"warmup/opt{i}"
             metrics[f"{prefix}/factor"] = factor
             for j, lr in enumerate(lrs):
@@ -295,6 +301,12 @@ class LRWarmup(Callback):
         log_scalars(trainer, metrics)
         if deferred:
             self._pending_lrs.append((current_step(trainer), deferred))
+
+    def _drawn_step(self, i: int) -> bool:
+        """Whether optimizer ``i``'s step just applied is one of the warmup's five points logged whatever
+        ``log_every_n_steps``: its first and last step and the quarter points between them."""
+        k, last = self.steps_applied_[i] - 1, self._ends[i] - 1
+        return any(k == (q * last) // 4 for q in range(5))
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

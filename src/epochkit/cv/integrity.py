@@ -7,23 +7,34 @@ Plain functions, no Trainer: :class:`~epochkit.cv.CrossValidator` calls them bef
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
-from collections.abc import Mapping
+import signal
+import sys
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from epochkit._io import CorruptFileError, read_json
 from epochkit.cv.results import FoldResult
 
+log = logging.getLogger("epochkit.cv")
+
 __all__ = [
+    "FoldPreempted",
     "RootDirError",
     "check_tree",
     "file_checksum",
     "finished_records",
     "manifest_identity",
+    "preempted_fold",
     "read_fold_record",
     "relative_to",
 ]
@@ -34,6 +45,43 @@ WAY_OUT = "use another `root_dir`, or `overwrite=True` to delete that cross-vali
 
 class RootDirError(ValueError):
     """What ``root_dir`` holds cannot be reused (or written to) safely; the message names the file and the way out."""
+
+
+PREEMPTED_EXIT = 128 + int(signal.SIGTERM)  # 143: what a shell, Slurm and Kubernetes report for a SIGTERM-ed job
+
+
+class FoldPreempted(SIGTERMException):
+    """A fold stopped by SIGTERM (a preemption): a ``SystemExit`` with status 143, so a job scheduler sees the job
+    fail, not finish. The fold resumes from its last epoch checkpoint when the same call runs again."""
+
+    def __init__(self, fold: int, message: str) -> None:
+        super().__init__(PREEMPTED_EXIT)
+        self.fold = fold
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@contextlib.contextmanager
+def preempted_fold(fold: int, root: Path) -> Iterator[None]:
+    """Turn Lightning's ``SIGTERMException`` (a ``SystemExit(None)``: exit status 0) raised while fold ``fold``
+    trains into :class:`FoldPreempted` (exit status 143), with one line on stderr (rank 0) saying which fold was
+    interrupted and how to resume. The files are whole: every one is written atomically."""
+    try:
+        yield
+    except FoldPreempted:
+        raise
+    except SIGTERMException as err:
+        message = (
+            f"CrossValidator: fold {fold} was interrupted by SIGTERM; its last finished epoch is saved in "
+            f"{root / f'fold_{fold}' / 'resume'}. Run the same cross-validation again with root_dir={str(root)!r} "
+            f"to resume it (finished folds are reused); exiting with status {PREEMPTED_EXIT}."
+        )
+        log.info(message)  # printed below as well: INFO, so Python's last-resort handler does not print it twice
+        if int(getattr(rank_zero_only, "rank", 0) or 0) == 0:
+            print(message, file=sys.stderr, flush=True)
+        raise FoldPreempted(fold, message) from err
 
 
 def manifest_identity(plan_hash: str, config: Mapping[str, Any]) -> str:

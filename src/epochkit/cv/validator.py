@@ -43,6 +43,7 @@ from epochkit.cv.integrity import (
     check_tree,
     finished_records,
     manifest_identity,
+    preempted_fold,
     read_fold_record,
 )
 from epochkit.cv.ray_executor import RayExecutor
@@ -443,7 +444,9 @@ class CrossValidator:
                     if k in finished:
                         skip(k)
                     else:
-                        finish(run_fold(specs[k], in_process))
+                        with preempted_fold(k, root):
+                            outcome = run_fold(specs[k], in_process)
+                        finish(outcome)
             else:  # side by side: the model travels to the executor's workers; results come back as they finish
                 for k in sorted(finished):
                     skip(k)

@@ -169,6 +169,8 @@ def read_json(
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         problem = "is empty" if not Path(path).stat().st_size else f"is not valid JSON (truncated or garbled: {err})"
         raise _corrupt(path, what, problem, remedy) from err
+    except RecursionError as err:
+        raise _corrupt(path, what, "is nested too deeply to be read", remedy) from err
     if not isinstance(value, expect):
         kinds: dict[type, str] = {dict: "an object", list: "a list"}
         found: dict[type, str] = {dict: "object", list: "list", str: "string", int: "number", float: "number"}

@@ -23,6 +23,7 @@ from typing_extensions import override
 from epochkit import _distributed, _logging
 from epochkit._callback import cached_state_key, hook_process_dataloader, unhook_process_dataloader
 from epochkit._io import write_bytes_atomic, write_json_atomic
+from epochkit._state import Schema, check_state, integer, list_of, mapping, mapping_of, optional, remember_source
 from epochkit._validation import check_bool, check_choice, check_int, is_int
 from epochkit.audit import images as img
 from epochkit.audit.digests import digest_lines
@@ -115,6 +116,15 @@ class _Loader:
     @property
     def key(self) -> str:
         return self.name if self.name is not None else SINGLE_LOADER
+
+
+# What a checkpoint's ShuffleAudit state must hold (epochkit._state): checked when it is loaded, not when it is used.
+_STATE_SCHEMA: Schema = {
+    "verdicts": (list_of(mapping), "a list of verdict objects"),
+    "previous": (optional(mapping_of(mapping)), "a mapping of loaders to order records"),
+    "previous_epoch": (optional(lambda v: integer(0)(v) or mapping_of(integer(0))(v)), "epochs (ints >= 0) by loader"),
+    "fit_start": (optional(mapping), "a verdict object or None"),
+}
 
 
 class ShuffleAudit(Callback):
@@ -429,7 +439,14 @@ class ShuffleAudit(Callback):
         }
 
     @override
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        remember_source(self, trainer)
+
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        check_state(self, state_dict, _STATE_SCHEMA)
         self.verdicts_ = [EpochVerdict.from_dict(v) for v in state_dict.get("verdicts", [])]
         previous = state_dict.get("previous") or {}
         previous_epoch = state_dict.get("previous_epoch")

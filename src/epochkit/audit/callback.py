@@ -220,7 +220,7 @@ class ShuffleAudit(Callback):
                 f"ShuffleAudit(labels={labels!r}): must be a sequence of labels, an int/str batch key, "
                 "a function of the batch, or None."
             )
-        if not (sample_ids is None or _is_key(sample_ids) or callable(sample_ids)):
+        if not (sample_ids is None or _is_key(sample_ids) or callable(sample_ids)) or sample_ids == "":
             raise TypeError(
                 f"ShuffleAudit(sample_ids={sample_ids!r}): must be an int/str batch key, a function of the batch, "
                 "or None."

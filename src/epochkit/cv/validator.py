@@ -222,7 +222,7 @@ class CrossValidator:
                 fail(OWNER, "metric_modes", metric_modes, f"'min' or 'max' for every metric ({name!r}: {mode!r})")
         for flag in ("stratify", "overwrite", "resume_checkpoints", "seed_folds", "verbose"):
             check_bool(OWNER, flag, locals()[flag])
-        check_int(OWNER, "seed", seed, minimum=0, maximum=2**31 - 1)  # seed + k must stay a valid NumPy seed
+        seed = check_int(OWNER, "seed", seed, minimum=0, maximum=2**31 - 1)  # seed + k must stay a NumPy seed
         check_path(OWNER, "root_dir", root_dir)
         if executor is not None and not isinstance(executor, RayExecutor):
             fail(OWNER, "executor", executor, "None (folds in this process) or a RayExecutor", TypeError)
@@ -388,6 +388,11 @@ class CrossValidator:
             fail("CrossValidator.fit", "trainer_factory", trainer_factory, "a function fold -> Trainer", TypeError)
         if trainer_kwargs is not None and trainer_factory is not None:
             raise ValueError("give `trainer_kwargs` or `trainer_factory`, not both.")
+        callbacks = (trainer_kwargs or {}).get("callbacks")
+        if not (callbacks is None or isinstance(callbacks, Callback | list | tuple)) or not all(
+            isinstance(cb, Callback) for cb in ([callbacks] if isinstance(callbacks, Callback) else callbacks or [])
+        ):
+            fail("CrossValidator.fit", "trainer_kwargs", trainer_kwargs, "callbacks: a Callback or a list of them")
         if trainer_kwargs is not None and trainer_kwargs.get("logger", True) not in (True, False, None):
             raise ValueError(
                 "CrossValidator makes one logger run per fold: `trainer_kwargs['logger']` may be True "

@@ -399,8 +399,8 @@ class EarlyStopping(LightningEarlyStopping):
             raise bad("strip_length", self.strip_length, "it must be an int >= 1 (checks per strip)")
         if self.criterion in ("GL", "PQ"):
             alpha = real_value(self.alpha)
-            if alpha is None or not alpha > 0:
-                raise bad("alpha", self.alpha, f"criterion={self.criterion!r} needs a number > 0")
+            if alpha is None or not 0 < alpha < math.inf:  # inf would never stop
+                raise bad("alpha", self.alpha, f"criterion={self.criterion!r} needs a finite number > 0")
             if self.mode != "min":
                 raise bad(
                     "mode", self.mode, f"criterion={self.criterion!r} is defined on an error to minimise: use 'min'"

@@ -241,3 +241,26 @@ ACCEPTED: dict[str, Callable[..., None]] = {
 @pytest.mark.parametrize("case", list(ACCEPTED))
 def test_accepted_edge_arguments_run_through(case: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     ACCEPTED[case](tmp_path, caplog)
+
+
+def _labels_fn_of_the_wrong_length() -> None:
+    audit = ShuffleAudit(labels=lambda batch: torch.zeros(3, dtype=torch.long))  # 3 labels for batches of 8
+    trainer = quiet_trainer(None, [audit], max_epochs=2, limit_val_batches=0)
+    trainer.fit(RegressionModule(), datamodule=RegressionDataModule(num_samples=64, batch_size=8))
+
+
+# Arguments only the data can refute: refused in the fit, at the first epoch's end, with the argument named.
+REFUSED_IN_FIT: dict[str, tuple[Callable[[], None], str]] = {
+    "ShuffleAudit(labels=fn) giving the wrong number of labels": (
+        _labels_fn_of_the_wrong_length,
+        r"ShuffleAudit\(labels=<function .*>\): it gave 24 labels for the 64 samples the train loader presented in "
+        r"epoch 0: it must give one label per sample of the batch",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED_IN_FIT))
+def test_arguments_the_data_refutes_are_refused_in_the_fit(case: str) -> None:
+    run, says = REFUSED_IN_FIT[case]
+    with pytest.raises(ValueError, match=says):
+        run()

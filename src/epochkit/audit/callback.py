@@ -112,6 +112,7 @@ class _Loader:
     ids: list[torch.Tensor] = field(default_factory=list)
     labels: list[torch.Tensor] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    label_problem: str | None = None  # labels from a key or function that do not match the samples, this epoch
 
     @property
     def key(self) -> str:
@@ -385,6 +386,13 @@ class ShuffleAudit(Callback):
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         payloads = {slot.key: self._local_payload(trainer, slot) for slot in self._loaders_}
+        problems = [slot.label_problem for slot in self._loaders_ if slot.label_problem]
+        if not _distributed.all_ranks(trainer, not problems):  # collective: every rank raises, or none
+            raise ValueError(
+                problems[0]
+                if problems
+                else "ShuffleAudit(labels=...): another rank's labels do not match its samples (see that rank's error)"
+            )
         gathered = _distributed.gather_objects(trainer, payloads)  # collective
         verdict_data: dict[str, Any] = {}
         epoch = trainer.current_epoch
@@ -621,9 +629,17 @@ class ShuffleAudit(Callback):
         else:
             ids, sizes, source = np.empty(0, np.int64), np.empty(0, np.int64), "none"
         labels_by_position = None
+        slot.label_problem = None
         if label_chunks:
             joined = torch.cat([c.to(label_chunks[0].device) for c in label_chunks])
             labels_by_position = _small_ints(joined.cpu().numpy())
+            if labels_by_position.size != ids.size:  # the label checks would be skipped without a word
+                loader = f"train loader {slot.name!r}" if slot.name is not None else "the train loader"
+                slot.label_problem = (
+                    f"ShuffleAudit(labels={self.labels!r}): it gave {labels_by_position.size} labels for the "
+                    f"{ids.size} samples {loader} presented in epoch {trainer.current_epoch}: it must give one label "
+                    "per sample of the batch (a 1-D tensor, or one-hot rows)."
+                )
         return epoch_payload(
             ids,
             sizes,

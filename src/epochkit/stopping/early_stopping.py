@@ -91,7 +91,7 @@ _STATE_SCHEMA: Schema = {  # what a checkpoint's EarlyStopping state must hold (
     "error_opt": (optional(real), "a number or None"),
     "checks": (optional(integer(0)), "an int >= 0"),
     "train_strip": (list_of(real), "a list of numbers"),
-    "last_strip_end": (optional(integer(-1)), "an int or None"),
+    "last_strip_end": (optional(real), "a number or None"),
     "up_count": (optional(integer(0)), "an int >= 0"),
     "baseline_beaten": (optional(boolean), "True or False"),
     "best_weights_epoch": (optional(integer(-1)), "an int >= -1"),

@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from epochkit import CrossValidator
 from tests.cv.test_validator import _factory
-from tests.helpers import RegressionDataModule, RegressionModule
+from tests.helpers import QUIET, RegressionDataModule, RegressionModule
 
 WAY_OUT = r"another `root_dir`, or `overwrite=True`"
 
@@ -62,6 +63,12 @@ def _symlink_fold(root: Path) -> None:
     outside = root.parent / "outside"
     shutil.move(root / "fold_1", outside)
     (root / "fold_1").symlink_to(outside, target_is_directory=True)
+
+
+def _symlink_file(root: Path) -> None:
+    outside = root.parent / "outside.pt"
+    shutil.move(root / "fold_0" / "oof.pt", outside)
+    (root / "fold_0" / "oof.pt").symlink_to(outside)
 
 
 def _another_models_checkpoint(root: Path) -> None:
@@ -211,6 +218,14 @@ TAMPERED: list[tuple[str, str, Callable[[Path], None], dict[str, Any], type[Exce
         r"holds symbolic links \(.*fold_1 -> .*outside\).* will not follow them",
     ),
     (
+        "a file symlinked outside root_dir",
+        "finished",
+        _symlink_file,
+        {},
+        ValueError,
+        r"holds symbolic links \(.*fold_0/oof\.pt -> .*outside\.pt\)",
+    ),
+    (
         "a symlink and overwrite=True",
         "finished",
         _symlink_fold,
@@ -308,3 +323,24 @@ def test_a_moved_root_dir_uses_its_own_files(tmp_path: Path) -> None:
         result.ensemble()
     with pytest.raises(ValueError, match=r"b/fold_1/model\.pt, which is missing"):
         _fit(moved)
+
+
+def test_links_to_files_inside_root_dir_are_kept_and_reused(tmp_path: Path) -> None:
+    # Lightning's ModelCheckpoint(save_last="link") makes last.ckpt a link to a checkpoint beside it.
+    def run() -> Any:
+        torch.manual_seed(0)
+        kwargs = {
+            **QUIET,
+            "max_epochs": 2,
+            "enable_checkpointing": True,
+            "callbacks": [ModelCheckpoint(save_last="link")],
+        }
+        cv = CrossValidator(2, root_dir=tmp_path / "cv", verbose=False)
+        return cv.fit(RegressionModule(), RegressionDataModule(num_samples=16, batch_size=4), trainer_kwargs=kwargs)
+
+    first = run()
+    links = [p for p in (tmp_path / "cv").rglob("*.ckpt") if p.is_symlink()]
+    assert links, "ModelCheckpoint(save_last='link') made no link"
+    again = run()  # every fold reused
+    assert [f.kept for f in again.folds] == [f.kept for f in first.folds]
+    assert all(p.is_symlink() for p in links)

@@ -132,7 +132,7 @@ def _inside(root: Path, relative: str) -> Path | None:
 def check_tree(root: Path) -> None:
     """Refuse a ``root_dir`` in which a write or a delete could reach outside it, or where a fold's directory is a
     file: every symbolic link inside ``root`` (``root`` itself may be one) is an error naming it, found before
-    anything is written or deleted.
+    anything is written or deleted, except a link to a file inside ``root``.
 
     Raises:
         RootDirError: Naming the first links (or the file in a fold directory's place) and what to do.
@@ -140,10 +140,16 @@ def check_tree(root: Path) -> None:
     if not root.exists():
         return
     links: list[str] = []
+    inside = os.path.realpath(root)
     for directory, dirnames, filenames in os.walk(root, followlinks=False):
         for name in (*dirnames, *filenames):
             path = Path(directory) / name
-            if path.is_symlink():
+            if not path.is_symlink():
+                continue
+            target = os.path.realpath(path)
+            # A link to a file inside root_dir (Lightning's `ModelCheckpoint(save_last="link")`) is safe: a write
+            # replaces the link, a delete removes it. A link to a directory, or to anything outside, is not.
+            if not (os.path.isfile(target) and os.path.commonpath([inside, target]) == inside):
                 links.append(f"{path} -> {os.readlink(path)}")
     if links:
         raise RootDirError(

@@ -397,7 +397,7 @@ def _validate_kept(trainer: pl.Trainer, model: pl.LightningModule, fold_data: Fo
 def _read_kept_epoch(fold_dir: Path, monitor: FoldMonitor) -> int | None:
     path = fold_dir / KEPT_FILE
     if path.exists():  # written by rank 0, wherever that ran (ddp_spawn workers included)
-        value = read_json(path, "kept-epoch file", "run again: the fold is redone").get("kept_epoch")
+        value = read_json(path, "kept-epoch file", f"delete {fold_dir} to redo the fold").get("kept_epoch")
         return None if value is None else int(value)
     return monitor.kept_epoch
 
@@ -405,7 +405,7 @@ def _read_kept_epoch(fold_dir: Path, monitor: FoldMonitor) -> int | None:
 def _read_history(fold_dir: Path, monitor: FoldMonitor) -> list[dict[str, Any]]:
     path = fold_dir / "history.json"
     if path.exists():  # written by rank 0, wherever that ran (ddp_spawn workers included)
-        return list(read_json(path, "fold history", "run again: the fold is redone", expect=list))
+        return list(read_json(path, "fold history", f"delete {fold_dir} to redo the fold", expect=list))
     return list(monitor.history)
 
 

@@ -85,6 +85,7 @@ ROWS: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("LRWarmup steps_applied a string", _set(WARMUP, "steps_applied", "16"), r"has steps_applied='16'"),
     ("LRWarmup warmup_steps zero", _set(WARMUP, "warmup_steps", [[0]]), r"has warmup_steps=\[\[0\]\]"),
     ("LRWarmup state a list", _replace(WARMUP, [16]), r"is a list, not a mapping"),
+    ("LRWarmup steps for two optimizers", _set(WARMUP, "steps_applied", [5, 5]), r"has step counts for 2 optimizer"),
     ("EarlyStopping wait_count a string", _set(STOPPING, "wait_count", "2"), r"has wait_count='2', which must"),
     ("EarlyStopping history not numbers", _set(STOPPING, "history", ["x"]), r"has history=\['x'\]"),
     ("EarlyStopping stopping_reason out of range", _set(STOPPING, "stopping_reason", 42), r"has stopping_reason=42"),

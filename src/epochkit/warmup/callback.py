@@ -18,7 +18,7 @@ from typing_extensions import override
 
 from epochkit._callback import cached_state_key
 from epochkit._logging import current_step, log_scalars
-from epochkit._state import Schema, check_state, int_list, list_of, remember_source
+from epochkit._state import REMEDY, CallbackStateError, Schema, check_state, int_list, list_of, remember_source
 from epochkit._state import source as state_source
 from epochkit._validation import check_bool, check_number, is_int, is_real
 from epochkit.schedules import WarmupShape, check_warmup, warmup_factor
@@ -221,9 +221,9 @@ class LRWarmup(Callback):
         restored = self._restored or {}
         steps = restored.get("steps_applied") or [0] * len(optimizers)
         if len(steps) != len(optimizers):
-            raise ValueError(
-                f"LRWarmup was restored with step counts for {len(steps)} optimizer(s), but the module "
-                f"configured {len(optimizers)}."
+            raise CallbackStateError(
+                f"LRWarmup: its state in {state_source(self)} has step counts for {len(steps)} optimizer(s), but "
+                f"the module configured {len(optimizers)}; {REMEDY}."
             )
         self.steps_applied_ = list(steps)
         starts = restored.get("group_starts") or []

@@ -7,11 +7,15 @@ meaning (tests/stopping/test_lightning_parity.py); its own arguments are.
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
@@ -20,7 +24,7 @@ import epochkit
 from epochkit import CrossValidator, EarlyStopping, LRWarmup, ShuffleAudit, WeightReset, schedules
 from epochkit.cv import RayExecutor
 from epochkit.demo import DigitsClassifier, DigitsDataModule
-from tests.helpers import RegressionDataModule, RegressionModule
+from tests.helpers import QUIET, RegressionDataModule, RegressionModule, quiet_trainer
 
 NAN, INF = math.nan, math.inf
 
@@ -45,6 +49,7 @@ def _cv_fit(**kwargs: Any) -> Any:
 BUILDERS: dict[str, Callable[..., Any]] = {
     "LRWarmup": lambda **k: LRWarmup(**({"steps": 10} if not {"steps", "epochs", "fraction"} & set(k) else {}), **k),
     "EarlyStopping": lambda **k: EarlyStopping(**({"monitor": "val_loss"} | k)),
+    "EarlyStopping(criterion='GL')": lambda **k: EarlyStopping(**({"monitor": "val_loss", "criterion": "GL"} | k)),
     "ShuffleAudit": lambda **k: ShuffleAudit(**k),
     "CrossValidator": lambda **k: CrossValidator(**k),
     "CrossValidator.fit": _cv_fit,
@@ -84,6 +89,7 @@ BAD: dict[str, dict[str, list[Any]]] = {
         "successive_strips": [0, -2],
         "train_monitor": [3, ""],
     },
+    "EarlyStopping(criterion='GL')": {"alpha": [INF, 0.0]},
     "ShuffleAudit": {
         "on_issue": ["explode", None],
         "fingerprints": ["yes"],
@@ -91,6 +97,7 @@ BAD: dict[str, dict[str, list[Any]]] = {
         "ignore": ["sorted_labels", ["no_such_finding"]],
         "escalate": ["weak_mixing", ["order_unchanged"]],
         "images": ["yes", 1, "png"],
+        "sample_ids": ["", 2.5],
     },
     "CrossValidator": {
         "n_splits": [1, 0, -2, 2.5, "5", True],
@@ -112,7 +119,7 @@ BAD: dict[str, dict[str, list[Any]]] = {
     "CrossValidator.fit": {
         "model": ["model", torch.nn.Linear(2, 2)],
         "datamodule": [None, [1, 2]],
-        "trainer_kwargs": [["max_epochs", 1]],
+        "trainer_kwargs": [["max_epochs", 1], {"callbacks": "x"}, {"callbacks": [3]}],
         "trainer_factory": [3],
     },
     "WeightReset": {"device": [3, "gpu9"]},
@@ -138,7 +145,7 @@ BAD: dict[str, dict[str, list[Any]]] = {
     "warmup_polynomial": {"power": [0, -1.0]},
     "warmup_inverse_sqrt": {"timescale": [0, -1]},
     "warmup_stable_decay": {"decay_steps": [0, 9], "decay_shape": ["exp"]},
-    "preview": {"steps": [0, -1]},
+    "preview": {"steps": [0, -1], "base_lr": [NAN, INF, 0.0, "1"]},
     "DigitsDataModule": {"batch_size": [0], "val_fraction": [0.0, 1.0]},
     "DigitsClassifier": {"hidden": [0], "dropout": [1.0]},
 }
@@ -177,3 +184,84 @@ def test_a_logger_instance_in_trainer_kwargs_is_refused_before_training(tmp_path
     with pytest.raises(ValueError, match=r"trainer_kwargs\['logger'\]"):
         _cv_fit(trainer_kwargs={"logger": CSVLogger(tmp_path / "logs")})
     assert list(tmp_path.iterdir()) == []
+
+
+class _NoOptimizer(RegressionModule):
+    def configure_optimizers(self) -> None:
+        return None
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        return None
+
+
+def _warmup_fit(warmup: LRWarmup, module: RegressionModule | None = None) -> pl.Trainer:
+    trainer = quiet_trainer(None, [warmup], max_steps=12, limit_val_batches=0)
+    trainer.fit(module or RegressionModule(), datamodule=RegressionDataModule(num_samples=64, batch_size=8))
+    return trainer
+
+
+def _numpy_seed_reaches_the_files(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    torch.manual_seed(0)
+    CrossValidator(2, seed=np.int64(3), root_dir=tmp_path / "cv", verbose=False).fit(
+        RegressionModule(),
+        RegressionDataModule(num_samples=16, batch_size=4),
+        trainer_kwargs={**QUIET, "max_epochs": 1},
+    )
+    assert json.loads((tmp_path / "cv" / "cv_manifest.json").read_text())["config"]["seed"] == 3
+
+
+def _huge_warmup_is_a_ramp_start(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    warmup = LRWarmup(steps=10**12)
+    with pytest.warns(UserWarning, match="the warmup lasts 1000000000000 optimizer steps, longer than this fit's 12"):
+        _warmup_fit(warmup)
+    assert warmup.steps_applied_ == [12]
+
+
+def _epochs_1e300_warms_up(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    warmup = LRWarmup(epochs=1e300)
+    with pytest.warns(UserWarning, match="longer than this fit's 12"):
+        _warmup_fit(warmup)
+    assert warmup.steps_applied_ == [12]
+
+
+def _no_optimizer_nothing_to_warm_up(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="epochkit.warmup"):
+        _warmup_fit(LRWarmup(steps=5), _NoOptimizer())
+    assert "LRWarmup: the module configured no optimizer; there is nothing to warm up." in caplog.text
+
+
+# Arguments that validation accepts and that once failed later (or allocated without bound): each must run through.
+ACCEPTED: dict[str, Callable[..., None]] = {
+    "CrossValidator(seed=np.int64(3)) to the manifest": _numpy_seed_reaches_the_files,
+    "LRWarmup(steps=10**12) on a 12-step fit": _huge_warmup_is_a_ramp_start,
+    "LRWarmup(epochs=1e300)": _epochs_1e300_warms_up,
+    "LRWarmup with configure_optimizers returning None": _no_optimizer_nothing_to_warm_up,
+}
+
+
+@pytest.mark.parametrize("case", list(ACCEPTED))
+def test_accepted_edge_arguments_run_through(case: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    ACCEPTED[case](tmp_path, caplog)
+
+
+def _labels_fn_of_the_wrong_length() -> None:
+    audit = ShuffleAudit(labels=lambda batch: torch.zeros(3, dtype=torch.long))  # 3 labels for batches of 8
+    trainer = quiet_trainer(None, [audit], max_epochs=2, limit_val_batches=0)
+    trainer.fit(RegressionModule(), datamodule=RegressionDataModule(num_samples=64, batch_size=8))
+
+
+# Arguments only the data can refute: refused in the fit, at the first epoch's end, with the argument named.
+REFUSED_IN_FIT: dict[str, tuple[Callable[[], None], str]] = {
+    "ShuffleAudit(labels=fn) giving the wrong number of labels": (
+        _labels_fn_of_the_wrong_length,
+        r"ShuffleAudit\(labels=<function .*>\): it gave 24 labels for the 64 samples the train loader presented in "
+        r"epoch 0: it must give one label per sample of the batch",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED_IN_FIT))
+def test_arguments_the_data_refutes_are_refused_in_the_fit(case: str) -> None:
+    run, says = REFUSED_IN_FIT[case]
+    with pytest.raises(ValueError, match=says):
+        run()

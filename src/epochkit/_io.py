@@ -132,13 +132,70 @@ def save_torch_atomic(obj: Any, path: str | os.PathLike) -> None:
         torch.save(obj, tmp)
 
 
-def load_torch(path: str | os.PathLike, what: str = "file", mmap: bool = False) -> Any:
-    """``torch.load(path, weights_only=True)`` on the CPU: tensors and plain types only, so that a file planted in a
-    shared ``root_dir`` cannot run code when epochkit reads it. Anything else is refused with an error naming the
-    file (``what`` says what it is); ``mmap=True`` only checks a big file without reading it all.
+class CorruptFileError(ValueError):
+    """A file epochkit reads back is unreadable, truncated or not what it should hold; the message names the file,
+    what is wrong with it and what to do."""
+
+
+def _corrupt(path: str | os.PathLike, what: str, problem: str, remedy: str) -> CorruptFileError:
+    return CorruptFileError(f"the {what} {path} {problem}; {remedy}")
+
+
+def read_json(
+    path: str | os.PathLike,
+    what: str,
+    remedy: str = "delete it (or fix it) and run again",
+    expect: type = dict,
+) -> Any:
+    """The one reader of the JSON files epochkit writes: the parsed value, which must be an ``expect`` (an object by
+    default), else a :class:`CorruptFileError` naming the file, what is wrong and ``remedy`` (what to do).
+
+    Example:
+        >>> import tempfile
+        >>> target = Path(tempfile.mkdtemp()) / "kept.json"
+        >>> _ = target.write_text("[1, 2]")
+        >>> read_json(target, "kept-epoch file", "delete it")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        epochkit._io.CorruptFileError: the kept-epoch file .../kept.json holds a JSON list, not an object; delete it
     """
     try:
+        text = Path(path).read_bytes().decode()
+        value = json.loads(text)
+    except FileNotFoundError:
+        raise
+    except IsADirectoryError as err:
+        raise _corrupt(path, what, "is a directory, not a file", remedy) from err
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        problem = "is empty" if not Path(path).stat().st_size else f"is not valid JSON (truncated or garbled: {err})"
+        raise _corrupt(path, what, problem, remedy) from err
+    except RecursionError as err:
+        raise _corrupt(path, what, "is nested too deeply to be read", remedy) from err
+    if not isinstance(value, expect):
+        kinds: dict[type, str] = {dict: "an object", list: "a list"}
+        found: dict[type, str] = {dict: "object", list: "list", str: "string", int: "number", float: "number"}
+        name = found.get(type(value), type(value).__name__) if value is not None else "null"
+        raise _corrupt(path, what, f"holds a JSON {name}, not {kinds.get(expect, expect.__name__)}", remedy)
+    return value
+
+
+def load_torch(path: str | os.PathLike, what: str = "file", mmap: bool = False, remedy: str = "") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU: tensors and plain types only, so that a file planted in a
+    shared ``root_dir`` cannot run code when epochkit reads it. Anything else is refused with an error naming the
+    file (``what`` says what it is); ``mmap=True`` only checks a big file without reading it all. An empty,
+    truncated or garbled file is a :class:`CorruptFileError` naming it, with ``remedy`` (what to do).
+    """
+    remedy = remedy or "delete it and run again"
+    try:
+        if not Path(path).stat().st_size:
+            raise _corrupt(path, what, "is empty (0 bytes): a write was cut short or the file was emptied", remedy)
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except (EOFError, OSError, RuntimeError) as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise _corrupt(
+            path, what, f"cannot be read as a torch file (truncated or garbled: {type(err).__name__}: {err})", remedy
+        ) from err
     except pickle.UnpicklingError as err:
         # torch's message is a page of advice; its "WeightsUnpickler error: ..." line says what was refused.
         found = re.search(r"WeightsUnpickler error: ([^\n]*)", str(err))

@@ -44,7 +44,7 @@ from numpy.typing import NDArray
 from torch.optim.lr_scheduler import LambdaLR
 
 from epochkit._io import atomic_path
-from epochkit._validation import is_int, is_real
+from epochkit._validation import check_number, is_int, is_real
 
 WarmupShape: TypeAlias = Literal["linear", "cosine"]
 DecayShape: TypeAlias = Literal["linear", "cosine", "1-sqrt"]
@@ -512,6 +512,7 @@ def preview(
     """
     if not is_int(steps) or steps < 1:
         raise ValueError(f"`steps` must be an int >= 1, got {steps!r}.")
+    check_number("preview", "base_lr", base_lr, above=0.0)  # NaN or inf would preview NaNs
     if save_path is not None:
         _require_matplotlib()
     param = torch.zeros(1, requires_grad=True)

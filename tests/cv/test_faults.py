@@ -15,6 +15,7 @@ import torch
 
 from epochkit import CrossValidator
 from epochkit._io import UnsafeFileError, WriteError
+from epochkit.cv.integrity import RootDirError
 from tests.cv.test_validator import _factory
 from tests.helpers import QUIET, RegressionDataModule, RegressionModule
 from tests.helpers.faults import fail_writes_with_enospc, read_only_command
@@ -89,8 +90,9 @@ def test_planted_prediction_and_weight_files_are_refused_and_run_nothing(tmp_pat
     with pytest.raises(UnsafeFileError, match=r"refusing to load the fold checkpoint .*fold_0/model\.pt"):
         result.ensemble()
     plant(tmp_path / "cv" / "fold_1" / "oof.pt", marker)
-    with pytest.raises(UnsafeFileError, match=r"refusing to load the out-of-fold prediction file .*fold_1/oof\.pt"):
-        _fit(tmp_path / "cv", trainer_kwargs=KWARGS)  # every fold is done: the rerun only collects
+    # Every fold is done: the rerun checks each finished fold's files against its record before it reads them.
+    with pytest.raises(RootDirError, match=r"fold_0/model\.pt is not the file .*fold_0/fold_result\.json recorded"):
+        _fit(tmp_path / "cv", trainer_kwargs=KWARGS)
     assert not marker.exists()
 
 

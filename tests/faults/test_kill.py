@@ -94,8 +94,15 @@ def _results(root: Path) -> dict:
     }
 
 
-def test_a_cross_validation_killed_anywhere_reruns_to_the_uninterrupted_results(tmp_path: Path) -> None:
-    _run("cv", tmp_path / "clean")
+@pytest.fixture(scope="module")
+def clean_cv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uninterrupted cross-validation the interrupted ones must equal (run once for this module)."""
+    root = tmp_path_factory.mktemp("clean") / "clean"
+    _run("cv", root)
+    return root
+
+
+def test_a_cross_validation_killed_anywhere_reruns_to_the_uninterrupted_results(tmp_path: Path, clean_cv: Path) -> None:
     root = tmp_path / "killed"
     # In the middle of a fold, at a known epoch...
     _kill_at_line(_start("cv", root), "EPOCH fold_1 1")
@@ -110,11 +117,41 @@ def test_a_cross_validation_killed_anywhere_reruns_to_the_uninterrupted_results(
         _assert_files_whole(root)
     _run("cv", root)
     assert kills >= 6, f"only {kills} runs were killed before they finished"
-    clean, resumed = _results(tmp_path / "clean"), _results(root)
+    clean, resumed = _results(clean_cv), _results(root)
     assert resumed["folds"] == clean["folds"]
     # Fold 1 was killed mid-way and continued from its last epoch checkpoint, not redone from scratch.
     resumed_from = [f["resumed_from"] for f in json.loads((root / "cv_results.json").read_text())["folds"]]
     assert resumed_from[0] is None and str(resumed_from[1]).endswith("fold_1/resume/last.ckpt"), resumed_from
+    torch.testing.assert_close(resumed["oof"], clean["oof"], rtol=0, atol=0)
+    for a, b in zip(resumed["models"], clean["models"], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_a_cross_validation_preempted_by_sigterm_exits_143_and_its_rerun_equals_the_clean_run(
+    tmp_path: Path, clean_cv: Path
+) -> None:
+    # What Slurm and Kubernetes send before they kill: Lightning turns it into a SystemExit(None), exit status 0.
+    root = tmp_path / "preempted"
+    proc = _start("cv", root)
+    assert proc.stdout is not None
+    seen = []
+    for text in proc.stdout:
+        seen.append(text)
+        if text.strip() == "EPOCH fold_1 1":
+            proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    out = "".join(seen)
+    assert proc.returncode == 143, out
+    assert "DONE" not in out and "EPOCH fold_1 3" not in out, out  # it stopped within the epoch it was signalled in
+    assert (
+        f"CrossValidator: fold 1 was interrupted by SIGTERM; its last finished epoch is saved in {root}/fold_1" in out
+    )
+    assert f"Run the same cross-validation again with root_dir={str(root)!r} to resume it" in out
+    assert "Traceback" not in out, out
+    _assert_files_whole(root)
+    _run("cv", root)
+    clean, resumed = _results(clean_cv), _results(root)
+    assert resumed["folds"] == clean["folds"]
     torch.testing.assert_close(resumed["oof"], clean["oof"], rtol=0, atol=0)
     for a, b in zip(resumed["models"], clean["models"], strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -24,6 +24,7 @@ from typing_extensions import override
 from epochkit import _distributed, _logging
 from epochkit._callback import cached_state_key, hook_process_dataloader, unhook_process_dataloader
 from epochkit._io import write_bytes_atomic, write_json_atomic
+from epochkit._state import Schema, check_state, integer, list_of, mapping, mapping_of, optional, remember_source
 from epochkit._validation import check_bool, check_choice, check_int, is_int
 from epochkit.audit import images as img
 from epochkit.audit.digests import digest_lines
@@ -113,10 +114,20 @@ class _Loader:
     ids: list[torch.Tensor] = field(default_factory=list)
     labels: list[torch.Tensor] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    label_problem: str | None = None  # labels from a key or function that do not match the samples, this epoch
 
     @property
     def key(self) -> str:
         return self.name if self.name is not None else SINGLE_LOADER
+
+
+# What a checkpoint's ShuffleAudit state must hold (epochkit._state): checked when it is loaded, not when it is used.
+_STATE_SCHEMA: Schema = {
+    "verdicts": (list_of(mapping), "a list of verdict objects"),
+    "previous": (optional(mapping_of(mapping)), "a mapping of loaders to order records"),
+    "previous_epoch": (optional(lambda v: integer(0)(v) or mapping_of(integer(0))(v)), "epochs (ints >= 0) by loader"),
+    "fit_start": (optional(mapping), "a verdict object or None"),
+}
 
 
 class ShuffleAudit(Callback):
@@ -218,7 +229,7 @@ class ShuffleAudit(Callback):
                 f"ShuffleAudit(labels={labels!r}): must be a sequence of labels, an int/str batch key, "
                 "a function of the batch, or None."
             )
-        if not (sample_ids is None or _is_key(sample_ids) or callable(sample_ids)):
+        if not (sample_ids is None or _is_key(sample_ids) or callable(sample_ids)) or sample_ids == "":
             raise TypeError(
                 f"ShuffleAudit(sample_ids={sample_ids!r}): must be an int/str batch key, a function of the batch, "
                 "or None."
@@ -385,6 +396,13 @@ class ShuffleAudit(Callback):
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         payloads = {slot.key: self._local_payload(trainer, slot) for slot in self._loaders_}
+        problems = [slot.label_problem for slot in self._loaders_ if slot.label_problem]
+        if not _distributed.all_ranks(trainer, not problems):  # collective: every rank raises, or none
+            raise ValueError(
+                problems[0]
+                if problems
+                else "ShuffleAudit(labels=...): another rank's labels do not match its samples (see that rank's error)"
+            )
         gathered = _distributed.gather_objects(trainer, payloads)  # collective
         verdict_data: dict[str, Any] = {}
         epoch = trainer.current_epoch
@@ -440,7 +458,14 @@ class ShuffleAudit(Callback):
         }
 
     @override
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        remember_source(self, trainer)
+
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        check_state(self, state_dict, _STATE_SCHEMA)
         self.verdicts_ = [EpochVerdict.from_dict(v) for v in state_dict.get("verdicts", [])]
         previous = state_dict.get("previous") or {}
         previous_epoch = state_dict.get("previous_epoch")
@@ -624,9 +649,17 @@ class ShuffleAudit(Callback):
         else:
             ids, sizes, source = np.empty(0, np.int64), np.empty(0, np.int64), "none"
         labels_by_position = None
+        slot.label_problem = None
         if label_chunks:
             joined = torch.cat([c.to(label_chunks[0].device) for c in label_chunks])
             labels_by_position = _small_ints(joined.cpu().numpy())
+            if labels_by_position.size != ids.size:  # the label checks would be skipped without a word
+                loader = f"train loader {slot.name!r}" if slot.name is not None else "the train loader"
+                slot.label_problem = (
+                    f"ShuffleAudit(labels={self.labels!r}): it gave {labels_by_position.size} labels for the "
+                    f"{ids.size} samples {loader} presented in epoch {trainer.current_epoch}: it must give one label "
+                    "per sample of the batch (a 1-D tensor, or one-hot rows)."
+                )
         return epoch_payload(
             ids,
             sizes,

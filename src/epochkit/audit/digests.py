@@ -14,13 +14,15 @@ A.json B.json``) says at which epoch, loader and rank two runs first presented a
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from epochkit._io import read_json
+from epochkit._validation import is_int
 
 #: Ids hashed per update: a converted copy of a chunk stays at 8 MB however long the epoch.
 _CHUNK = 1 << 20
@@ -115,18 +117,52 @@ def load_digests(report: str | Path | Mapping[str, Any]) -> dict[int, dict[str, 
         path = Path(report)
         name = str(path)
         try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as error:
+            data = read_json(path, "shuffle audit report", "give the shuffle_audit.json a ShuffleAudit run wrote")
+        except OSError as error:
             raise ValueError(f"cannot read a shuffle audit report from {name}: {error}") from error
     if not isinstance(data, Mapping) or not isinstance(data.get("epochs"), list):
         raise ValueError(f"{name} is not a shuffle audit report (shuffle_audit.json with an 'epochs' list)")
-    out: dict[int, dict[str, dict[str, Any]]] = {}
-    for entry in data["epochs"]:
-        digests = entry.get("digests") or {}
-        if digests:
-            out[int(entry["epoch"])] = {k: dict(v) for k, v in digests.items()}
+    out = _checked_digests(name, data["epochs"])
     if not out:
         raise ValueError(f"{name} records no order digest (written by an older epochkit, or no epoch ended)")
+    return out
+
+
+def _checked_digests(name: str, epochs: list[Any]) -> dict[int, dict[str, dict[str, Any]]]:
+    """The report's ``epochs`` list as ``{epoch: {loader: {"merged", "ranks"}}}``, every entry checked: an object
+    with an integer ``epoch`` (each epoch once) and, if present, ``digests`` mapping each loader to its ``merged``
+    digest and its list of ``ranks`` digests (strings). Anything else is a ``ValueError`` naming the report."""
+    out: dict[int, dict[str, dict[str, Any]]] = {}
+    seen: set[int] = set()
+    for i, entry in enumerate(epochs):
+        where = f"{name}: epochs[{i}]"
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"{where} is a {type(entry).__name__}, not an object with 'epoch' and 'digests'")
+        number: Any = entry.get("epoch")
+        if not is_int(number) or number < 0:
+            raise ValueError(f"{where} has no epoch number ('epoch': {number!r}; an integer >= 0 is required)")
+        epoch = int(number)
+        if epoch in seen:
+            raise ValueError(f"{where} lists epoch {epoch} a second time: which of its orders counts is unknown")
+        seen.add(epoch)
+        digests = entry.get("digests") or {}
+        if not isinstance(digests, Mapping):
+            raise ValueError(f"{where}.digests is a {type(digests).__name__}, not an object of loaders")
+        for loader, value in digests.items():
+            ranks = value.get("ranks", []) if isinstance(value, Mapping) else None
+            merged = value.get("merged") if isinstance(value, Mapping) else None
+            if (
+                not isinstance(ranks, list)
+                or not all(isinstance(r, str) for r in ranks)
+                or not isinstance(merged, str | None)
+                or (merged is None and not ranks)
+            ):
+                raise ValueError(
+                    f"{where}.digests[{loader!r}] is not a loader's digests ({value!r}): an object with a 'merged' "
+                    "digest and/or a list of 'ranks' digests (strings)"
+                )
+        if digests:
+            out[epoch] = {str(k): dict(v) for k, v in digests.items()}
     return out
 
 
@@ -134,6 +170,7 @@ def compare(a: str | Path | Mapping[str, Any], b: str | Path | Mapping[str, Any]
     """Compare the order digests of two runs epoch by epoch; the first difference names its epoch, loader and rank.
 
     Example:
+        >>> import json
         >>> run = {"epochs": [{"epoch": 0, "digests": {"train_dataloader": {"merged": "m0", "ranks": ["a", "b"]}}},
         ...                   {"epoch": 1, "digests": {"train_dataloader": {"merged": "m1", "ranks": ["c", "d"]}}}]}
         >>> compare(run, run).message
@@ -156,12 +193,14 @@ def compare(a: str | Path | Mapping[str, Any], b: str | Path | Mapping[str, Any]
                 which = "B" if x is None else "A"
                 msg = f"first difference in epoch {epoch}: only run {which} has a loader {loader!r}"
                 return Comparison(False, epochs, epoch, loader, None, None, None, msg)
-            if x.get("merged") == y.get("merged"):
-                continue
             ra, rb = list(x.get("ranks", [])), list(y.get("ranks", []))
+            # Rank digests are compared too: a report may hold them without a merged one (both None then).
+            if x.get("merged") == y.get("merged") and (ra == rb or not ra or not rb):
+                continue
             rank = next((r for r, (p, q) in enumerate(zip(ra, rb, strict=False)) if p != q), None)
             if rank is None:
-                msg = f"first difference in epoch {epoch}, loader {loader!r}: {len(ra)} ranks vs {len(rb)}"
+                sizes = f"{len(ra)} ranks vs {len(rb)}" if len(ra) != len(rb) else "merged digests differ"
+                msg = f"first difference in epoch {epoch}, loader {loader!r}: {sizes}"
                 return Comparison(False, epochs, epoch, loader, None, x.get("merged"), y.get("merged"), msg)
             msg = f"first difference in epoch {epoch}, loader {loader!r}, rank {rank}: {ra[rank]} != {rb[rank]}"
             return Comparison(False, epochs, epoch, loader, rank, ra[rank], rb[rank], msg)

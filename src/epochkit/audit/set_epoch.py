@@ -20,6 +20,7 @@ from torch.utils.data import BatchSampler, ChainDataset, ConcatDataset, DataLoad
 from typing_extensions import override
 
 from epochkit._callback import hook_process_dataloader, unhook_process_dataloader
+from epochkit._state import check_state, integer, mapping_of, remember_source
 from epochkit.audit.recording import RecordingSampler, train_loaders
 
 log = logging.getLogger("epochkit.audit")
@@ -148,7 +149,16 @@ class SetEpoch(Callback):
         return {"epochs": dict(self.epochs_)}
 
     @override
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        remember_source(self, trainer)
+
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        check_state(
+            self, state_dict, {"epochs": (mapping_of(integer(0)), "a mapping of loaders to epochs (ints >= 0)")}
+        )
         self.epochs_ = dict(state_dict.get("epochs", {}))
 
     @override

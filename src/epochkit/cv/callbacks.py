@@ -54,6 +54,7 @@ class FoldMonitor(Checkpoint):
     own, so what the module logs there is recorded in the same epoch, not the next.
     """
 
+    STATE_KEY = "epochkit.cv.FoldMonitor"
     history: list[dict[str, Any]]  # every epoch's metrics so far
     kept_epoch: int | None  # the epoch whose weights the fold keeps (set at fit end)
 
@@ -73,7 +74,7 @@ class FoldMonitor(Checkpoint):
     @property
     @override
     def state_key(self) -> str:
-        return "epochkit.cv.FoldMonitor"
+        return self.STATE_KEY
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -124,7 +125,13 @@ class FoldMonitor(Checkpoint):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"fold": self.fold, "history": list(self.history)}
+        # The fold, plan and start weights: a resume checkpoint is refused for any other fold (cv/fold.py).
+        return {
+            "fold": self.fold,
+            "plan_hash": self.plan_hash,
+            "checksum": self.checksum,
+            "history": list(self.history),
+        }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -11,7 +11,6 @@ checkpoints, weights); the driver writes the results (``fold_result.json``, ``oo
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import shutil
@@ -32,9 +31,11 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch import nn
 
 from epochkit._distributed import DestroyProcessGroupAtExit
-from epochkit._io import load_torch, save_torch_atomic, write_json_atomic
+from epochkit._io import load_torch, read_json, save_torch_atomic, write_json_atomic
+from epochkit._validation import is_int
 from epochkit.cv.callbacks import FoldMonitor, OOFPredictor, ResumeCheckpoint, scalar_metrics
 from epochkit.cv.data import FoldDataModule
+from epochkit.cv.integrity import file_checksum, relative_to
 from epochkit.cv.reset import WeightReset, WeightResetError, reinit_parameters, unwrap_compiled, weights_checksum
 from epochkit.cv.results import FoldResult, best_of
 from epochkit.cv.rows import concat_rows, take_rows
@@ -122,6 +123,7 @@ class FoldSpec:
         metric_modes: ``{"metric": "min" | "max"}`` for the best values.
         trainer_kwargs: ``Trainer`` arguments (callbacks are deep-copied here), or ``None``.
         trainer_factory: ``factory(fold) -> Trainer`` instead of ``trainer_kwargs``, or ``None``.
+        manifest_identity: Identity of the manifest (plan and settings) the fold's record and checkpoint carry.
     """
 
     fold: int
@@ -140,6 +142,7 @@ class FoldSpec:
     metric_modes: Mapping[str, str] = field(default_factory=dict)
     trainer_kwargs: Mapping[str, Any] | None = None
     trainer_factory: TrainerFactory | None = None
+    manifest_identity: str = ""
 
     @property
     def fold_dir(self) -> Path:
@@ -198,7 +201,7 @@ def run_fold(spec: FoldSpec, job: FoldJob) -> FoldOutcome:
     checksum = _start_weights(spec, job)
     restored = time.perf_counter()
 
-    ckpt_path, purge_step = _prepare_fold_dir(spec)
+    ckpt_path, purge_step = _prepare_fold_dir(spec, checksum)
     if is_rank_zero():
         write_json_atomic(fold_dir / WORKER_FILE, {**job.worker, "run_id": spec.run_id, "started": time.time()})
     trainer = _make_trainer(spec, purge_step, job.earlier_fold_objects)
@@ -224,8 +227,10 @@ def run_fold(spec: FoldSpec, job: FoldJob) -> FoldOutcome:
     fitted = time.perf_counter()
 
     model_path = fold_dir / "model.pt"
+    files: dict[str, str] = {}
     if is_rank_zero():
         save_torch_atomic(unwrap_compiled(model).state_dict(), model_path)
+        files[f"{fold_dir.name}/{model_path.name}"] = file_checksum(model_path)
     history = _read_history(fold_dir, monitor)
     # A fold restored from a checkpoint written after its last epoch runs no epoch and logs nothing, so
     # `callback_metrics` is empty: the last recorded epoch (restored with FoldMonitor's state) holds the values.
@@ -264,6 +269,8 @@ def run_fold(spec: FoldSpec, job: FoldJob) -> FoldOutcome:
             "total": end - start,
         },
         worker=dict(job.worker),
+        manifest_identity=spec.manifest_identity,
+        files=files,
     )
     return FoldOutcome(result, oof)
 
@@ -296,18 +303,39 @@ def _start_weights(spec: FoldSpec, job: FoldJob) -> str:
     return checksum
 
 
-def _prepare_fold_dir(spec: FoldSpec) -> tuple[str | None, int | None]:
-    """Resume from the fold's ``last.ckpt`` if there is one (checked for unsafe content first); else start the fold
-    directory clean. Returns the checkpoint path and the TensorBoard ``purge_step``."""
+def _check_resume_checkpoint(spec: FoldSpec, resume: Path, checksum: str) -> None:
+    """Refuse a resume checkpoint that is unreadable, unsafe, or not this fold's: its ``FoldMonitor`` state must
+    name this fold, this fold plan and the weights the fold starts from (a checkpoint copied from another fold or
+    another cross-validation would otherwise "finish" this fold with the other one's weights)."""
+    remedy = f"delete {resume.parent} to redo fold {spec.fold} from its start"
+    # Checked here with a clear error; then Lightning loads it with weights_only=True too.
+    checkpoint = load_torch(resume, "resume checkpoint", mmap=True, remedy=remedy)
+    state = checkpoint.get("callbacks", {}).get(FoldMonitor.STATE_KEY) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict):
+        raise RuntimeError(f"the resume checkpoint {resume} was not written by a CrossValidator fold; {remedy}.")
+    mine = {"fold": spec.fold, "plan_hash": spec.plan_hash, "checksum": checksum}
+    theirs = {key: state.get(key) for key in mine}
+    if theirs != mine:
+        differ = ", ".join(f"{k} {theirs[k]!r} (this fold: {mine[k]!r})" for k in mine if theirs[k] != mine[k])
+        raise RuntimeError(f"the resume checkpoint {resume} belongs to another fold or run: {differ}; {remedy}.")
+
+
+def _prepare_fold_dir(spec: FoldSpec, checksum: str) -> tuple[str | None, int | None]:
+    """Resume from the fold's ``last.ckpt`` if there is one (checked for unsafe content and for being this fold's
+    first); else start the fold directory clean. Returns the checkpoint path and the TensorBoard ``purge_step``."""
     fold_dir = spec.fold_dir
     resume = fold_dir / "resume" / "last.ckpt"
     if spec.resume_checkpoints and resume.exists():
-        # Checked here with a clear error; then Lightning loads it with weights_only=True too.
-        load_torch(resume, "resume checkpoint", mmap=True)
+        _check_resume_checkpoint(spec, resume, checksum)
         sidecar = resume.with_suffix(".json")
         # Lightning logged up to step global_step - 1 before that checkpoint: TensorBoard drops what the failed
         # attempt logged from global_step on, so every step appears once.
-        purge_step = int(json.loads(sidecar.read_text())["global_step"]) if sidecar.exists() else None
+        purge_step = None
+        if sidecar.exists():
+            step = read_json(sidecar, "resume step file", f"delete {resume.parent} to redo fold {spec.fold}")
+            if not is_int(step.get("global_step")) or step["global_step"] < 0:
+                raise RuntimeError(f"{sidecar} holds no valid global_step; delete {resume.parent} to redo the fold.")
+            purge_step = int(step["global_step"])
         log.info("CrossValidator: fold %d resumes from %s", spec.fold, resume)
         return str(resume), purge_step
     if fold_dir.exists() and is_rank_zero():
@@ -369,7 +397,7 @@ def _validate_kept(trainer: pl.Trainer, model: pl.LightningModule, fold_data: Fo
 def _read_kept_epoch(fold_dir: Path, monitor: FoldMonitor) -> int | None:
     path = fold_dir / KEPT_FILE
     if path.exists():  # written by rank 0, wherever that ran (ddp_spawn workers included)
-        value = json.loads(path.read_text()).get("kept_epoch")
+        value = read_json(path, "kept-epoch file", f"delete {fold_dir} to redo the fold").get("kept_epoch")
         return None if value is None else int(value)
     return monitor.kept_epoch
 
@@ -377,7 +405,7 @@ def _read_kept_epoch(fold_dir: Path, monitor: FoldMonitor) -> int | None:
 def _read_history(fold_dir: Path, monitor: FoldMonitor) -> list[dict[str, Any]]:
     path = fold_dir / "history.json"
     if path.exists():  # written by rank 0, wherever that ran (ddp_spawn workers included)
-        return list(json.loads(path.read_text()))
+        return list(read_json(path, "fold history", f"delete {fold_dir} to redo the fold", expect=list))
     return list(monitor.history)
 
 
@@ -408,4 +436,8 @@ def record_outcome(outcome: FoldOutcome, root_dir: str | os.PathLike) -> None:
     fold_dir = Path(root_dir) / f"fold_{outcome.result.fold}"
     if outcome.oof is not None:
         save_torch_atomic(outcome.oof, fold_dir / FOLD_OOF)
-    write_json_atomic(fold_dir / FOLD_RESULT, outcome.result.to_dict())
+        outcome.result.files[f"{fold_dir.name}/{FOLD_OOF}"] = file_checksum(fold_dir / FOLD_OOF)
+    record = outcome.result.to_dict()
+    for name in ("model_path", "best_model_path", "resumed_from"):  # relative: a moved root_dir keeps its own files
+        record[name] = relative_to(record[name], root_dir)
+    write_json_atomic(fold_dir / FOLD_RESULT, record)

@@ -132,6 +132,9 @@ class FoldResult:
             ``EarlyStopping(restore_best_weights=...)`` restore. Validation metrics only; empty without validation.
         kept_epoch: The epoch those weights come from: the epoch ``EarlyStopping`` restored, else the last one.
         worker: Where the fold ran: host and process id, and for a Ray task its node (``node_id``, ``node_ip``).
+        manifest_identity: The identity (hash of fold plan and settings) of the cross-validation the fold belongs to.
+        files: The SHA-256 of every file the fold's record points to, by path relative to ``root_dir``: a rerun
+            reuses the fold only when they all match (:mod:`epochkit.cv.integrity`).
     """
 
     fold: int
@@ -149,6 +152,8 @@ class FoldResult:
     resumed_from: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     worker: dict[str, Any] = field(default_factory=dict)
+    manifest_identity: str | None = None
+    files: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -4,7 +4,6 @@ per fold, with every piece of state reset and verified between folds."""
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import re
@@ -21,7 +20,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 
-from epochkit._io import check_writable, load_torch, save_torch_atomic, write_json_atomic
+from epochkit._io import check_writable, load_torch, read_json, save_torch_atomic, write_json_atomic
 from epochkit._validation import check_bool, check_choice, check_int, check_path, fail
 from epochkit.cv.data import find_labels, find_training_dataset
 from epochkit.cv.fold import (
@@ -37,6 +36,15 @@ from epochkit.cv.fold import (
     record_outcome,
     reset_metric_states,
     run_fold,
+)
+from epochkit.cv.integrity import (
+    WAY_OUT,
+    RootDirError,
+    check_tree,
+    finished_records,
+    manifest_identity,
+    preempted_fold,
+    read_fold_record,
 )
 from epochkit.cv.ray_executor import RayExecutor
 from epochkit.cv.reset import WeightReset, WeightResetError, unwrap_compiled
@@ -214,7 +222,7 @@ class CrossValidator:
                 fail(OWNER, "metric_modes", metric_modes, f"'min' or 'max' for every metric ({name!r}: {mode!r})")
         for flag in ("stratify", "overwrite", "resume_checkpoints", "seed_folds", "verbose"):
             check_bool(OWNER, flag, locals()[flag])
-        check_int(OWNER, "seed", seed, minimum=0, maximum=2**31 - 1)  # seed + k must stay a valid NumPy seed
+        seed = check_int(OWNER, "seed", seed, minimum=0, maximum=2**31 - 1)  # seed + k must stay a NumPy seed
         check_path(OWNER, "root_dir", root_dir)
         if executor is not None and not isinstance(executor, RayExecutor):
             fail(OWNER, "executor", executor, "None (folds in this process) or a RayExecutor", TypeError)
@@ -306,14 +314,17 @@ class CrossValidator:
             fold_kwargs = self.executor.fold_trainer_kwargs(trainer_kwargs)  # resources vs settings, before anything
         root = Path(self.root_dir)
         plan = self.plan(datamodule)  # every check on the data happens here, before anything is trained
+        check_tree(root)  # no symbolic link inside root_dir: nothing written or deleted outside it
         check_writable(root, "CrossValidator root_dir")  # a read-only or full file system fails before training
         dataset = find_training_dataset(datamodule)
 
         lightning_module = unwrap_compiled(model)
         resetter = WeightReset()
         snapshot_checksum = self._snapshot(model, resetter)
-        self._pin_manifest(root, plan, self._fingerprint(lightning_module, trainer_kwargs, trainer_factory))
-        self._check_finished_folds(root, plan, snapshot_checksum)
+        config = self._fingerprint(lightning_module, trainer_kwargs, trainer_factory)
+        identity = manifest_identity(plan.hash, config)
+        self._pin_manifest(root, plan, config)
+        reused = self._check_finished_folds(root, plan, snapshot_checksum, identity)
         predict = self.predict if self.predict != "auto" else is_overridden("predict_step", lightning_module)
         modes = {**self._callback_modes(trainer_kwargs), **self.metric_modes}
         result = CVResult(
@@ -323,8 +334,7 @@ class CrossValidator:
             "CrossValidator: %d folds over %d samples, snapshot %s", plan.n_splits, plan.n_samples, snapshot_checksum
         )
         self._print(f"CrossValidator: {plan.n_splits} folds of {plan.n_samples} samples ({plan.splitter}) in {root}")
-        finished = {k: root / f"fold_{k}" / FOLD_RESULT for k in range(plan.n_splits)}
-        finished = {k: path for k, path in finished.items() if path.exists()}
+        finished = {k: root / f"fold_{k}" / FOLD_RESULT for k in reused}
         run_id = secrets.token_hex(8)
         specs = {
             k: FoldSpec(
@@ -344,11 +354,12 @@ class CrossValidator:
                 metric_modes=modes,
                 trainer_kwargs=fold_kwargs,
                 trainer_factory=trainer_factory,
+                manifest_identity=identity,
             )
             for k in range(plan.n_splits)
             if k not in finished
         }
-        self._run_folds(FoldJob(model, datamodule, dataset), resetter, specs, finished, result)
+        self._run_folds(FoldJob(model, datamodule, dataset), resetter, specs, reused, result)
         histories = [fold.history for fold in result.folds]
         self._warn_missing_last(result)
         resetter.restore(model)  # leave the model as it came (the folds' weights are in fold_k/model.pt)
@@ -377,6 +388,11 @@ class CrossValidator:
             fail("CrossValidator.fit", "trainer_factory", trainer_factory, "a function fold -> Trainer", TypeError)
         if trainer_kwargs is not None and trainer_factory is not None:
             raise ValueError("give `trainer_kwargs` or `trainer_factory`, not both.")
+        callbacks = (trainer_kwargs or {}).get("callbacks")
+        if not (callbacks is None or isinstance(callbacks, Callback | list | tuple)) or not all(
+            isinstance(cb, Callback) for cb in ([callbacks] if isinstance(callbacks, Callback) else callbacks or [])
+        ):
+            fail("CrossValidator.fit", "trainer_kwargs", trainer_kwargs, "callbacks: a Callback or a list of them")
         if trainer_kwargs is not None and trainer_kwargs.get("logger", True) not in (True, False, None):
             raise ValueError(
                 "CrossValidator makes one logger run per fold: `trainer_kwargs['logger']` may be True "
@@ -401,11 +417,13 @@ class CrossValidator:
         job: FoldJob,
         resetter: WeightReset,
         specs: dict[int, FoldSpec],
-        finished: dict[int, Path],
+        reused: dict[int, FoldResult],
         result: CVResult,
     ) -> None:
-        """The fold loop: skip the folds an earlier run finished, run the others, record each into ``result``."""
+        """The fold loop: skip the folds an earlier run finished (their records checked), run the others, record
+        each into ``result``."""
         root = Path(result.root_dir)
+        finished = {k: root / f"fold_{k}" / FOLD_RESULT for k in reused}
         by_fold: dict[int, FoldResult] = {}
 
         def record(fold_result: FoldResult, skipped_from: Path | None) -> None:
@@ -417,7 +435,7 @@ class CrossValidator:
 
         def skip(k: int) -> None:
             log.info("CrossValidator: fold %d finished in an earlier run; skipped", k)
-            record(FoldResult.from_dict(json.loads(finished[k].read_text())), finished[k])
+            record(reused[k], finished[k])
 
         def finish(outcome: FoldOutcome) -> None:
             if is_rank_zero():  # the driver alone writes results: the fold's OOF rows, then fold_result.json
@@ -431,7 +449,9 @@ class CrossValidator:
                     if k in finished:
                         skip(k)
                     else:
-                        finish(run_fold(specs[k], in_process))
+                        with preempted_fold(k, root):
+                            outcome = run_fold(specs[k], in_process)
+                        finish(outcome)
             else:  # side by side: the model travels to the executor's workers; results come back as they finish
                 for k in sorted(finished):
                     skip(k)
@@ -472,15 +492,24 @@ class CrossValidator:
             "seed_folds": self.seed_folds,
         }
 
-    def _check_finished_folds(self, root: Path, plan: FoldPlan, snapshot_checksum: str) -> None:
-        """Finished folds are reused only if they started from the same weights (snapshot mode)."""
+    def _check_finished_folds(
+        self, root: Path, plan: FoldPlan, snapshot_checksum: str, identity: str
+    ) -> dict[int, FoldResult]:
+        """The records of the folds an earlier run finished, each checked (fold, manifest identity, file checksums:
+        :func:`~epochkit.cv.integrity.read_fold_record`) and, in snapshot mode, started from the same weights."""
+        records = finished_records(root)
+        stray = sorted(k for k in records if k >= plan.n_splits)
+        if stray:
+            raise RootDirError(
+                f"{records[stray[0]]} is the record of a fold this {plan.n_splits}-fold cross-validation does not "
+                f"have; {WAY_OUT}."
+            )
+        reused = {k: read_fold_record(path, k, identity, root) for k, path in sorted(records.items())}
         if self.reset != "snapshot":
-            return  # reinit: the weights come from `seed + k`, which the manifest's fingerprint pins
-        for k in range(plan.n_splits):
-            done = root / f"fold_{k}" / FOLD_RESULT
-            if not done.exists():
-                continue
-            stored = json.loads(done.read_text()).get("weights_checksum")
+            return reused  # reinit: the weights come from `seed + k`, which the manifest's fingerprint pins
+        for k, fold_result in reused.items():
+            done = records[k]
+            stored = fold_result.weights_checksum
             if stored is not None and stored != snapshot_checksum:
                 raise ValueError(
                     f"{done} was trained from weights with checksum {str(stored)[:12]}, but the model given now "
@@ -488,11 +517,21 @@ class CrossValidator:
                     "before building the model (`lightning.seed_everything`) so that a rerun starts from the same "
                     "weights, use another `root_dir`, or `overwrite=True` to delete that cross-validation."
                 )
+        return reused
 
     def _pin_manifest(self, root: Path, plan: FoldPlan, config: dict[str, Any]) -> None:
         path = root / MANIFEST
+        if not path.exists() and finished_records(root):
+            if not self.overwrite:
+                raise RootDirError(
+                    f"{root} holds finished folds ({', '.join(str(p) for p in finished_records(root).values())}) "
+                    f"but no {MANIFEST}: nothing says which folds and settings they were made with, so they cannot "
+                    f"be reused; {WAY_OUT}."
+                )
+            if is_rank_zero():
+                self._clear(root)
         if path.exists():
-            old = json.loads(path.read_text())
+            old = read_json(path, "cross-validation manifest", f"delete it and its fold directories, or {WAY_OUT}")
             old_config = old.get("config")
             if old.get("hash") == plan.hash and not self.overwrite:
                 if old_config is not None and old_config != config:
@@ -515,7 +554,9 @@ class CrossValidator:
             if is_rank_zero():
                 self._clear(root)
         if is_rank_zero():
-            write_json_atomic(path, {**plan.to_manifest(), "config": config})
+            write_json_atomic(
+                path, {**plan.to_manifest(), "config": config, "identity": manifest_identity(plan.hash, config)}
+            )
 
     @staticmethod
     def _clear(root: Path) -> None:

@@ -31,7 +31,22 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from epochkit import _distributed, _logging
+from epochkit._state import (
+    REMEDY,
+    CallbackStateError,
+    Schema,
+    boolean,
+    check_state,
+    integer,
+    list_of,
+    mapping_of,
+    optional,
+    real,
+    remember_source,
+)
+from epochkit._state import source as state_source
 from epochkit._validation import is_int, is_one_of, real_value
+from epochkit._weights import named_tensors
 from epochkit.stopping import criteria
 from epochkit.stopping.best_weights import HostWeights, host_copy_problem
 
@@ -61,6 +76,27 @@ class StoppingReason(Enum):
 
     def __hash__(self) -> int:
         return hash(self._name_)
+
+
+_STATE_SCHEMA: Schema = {  # what a checkpoint's EarlyStopping state must hold (epochkit._state), checked at load
+    "wait_count": (integer(0), "an int >= 0"),
+    "stopped_epoch": (integer(0), "an int >= 0"),
+    "patience": (integer(0), "an int >= 0"),
+    "best_score": (real, "a number (or a one-element tensor)"),
+    "stopping_reason": (optional(integer(0, 8)), "a StoppingReason value (an int from 0 to 8)"),
+    "best_epoch": (optional(integer(-1)), "an int >= -1"),
+    "best_epoch_score": (optional(real), "a number or None"),
+    "history": (list_of(real), "a list of numbers"),
+    "ema": (optional(real), "a number or None"),
+    "error_opt": (optional(real), "a number or None"),
+    "checks": (optional(integer(0)), "an int >= 0"),
+    "train_strip": (list_of(real), "a list of numbers"),
+    "last_strip_end": (optional(real), "a number or None"),
+    "up_count": (optional(integer(0)), "an int >= 0"),
+    "baseline_beaten": (optional(boolean), "True or False"),
+    "best_weights_epoch": (optional(integer(-1)), "an int >= -1"),
+    "best_weights": (optional(mapping_of(lambda t: isinstance(t, torch.Tensor))), "a mapping of names to tensors"),
+}
 
 
 def _reason_member(value: int) -> EarlyStoppingReason | StoppingReason:
@@ -363,8 +399,8 @@ class EarlyStopping(LightningEarlyStopping):
             raise bad("strip_length", self.strip_length, "it must be an int >= 1 (checks per strip)")
         if self.criterion in ("GL", "PQ"):
             alpha = real_value(self.alpha)
-            if alpha is None or not alpha > 0:
-                raise bad("alpha", self.alpha, f"criterion={self.criterion!r} needs a number > 0")
+            if alpha is None or not 0 < alpha < math.inf:  # inf would never stop
+                raise bad("alpha", self.alpha, f"criterion={self.criterion!r} needs a finite number > 0")
             if self.mode != "min":
                 raise bad(
                     "mode", self.mode, f"criterion={self.criterion!r} is defined on an error to minimise: use 'min'"
@@ -467,7 +503,10 @@ class EarlyStopping(LightningEarlyStopping):
         # With Lightning's arguments only, best_epoch came beside the state, in the checkpoint (on_load_checkpoint,
         # which Lightning calls just before this).
         beside, self._checkpoint_state = self._checkpoint_state or {}, None
+        if not isinstance(state_dict, dict):
+            check_state(self, state_dict, _STATE_SCHEMA)  # names the callback and the checkpoint
         state_dict = {**beside, **state_dict}
+        check_state(self, state_dict, _STATE_SCHEMA)
         # Lightning's loader only knows its own reasons and would reject epochkit's (values 5-8): hand it a neutral
         # value, then set the real member.
         super().load_state_dict({**state_dict, "stopping_reason": 0})
@@ -503,8 +542,25 @@ class EarlyStopping(LightningEarlyStopping):
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
+        remember_source(self, trainer)
         beside = checkpoint.get(_CHECKPOINT_KEY)
         self._checkpoint_state = dict(beside.get(self.state_key) or {}) if isinstance(beside, dict) else None
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Restored best weights are checked against the module now (callback states are loaded before fit start),
+        # not when they are put back at the end of the fit.
+        if self._best_weights is not None:
+            have = {k: tuple(v.shape) for k, v in self._best_weights.state().items()}
+            want = {k: tuple(v.shape) for k, v in named_tensors(pl_module).items()}
+            wrong = sorted(k for k in have if want.get(k, have[k]) != have[k]) + sorted(set(have) - set(want))
+            if wrong:
+                name = wrong[0]
+                raise CallbackStateError(
+                    f"EarlyStopping: its best weights in {state_source(self)} do not fit the module ({len(wrong)} "
+                    f"tensor(s); {name!r}: {have[name]} in the checkpoint, {want.get(name, 'absent')} in the module); "
+                    f"{REMEDY}."
+                )
 
     # ------------------------------------------------------------------ hooks
 

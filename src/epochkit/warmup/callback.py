@@ -18,12 +18,22 @@ from typing_extensions import override
 
 from epochkit._callback import cached_state_key
 from epochkit._logging import current_step, log_scalars
+from epochkit._state import REMEDY, CallbackStateError, Schema, check_state, int_list, list_of, remember_source
+from epochkit._state import source as state_source
 from epochkit._validation import check_bool, check_number, is_int, is_real
 from epochkit.schedules import WarmupShape, check_warmup, warmup_factor
 
 log = logging.getLogger("epochkit.warmup")
 
 UNTUNED = "untuned"
+_TABLE_BLOCK = 4096  # warmup factors computed per block of steps (LRWarmup._factor)
+
+# What a checkpoint's LRWarmup state must hold (epochkit._state), checked when it is loaded.
+_STATE_SCHEMA: Schema = {
+    "steps_applied": (int_list(0), "a list of applied step counts (ints >= 0), one per optimizer"),
+    "warmup_steps": (list_of(int_list(1)), "a list of warmup lengths (ints >= 1) per optimizer and param group"),
+    "group_starts": (list_of(int_list(0)), "a list of start steps (ints >= 0) per optimizer and param group"),
+}
 
 
 def _warmup_in(scheduler: Any) -> str | None:
@@ -125,7 +135,7 @@ class LRWarmup(Callback):
     _restored: dict[str, Any] | None
     _ends: list[int]
     _handles: dict[int, list[RemovableHandle]]
-    _tables: dict[int, list[float]]
+    _tables: dict[tuple[int, int], list[float]]
     _saved: dict[int, list[tuple[Any, Any]]]
     _used: dict[int, tuple[float, list[Any]]]
     _finished: list[int]
@@ -203,7 +213,7 @@ class LRWarmup(Callback):
         # Here, not at fit start: the train loader is set up by now, so reading the run's length loads nothing
         # (at fit start Lightning would load it early and say so), and no optimizer step has run yet.
         optimizers = trainer.optimizers
-        if not optimizers:
+        if not any(opt.param_groups for opt in optimizers):  # none, or Lightning's stand-in for `None`
             log.warning("LRWarmup: the module configured no optimizer; there is nothing to warm up.")
             return
         self._length = self._resolve_length(trainer)
@@ -214,9 +224,9 @@ class LRWarmup(Callback):
         restored = self._restored or {}
         steps = restored.get("steps_applied") or [0] * len(optimizers)
         if len(steps) != len(optimizers):
-            raise ValueError(
-                f"LRWarmup was restored with step counts for {len(steps)} optimizer(s), but the module "
-                f"configured {len(optimizers)}."
+            raise CallbackStateError(
+                f"LRWarmup: its state in {state_source(self)} has step counts for {len(steps)} optimizer(s), but "
+                f"the module configured {len(optimizers)}; {REMEDY}."
             )
         self.steps_applied_ = list(steps)
         starts = restored.get("group_starts") or []
@@ -439,17 +449,22 @@ class LRWarmup(Callback):
 
     def _end(self, i: int) -> int:
         """The optimizer's step count at which every one of its param groups has finished warming up."""
-        return max(start + length for start, length in zip(self.group_starts_[i], self.warmup_steps_[i], strict=True))
+        pairs = zip(self.group_starts_[i], self.warmup_steps_[i], strict=True)
+        return max((start + length for start, length in pairs), default=0)
 
     def _factor(self, k: int, length: int) -> float:
         if k >= length:
             return 1.0
-        table = self._tables.get(length)
+        # One vectorised evaluation per block of _TABLE_BLOCK steps of a warmup length; the per-step hook is then a
+        # list lookup. Blocks, not the whole ramp: memory follows the steps the fit takes, not the warmup's length.
+        key = (length, k // _TABLE_BLOCK)
+        table = self._tables.get(key)
         if table is None:
-            # One vectorised evaluation per warmup length; the per-step hook is then a list lookup.
-            table = np.asarray(warmup_factor(np.arange(length), length, self.shape, self.start_factor)).tolist()
-            self._tables[length] = table
-        return table[k]
+            first = key[1] * _TABLE_BLOCK
+            steps = np.arange(first, min(length, first + _TABLE_BLOCK))
+            table = np.asarray(warmup_factor(steps, length, self.shape, self.start_factor)).tolist()
+            self._tables[key] = table
+        return table[k - key[1] * _TABLE_BLOCK]
 
     # -------------------------------------------------------------------------------------- warmup length
     def _resolve_length(self, trainer: pl.Trainer) -> int | str:
@@ -505,8 +520,25 @@ class LRWarmup(Callback):
         }
 
     @override
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        remember_source(self, trainer)
+        states = checkpoint.get("callbacks") or {}
+        others = [key for key in states if str(key).startswith("LRWarmup{") and key != self.state_key]
+        if others and self.state_key not in states:
+            # Lightning finds no state under this key and says only that; the ramp would restart unexplained.
+            rank_zero_warn(
+                f"LRWarmup: {state_source(self)} holds the state of {others[0]}, not of {self.state_key}: the "
+                "warmup settings changed since it was written, so this warmup starts again from its first step at "
+                "the resumed step (the learning rate drops and ramps up again). Resume with the settings the "
+                "checkpoint was written with to continue its warmup."
+            )
+
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # Applied at on_train_start, once the optimizers exist; also readable right away.
+        check_state(self, state_dict, _STATE_SCHEMA)
         self._restored = dict(state_dict)
         self.steps_applied_ = list(state_dict.get("steps_applied", []))
         self.warmup_steps_ = [list(x) for x in state_dict.get("warmup_steps", [])]

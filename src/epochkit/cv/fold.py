@@ -122,6 +122,8 @@ class FoldSpec:
         metric_modes: ``{"metric": "min" | "max"}`` for the best values.
         trainer_kwargs: ``Trainer`` arguments (callbacks are deep-copied here), or ``None``.
         trainer_factory: ``factory(fold) -> Trainer`` instead of ``trainer_kwargs``, or ``None``.
+        name: The run's directory under ``root_dir`` (its TensorBoard run, checkpoints, weights): ``fold_k`` when
+            empty; the refit on all the data runs as ``"final"`` (see :mod:`epochkit.cv.refit`).
     """
 
     fold: int
@@ -140,10 +142,11 @@ class FoldSpec:
     metric_modes: Mapping[str, str] = field(default_factory=dict)
     trainer_kwargs: Mapping[str, Any] | None = None
     trainer_factory: TrainerFactory | None = None
+    name: str = ""
 
     @property
     def fold_dir(self) -> Path:
-        return Path(self.root_dir) / f"fold_{self.fold}"
+        return Path(self.root_dir) / (self.name or f"fold_{self.fold}")
 
 
 @dataclass
@@ -336,7 +339,7 @@ def _make_trainer(spec: FoldSpec, purge_step: int | None, earlier_fold_objects: 
     fold_callbacks = [copy.deepcopy(cb) for cb in callbacks]
     for cb in fold_callbacks:
         if isinstance(cb, ModelCheckpoint):
-            cb.dirpath = str(Path(cb.dirpath) / f"fold_{k}") if cb.dirpath else str(fold_dir / "checkpoints")
+            cb.dirpath = str(Path(cb.dirpath) / fold_dir.name) if cb.dirpath else str(fold_dir / "checkpoints")
     logger: Any = kwargs.pop("logger", True)
     if logger is None or logger is True:
         extra: dict[str, Any] = {} if purge_step is None else {"purge_step": purge_step}

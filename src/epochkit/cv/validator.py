@@ -39,6 +39,7 @@ from epochkit.cv.fold import (
     run_fold,
 )
 from epochkit.cv.ray_executor import RayExecutor
+from epochkit.cv.refit import EpochRule, RefitResult, run_refit
 from epochkit.cv.reset import WeightReset, WeightResetError, unwrap_compiled
 from epochkit.cv.results import CVResult, FoldResult
 from epochkit.cv.rows import concat_rows, take_rows
@@ -301,11 +302,13 @@ class CrossValidator:
                 must return a new Trainer with new callbacks every time (checked).
         """
         self._check_fit_arguments(model, datamodule, trainer_kwargs, trainer_factory)
+        self.fit_trainer_kwargs_ = None if trainer_factory is not None else dict(trainer_kwargs or {})  # for refit
         fold_kwargs = trainer_kwargs
         if self.executor is not None and trainer_factory is None:
             fold_kwargs = self.executor.fold_trainer_kwargs(trainer_kwargs)  # resources vs settings, before anything
         root = Path(self.root_dir)
         plan = self.plan(datamodule)  # every check on the data happens here, before anything is trained
+        self.fit_plan_ = (datamodule, plan)  # for refit: the DataModule is set up, the plan made
         check_writable(root, "CrossValidator root_dir")  # a read-only or full file system fails before training
         dataset = find_training_dataset(datamodule)
 
@@ -363,6 +366,51 @@ class CrossValidator:
         files = [root / name for name in ("cv_results.json", "cv_results.csv", OOF_FILE) if (root / name).exists()]
         self._print(f"results: {', '.join(map(str, files))}; curves: tensorboard --logdir {root}")
         return result
+
+    def refit(
+        self,
+        model: pl.LightningModule,
+        datamodule: pl.LightningDataModule,
+        *,
+        epochs: EpochRule = "kept",
+        trainer_kwargs: Mapping[str, Any] | None = None,
+    ) -> RefitResult:
+        """Train the model to ship: once, on all of the cross-validation's data, for the epochs the folds chose.
+
+        Runs after :meth:`fit` (in this process or an earlier one) with the same ``root_dir``, model and
+        DataModule. ``E`` follows ``epochs``: ``"kept"``, the median over the folds of ``kept_epoch + 1`` (the
+        epochs up to and including the one whose weights each fold kept), rounded up; ``"best"``, the same with the
+        monitored metric's best epoch (the first ``EarlyStopping``'s ``monitor``, else a ``ModelCheckpoint``'s); an
+        int, that many. The refit starts from the snapshot the folds started from (with ``reset="reinit"``: the
+        re-initialisation with seed ``seed``, as fold 0's), is seeded with ``seed`` once the weights are in place,
+        trains on every sample the folds split with no validation loop, and leaves out ``EarlyStopping`` and a
+        ``ModelCheckpoint`` that monitors a validation metric (a line says so for each). Schedules built from the
+        Trainer (``configure_optimizers``, ``LRWarmup(fraction=...)``) follow the new length.
+
+        It writes ``root_dir/final/model.pt`` (the ``state_dict``), ``root_dir/final/refit.json`` (the epochs, the
+        rule, each fold's epochs, the samples, the seed and the CV estimate of every validation metric) and a
+        TensorBoard run ``root_dir/final``, and prints one line. A rerun with the same settings skips it and loads
+        its weights; an interrupted refit resumes from its last epoch like a fold. With a ``RayExecutor`` it runs
+        as one Ray task. Afterwards ``model`` holds the final weights.
+
+        Args:
+            model: The model given to :meth:`fit`, at the weights it had then (``fit`` leaves it there).
+            datamodule: The DataModule given to :meth:`fit`.
+            epochs: ``"kept"``, ``"best"`` or an int >= 1.
+            trainer_kwargs: ``Trainer`` arguments; default: those of this object's last :meth:`fit`. Their epoch
+                and step limits are replaced by ``max_epochs=E``.
+
+        Returns:
+            A :class:`~epochkit.cv.refit.RefitResult`.
+        """
+        if trainer_kwargs is None:
+            trainer_kwargs = getattr(self, "fit_trainer_kwargs_", None)
+            if trainer_kwargs is None:
+                raise ValueError(
+                    "CrossValidator.refit(trainer_kwargs=None) takes the `trainer_kwargs` of this CrossValidator's "
+                    "`fit`, but none ran here (or it used `trainer_factory`): give `trainer_kwargs`."
+                )
+        return run_refit(self, model, datamodule, epochs, trainer_kwargs)
 
     @staticmethod
     def _check_fit_arguments(model: Any, datamodule: Any, trainer_kwargs: Any, trainer_factory: Any) -> None:
@@ -424,7 +472,7 @@ class CrossValidator:
                 record_outcome(outcome, root)
             record(outcome.result, None)
 
-        with RepeatedInfoDropped(LIGHTNING_INFO_LOGGERS):
+        with self.lightning_info_filter():
             if self.executor is None:  # one fold after another, in this process, on the model itself
                 in_process = FoldJob(job.model, job.datamodule, job.dataset, resetter=resetter, worker=local_worker())
                 for k in range(result.n_splits):
@@ -438,6 +486,12 @@ class CrossValidator:
                 with contextlib.closing(self.executor.run(list(specs.values()), job)) as outcomes:
                     for outcome in outcomes:
                         finish(outcome)
+
+    def lightning_info_filter(self) -> RepeatedInfoDropped:
+        """The one filter of Lightning's repeated INFO lines for this object's folds and refit (shown once in all)."""
+        if getattr(self, "info_filter_", None) is None:
+            self.info_filter_ = RepeatedInfoDropped(LIGHTNING_INFO_LOGGERS)
+        return self.info_filter_
 
     def _print(self, line: str) -> None:
         """Print ``line`` to stdout on rank 0 when ``verbose``: what a user running a cross-validation reads.

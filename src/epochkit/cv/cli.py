@@ -56,6 +56,8 @@ class CrossValidationCLI(LightningCLI):
     ``epochs=refit_epochs`` unless ``refit: false``. The results are in ``result`` and ``refit_result``.
 
     Args:
+        model_class: As LightningCLI's: a LightningModule class (or any, from the config's ``class_path``).
+        datamodule_class: As LightningCLI's: a LightningDataModule class (or any, from the config's ``class_path``).
         run: Cross-validate right away (``False``: only parse and build; call :meth:`cross_validate`).
         kwargs: LightningCLI's arguments.
     """
@@ -65,12 +67,14 @@ class CrossValidationCLI(LightningCLI):
     result: CVResult | None = None
     refit_result: RefitResult | None = None
 
-    def __init__(self, *args: Any, run: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self, model_class: Any = None, datamodule_class: Any = None, *, run: bool = True, **kwargs: Any
+    ) -> None:
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("seed_everything_default", 0)
         kwargs.setdefault("save_config_callback", None)
-        super().__init__(*args, run=False, **kwargs)
+        super().__init__(model_class, datamodule_class, run=False, **kwargs)
         if run:
             self.cross_validate()
 

@@ -19,11 +19,12 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities.model_helpers import is_overridden
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import nn
 
 from epochkit._io import check_writable, load_torch, save_torch_atomic, write_json_atomic
 from epochkit._validation import check_bool, check_choice, check_int, check_path, fail
-from epochkit.cv.data import find_labels, find_training_dataset
+from epochkit.cv.data import find_labels, find_training_dataset, per_sample_values
 from epochkit.cv.fold import (
     FOLD_RESULT,
     LIGHTNING_INFO_LOGGERS,
@@ -274,11 +275,7 @@ class CrossValidator:
     def _per_sample(dataset: Any, argument: str, value: Any) -> Any:
         """``labels``/``groups`` as given, or the dataset attribute a string names, as an array."""
         if isinstance(value, str):
-            if getattr(dataset, value, None) is None:
-                raise ValueError(
-                    f"`{argument}={value!r}` names no attribute of the training dataset ({type(dataset).__name__})."
-                )
-            value = getattr(dataset, value)
+            value = per_sample_values(dataset, argument, value)
         return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
 
     # -------------------------------------------------------------------------------------------------- fit
@@ -313,6 +310,7 @@ class CrossValidator:
         dataset = find_training_dataset(datamodule)
 
         lightning_module = unwrap_compiled(model)
+        self._warn_if_trained(lightning_module)
         resetter = WeightReset()
         snapshot_checksum = self._snapshot(model, resetter)
         self._pin_manifest(root, plan, self._fingerprint(lightning_module, trainer_kwargs, trainer_factory))
@@ -355,6 +353,8 @@ class CrossValidator:
         histories = [fold.history for fold in result.folds]
         self._warn_missing_last(result)
         resetter.restore(model)  # leave the model as it came (the folds' weights are in fold_k/model.pt)
+        if isinstance(lightning_module, pl.LightningModule):  # the model is back at its weights: not trained
+            lightning_module.trainer = None  # (the last fold's Trainer)
         reset_metric_states(lightning_module)
         if predict and is_rank_zero():  # under `ddp` scripts, other ranks may run ahead of rank 0's merge
             self._collect_oof(root, plan, result)
@@ -430,6 +430,21 @@ class CrossValidator:
                 "CrossValidator makes one logger run per fold: `trainer_kwargs['logger']` may be True "
                 "(TensorBoard under root_dir/fold_k) or False; for other loggers use `trainer_factory`."
             )
+
+    def _warn_if_trained(self, module: nn.Module) -> None:
+        """Warn when the model has been trained already (``reset="snapshot"``): every fold would start from weights
+        that have seen its validation samples."""
+        if self.reset != "snapshot" or not isinstance(module, pl.LightningModule):
+            return
+        step = module.global_step
+        if module._trainer is None and step == 0:
+            return
+        how = f"global_step={step}" if step else "a Trainer is attached to it"
+        rank_zero_warn(
+            f"CrossValidator.fit: the model given has been trained already ({how}). Every fold starts from its "
+            "weights, which have seen that fold's validation samples, so the cross-validation's estimate is "
+            "optimistic. Give a freshly built model (seed before building it), or use `reset='reinit'`."
+        )
 
     @staticmethod
     def _snapshot(model: pl.LightningModule, resetter: WeightReset) -> str:

@@ -17,7 +17,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from epochkit import CrossValidator, EarlyStopping
+from epochkit import CrossValidator, EarlyStopping, LRWarmup
 from epochkit.cv import weights_checksum
 from tests.cv.refit_runs import REFIT_EPOCHS
 from tests.cv.refit_runs import run as refit_run
@@ -44,10 +44,12 @@ def _kwargs() -> dict[str, Any]:
         **QUIET,
         "logger": True,
         "enable_checkpointing": True,
+        "log_every_n_steps": 1,
         "max_epochs": 4,
         "callbacks": [
             EarlyStopping(monitor="val_loss", patience=1, restore_best_weights=True),
             ModelCheckpoint(monitor="val_loss"),
+            LRWarmup(fraction=0.5),  # half of the run's steps: the folds' run, then the refit's
             _SeenRows(),
         ],
     }
@@ -80,11 +82,13 @@ def test_refit_trains_the_folds_epochs_on_every_sample_as_a_plain_fit_would(
     expected = everything.repeat(epochs, 1)
     assert torch.equal(seen[seen[:, 0].argsort()], expected[expected[:, 0].argsort()])
 
-    # Bit-identical to a plain fit of `epochs` epochs, from the same start, seed and data, without validation.
+    # Bit-identical to a plain fit of `epochs` epochs, from the same start, seed and data, without validation, with
+    # the warmup over half of *its* steps.
     plain = RegressionModule(lr=0.2)
     plain.load_state_dict(start)
     pl.seed_everything(7, workers=True, verbose=False)
-    pl.Trainer(**QUIET, max_epochs=epochs, limit_val_batches=0, num_sanity_val_steps=0).fit(plain, data)
+    trainer = pl.Trainer(**QUIET, max_epochs=epochs, limit_val_batches=0, callbacks=[LRWarmup(fraction=0.5)])
+    trainer.fit(plain, data)
     final = torch.load(tmp_path / "cv" / "final" / "model.pt")
     torch.testing.assert_close(final, plain.state_dict(), rtol=0, atol=0)
     torch.testing.assert_close(model.state_dict(), plain.state_dict(), rtol=0, atol=0)  # the model holds them
@@ -102,6 +106,8 @@ def test_refit_trains_the_folds_epochs_on_every_sample_as_a_plain_fit_would(
     run = read_tensorboard(tmp_path / "cv" / "final")
     assert [step for step, _ in run.scalars["epoch"]][-1] >= 0 and "val_loss" not in run.scalars
     assert len(run.scalar_values("train_loss_epoch")) == epochs
+    factors = run.scalars["warmup/factor"]  # over half of the refit's steps (8 per epoch), not of a fold's (5)
+    assert next(step for step, factor in factors if factor == 1.0) + 1 == round(0.5 * epochs * 8)
 
     # A rerun (a new CrossValidator, another process's view) skips the folds and the refit, loading its weights.
     stamp = (tmp_path / "cv" / "final" / "refit.json").stat().st_mtime_ns

@@ -312,6 +312,7 @@ def run_refit(
     done = final / REFIT_JSON
     if done.exists() and json.loads(done.read_text()).get("settings") == settings:
         earlier = RefitResult.from_dict(json.loads(done.read_text()))
+        earlier.model_path = result.model_path  # this root_dir's, wherever it was when the refit ran
         lightning_module.load_state_dict(load_torch(earlier.model_path, "refit weights"))
         earlier.skipped = True
         log.info("CrossValidator: the refit finished in an earlier run; skipped")

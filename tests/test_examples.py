@@ -81,11 +81,11 @@ def _demo_script() -> Path:
 
 
 # What `make demo` may print, stdout and stderr together: a header, Lightning's banner once (devices: 2 lines, a tip),
-# a deprecation warning Lightning 2.6 raises under torch 2.13, per fold (5) EarlyStopping's restore line and the fold's
-# line, the table (a title, 2 header lines, 9 rows: 3 metrics x last/best/kept), where the results are and the mean
-# accuracy: 29 lines; then the refit's: a line for each of the 2 callbacks it leaves out, Lightning's checkpoint tip
-# and the final model: 33 lines. A little room for a Lightning or torch version that says one more thing, none for
-# anything per epoch (there are about 140 epochs).
+# a deprecation warning Lightning 2.6 raises under torch 2.13, per fold (5) the fold's line and EarlyStopping's
+# restore line when it restored, the table (a title, 2 header lines, 9 rows: 3 metrics x last/best/kept), where the
+# results are and the mean accuracy; then the refit's: a line for each of the 2 callbacks it leaves out, Lightning's
+# checkpoint tip and "`Trainer.fit` stopped" line, and the final model. 33 lines with Lightning 2.6.6 and torch 2.13;
+# a little room for a version that says one more thing, none for anything per epoch (there are about 140 epochs).
 DEMO_MAX_LINES = 35
 
 

@@ -5,8 +5,10 @@ reset and its own TensorBoard run. In every fold ``ShuffleAudit`` checks what ea
 ``LRWarmup`` warms Adam up over the first epoch and ``EarlyStopping`` stops once ``val_loss`` stalls and restores
 the best epoch's weights. It prints a line per fold, the table (every metric at each fold's last epoch, its best
 epoch and for the model the fold kept, with mean, std and the Student-t 95% interval of the mean), where the results
-are and the command to look at the runs, and nothing per epoch. ``--resume`` keeps the folds a previous run with the
-same ``--root`` finished (an interrupted fold resumes); without it the CV starts over.
+are and the command to look at the runs, and nothing per epoch. Then it trains the model to ship: once on all the
+folds' data, for the median of the epochs the folds kept (``CrossValidator.refit``), and prints one line.
+``--resume`` keeps the folds (and the refit) a previous run with the same ``--root`` finished (an interrupted fold
+resumes); without it the CV starts over.
 
     python examples/cv_digits.py [--folds 5] [--epochs 30] [--root runs] [--resume] [--fast]
 
@@ -46,9 +48,10 @@ def main(argv: list[str] | None = None) -> float:
         root_dir=root,
         overwrite=not args.resume,
     )
+    model, data = DigitsClassifier(), DigitsDataModule(seed=args.seed)
     result = cv.fit(
-        DigitsClassifier(),
-        DigitsDataModule(seed=args.seed),
+        model,
+        data,
         trainer_kwargs={
             "max_epochs": 1 if args.fast else args.epochs,
             **({"limit_train_batches": 5} if args.fast else {}),
@@ -69,6 +72,9 @@ def main(argv: list[str] | None = None) -> float:
     # CrossValidator printed a line per fold, the table and where the results are.
     mean_acc = result.mean("val_acc")  # of the models the folds kept (restored by EarlyStopping)
     print(f"mean validation accuracy of the {len(result.folds)} fold models: {mean_acc:.4f}")
+    # The model to ship: trained once on all the folds' data for the median of the epochs the folds kept, with the
+    # same settings (EarlyStopping and the val_acc checkpoint are left out: no validation data is left).
+    cv.refit(model, data)  # prints one line; root/final/model.pt, root/final/refit.json
     return mean_acc
 
 

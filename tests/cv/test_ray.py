@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import sys
 import threading
@@ -227,3 +228,27 @@ def test_without_ray_the_executor_fails_at_construction_with_the_install_line(
         ImportError, match=re.escape('RayExecutor needs Ray, which is not installed: pip install "epochkit[ray]"')
     ):
         RayExecutor()
+
+
+def test_the_refit_runs_as_one_ray_task_and_equals_the_in_process_refit(ray_address: str, tmp_path: Path) -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the Ray task does
+    try:
+        torch.manual_seed(0)
+        model = RegressionModule()
+        cv = CrossValidator(3, root_dir=tmp_path / "here", verbose=False)
+        cv.fit(model, _data(), trainer_kwargs={**KWARGS, "max_epochs": 2})
+        shutil.copytree(tmp_path / "here", tmp_path / "ray")  # the finished folds: the Ray run refits only
+        here = cv.refit(model, _data(), epochs=3)
+    finally:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    shipped = RegressionModule()
+    on_ray = CrossValidator(3, root_dir=tmp_path / "ray", verbose=False, executor=RayExecutor(max_concurrent=2))
+    on_ray.fit(shipped, _data(), trainer_kwargs={**KWARGS, "max_epochs": 2})  # every fold skipped
+    remote = on_ray.refit(shipped, _data(), epochs=3)
+    assert json.loads((tmp_path / "ray" / "final" / "worker.json").read_text())["pid"] != os.getpid()
+    assert (remote.epochs, remote.n_samples, remote.estimate) == (here.epochs, here.n_samples, here.estimate)
+    final = torch.load(tmp_path / "ray" / "final" / "model.pt")
+    torch.testing.assert_close(final, torch.load(tmp_path / "here" / "final" / "model.pt"), rtol=0, atol=0)
+    torch.testing.assert_close(shipped.state_dict(), final, rtol=0, atol=0)  # loaded into the driver's model

@@ -9,25 +9,137 @@ Each fold's loaders are the user's own ``train_dataloader()`` / ``val_dataloader
 ``Subset`` with the same settings (batch size, workers, ``collate_fn``, ``pin_memory``, ``drop_last``, worker init,
 generator, prefetching...). Validation and prediction loaders never shuffle and never drop the last batch. For loaders
 that cannot be rebuilt that way (a custom sampler or batch sampler), give the DataModule a method
-``cv_dataloader(dataset, stage)`` (``stage`` is ``"train"``, ``"val"`` or ``"predict"``) that builds one.
+``cv_dataloader(dataset, stage)`` that builds one for the fold's ``Subset`` ``dataset``. ``stage`` is one of:
+
+- ``"train"``: the fold's training loader (it should shuffle: a training loader that visits its samples in order is
+  warned about);
+- ``"val"``: the fold's validation loader (Lightning's name ``"validate"`` compares equal to it);
+- ``"predict"``: the loader of the out-of-fold predictions over the validation subset (in order, once each).
+
+``stage`` is a :class:`FoldStage`, a ``str`` that refuses to be compared with any other name: ``stage == "fit"`` (a
+guess that would hand the training loop an evaluation loader) raises a ``ValueError`` naming the stages.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.utilities.model_helpers import is_overridden
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, SequentialSampler, Subset
 
-__all__ = ["DATASET_ATTRIBUTES", "FoldDataModule", "find_labels", "find_training_dataset", "rebuild_loader"]
+__all__ = [
+    "DATASET_ATTRIBUTES",
+    "FoldDataModule",
+    "FoldStage",
+    "find_labels",
+    "find_training_dataset",
+    "per_sample_values",
+    "rebuild_loader",
+]
 
 DATASET_ATTRIBUTES = ("train_set", "train_dataset", "dataset_train", "train_data")
 LABEL_ATTRIBUTES = ("targets", "labels", "y")
+
+
+class FoldStage(str):
+    """The ``stage`` given to a DataModule's ``cv_dataloader(dataset, stage)``: ``"train"``, ``"val"`` or
+    ``"predict"``. Compared with any other name it raises, so a guessed name cannot silently pick the wrong loader;
+    Lightning's ``"validate"`` equals ``"val"``.
+
+    Example:
+        >>> stage = FoldStage("val")
+        >>> stage == "val", stage == "validate", stage != "train", stage in ("train", "val")
+        (True, True, True, True)
+        >>> FoldStage("train") == "fit"
+        Traceback (most recent call last):
+        ...
+        ValueError: cv_dataloader(dataset, stage): stage is 'train', compared with 'fit', which is no stage; the stages are 'train', 'val' (or Lightning's 'validate') and 'predict'.
+    """  # noqa: E501
+
+    NAMES: ClassVar[tuple[str, ...]] = ("train", "val", "predict")
+    ALIASES: ClassVar[dict[str, str]] = {"validate": "val"}
+
+    def __new__(cls, name: str) -> FoldStage:
+        if name not in cls.NAMES:
+            raise ValueError(f"FoldStage must be one of {cls.NAMES}, got {name!r}.")
+        return super().__new__(cls, name)
+
+    def _name(self, other: object) -> str:
+        if not isinstance(other, str):
+            return ""
+        name = self.ALIASES.get(str(other), str(other))
+        if name not in self.NAMES:
+            raise ValueError(
+                f"cv_dataloader(dataset, stage): stage is {str(self)!r}, compared with {str(other)!r}, which is no "
+                "stage; the stages are 'train', 'val' (or Lightning's 'validate') and 'predict'."
+            )
+        return name
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str) and self._name(other) == str(self)
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    __hash__ = str.__hash__
+
+
+def per_sample_values(dataset: Any, argument: str, name: str) -> Any:
+    """The per-sample values that ``labels=``/``groups=`` name: a dataset attribute, a column of a Hugging Face
+    ``datasets.Dataset``, or a key of the dataset's samples when they are dicts (each sample is read once).
+
+    Raises:
+        ValueError: If ``name`` is none of these, listing the attributes, columns or sample keys there are.
+
+    Example:
+        >>> per_sample_values([{"text": "a", "label": 1}, {"text": "b", "label": 0}], "labels", "label").tolist()
+        [1, 0]
+    """
+    value = getattr(dataset, name, None)
+    if value is not None and not callable(value):
+        return value
+    columns = getattr(dataset, "column_names", None)
+    if isinstance(columns, list) and all(isinstance(c, str) for c in columns):  # a Hugging Face datasets.Dataset
+        if name in columns:
+            return _as_array(list(dataset[name]))
+        have = f"its columns are {columns}"
+    else:
+        first = dataset[0] if len(dataset) else None
+        if isinstance(first, Mapping):
+            if name in first:
+                return _as_array([dataset[i][name] for i in range(len(dataset))])
+            have = f"its samples are dicts with the keys {sorted(map(str, first))}"
+        else:
+            names = vars(dataset) if hasattr(dataset, "__dict__") else {}
+            attributes = sorted(a for a in names if not a.startswith("_"))
+            have = f"its attributes are {attributes}"
+    raise ValueError(
+        f"`{argument}={name!r}` names no attribute, column or sample key of the training dataset "
+        f"({type(dataset).__name__}); {have}."
+    )
+
+
+def check_train_loader_shuffles(loader: Any, source: str) -> None:
+    """Warn when a fold's training loader visits its samples in order (a ``SequentialSampler``), naming where it
+    came from: every epoch of every fold would then see the same order. Looks at the sampler only; iterates
+    nothing."""
+    if not isinstance(loader, DataLoader):
+        return
+    sampler: Any = loader.sampler
+    if loader.batch_size is None and loader.batch_sampler is not None:
+        sampler = getattr(loader.batch_sampler, "sampler", None)
+    if isinstance(sampler, SequentialSampler):
+        rank_zero_warn(
+            f"CrossValidator: the folds' training loader, from {source}, does not shuffle (SequentialSampler): every "
+            "epoch of every fold sees the samples in the same order. Shuffle it (`shuffle=True`, or a random "
+            "sampler)" + (" for stage 'train'" if "cv_dataloader" in source else "") + " unless the order is meant."
+        )
 
 
 def find_training_dataset(datamodule: pl.LightningDataModule) -> Dataset:
@@ -178,7 +290,10 @@ class FoldDataModule(pl.LightningDataModule):
         dm = self.datamodule
         subset = self.train_subset if stage == "train" else self.val_subset
         if callable(getattr(dm, "cv_dataloader", None)):
-            return dm.cv_dataloader(subset, stage)  # type: ignore[attr-defined]
+            loader = dm.cv_dataloader(subset, FoldStage(stage))  # type: ignore[attr-defined]
+            if stage == "train":
+                check_train_loader_shuffles(loader, f"{type(dm).__name__}.cv_dataloader(dataset, 'train')")
+            return loader
         if stage != "train" and is_overridden("val_dataloader", dm):
             template = dm.val_dataloader()
             if isinstance(template, DataLoader):
@@ -189,6 +304,8 @@ class FoldDataModule(pl.LightningDataModule):
                 f"{type(dm).__name__}.train_dataloader() returned a {type(template).__name__}, not one DataLoader; "
                 "give the DataModule a `cv_dataloader(dataset, stage)` method that builds the fold loaders."
             )
+        if stage == "train":
+            check_train_loader_shuffles(template, f"{type(dm).__name__}.train_dataloader()")
         return rebuild_loader(template, subset, train=stage == "train")
 
     def train_dataloader(self) -> DataLoader:

@@ -124,6 +124,8 @@ class FoldSpec:
         trainer_kwargs: ``Trainer`` arguments (callbacks are deep-copied here), or ``None``.
         trainer_factory: ``factory(fold) -> Trainer`` instead of ``trainer_kwargs``, or ``None``.
         manifest_identity: Identity of the manifest (plan and settings) the fold's record and checkpoint carry.
+        name: The run's directory under ``root_dir`` (its TensorBoard run, checkpoints, weights): ``fold_k`` when
+            empty; the refit on all the data runs as ``"final"`` (see :mod:`epochkit.cv.refit`).
     """
 
     fold: int
@@ -143,10 +145,11 @@ class FoldSpec:
     trainer_kwargs: Mapping[str, Any] | None = None
     trainer_factory: TrainerFactory | None = None
     manifest_identity: str = ""
+    name: str = ""
 
     @property
     def fold_dir(self) -> Path:
-        return Path(self.root_dir) / f"fold_{self.fold}"
+        return Path(self.root_dir) / (self.name or f"fold_{self.fold}")
 
 
 @dataclass
@@ -364,7 +367,7 @@ def _make_trainer(spec: FoldSpec, purge_step: int | None, earlier_fold_objects: 
     fold_callbacks = [copy.deepcopy(cb) for cb in callbacks]
     for cb in fold_callbacks:
         if isinstance(cb, ModelCheckpoint):
-            cb.dirpath = str(Path(cb.dirpath) / f"fold_{k}") if cb.dirpath else str(fold_dir / "checkpoints")
+            cb.dirpath = str(Path(cb.dirpath) / fold_dir.name) if cb.dirpath else str(fold_dir / "checkpoints")
     logger: Any = kwargs.pop("logger", True)
     if logger is None or logger is True:
         extra: dict[str, Any] = {} if purge_step is None else {"purge_step": purge_step}

@@ -18,11 +18,12 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities.model_helpers import is_overridden
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import nn
 
 from epochkit._io import check_writable, load_torch, read_json, save_torch_atomic, write_json_atomic
 from epochkit._validation import check_bool, check_choice, check_int, check_path, fail
-from epochkit.cv.data import find_labels, find_training_dataset
+from epochkit.cv.data import find_labels, find_training_dataset, per_sample_values
 from epochkit.cv.fold import (
     FOLD_RESULT,
     LIGHTNING_INFO_LOGGERS,
@@ -47,6 +48,7 @@ from epochkit.cv.integrity import (
     read_fold_record,
 )
 from epochkit.cv.ray_executor import RayExecutor
+from epochkit.cv.refit import EpochRule, RefitResult, run_refit
 from epochkit.cv.reset import WeightReset, WeightResetError, unwrap_compiled
 from epochkit.cv.results import CVResult, FoldResult
 from epochkit.cv.rows import concat_rows, take_rows
@@ -281,11 +283,7 @@ class CrossValidator:
     def _per_sample(dataset: Any, argument: str, value: Any) -> Any:
         """``labels``/``groups`` as given, or the dataset attribute a string names, as an array."""
         if isinstance(value, str):
-            if getattr(dataset, value, None) is None:
-                raise ValueError(
-                    f"`{argument}={value!r}` names no attribute of the training dataset ({type(dataset).__name__})."
-                )
-            value = getattr(dataset, value)
+            value = per_sample_values(dataset, argument, value)
         return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
 
     # -------------------------------------------------------------------------------------------------- fit
@@ -309,16 +307,19 @@ class CrossValidator:
                 must return a new Trainer with new callbacks every time (checked).
         """
         self._check_fit_arguments(model, datamodule, trainer_kwargs, trainer_factory)
+        self.fit_trainer_kwargs_ = None if trainer_factory is not None else dict(trainer_kwargs or {})  # for refit
         fold_kwargs = trainer_kwargs
         if self.executor is not None and trainer_factory is None:
             fold_kwargs = self.executor.fold_trainer_kwargs(trainer_kwargs)  # resources vs settings, before anything
         root = Path(self.root_dir)
         plan = self.plan(datamodule)  # every check on the data happens here, before anything is trained
         check_tree(root)  # no symbolic link inside root_dir: nothing written or deleted outside it
+        self.fit_plan_ = (datamodule, plan)  # for refit: the DataModule is set up, the plan made
         check_writable(root, "CrossValidator root_dir")  # a read-only or full file system fails before training
         dataset = find_training_dataset(datamodule)
 
         lightning_module = unwrap_compiled(model)
+        self._warn_if_trained(lightning_module)
         resetter = WeightReset()
         snapshot_checksum = self._snapshot(model, resetter)
         config = self._fingerprint(lightning_module, trainer_kwargs, trainer_factory)
@@ -363,6 +364,8 @@ class CrossValidator:
         histories = [fold.history for fold in result.folds]
         self._warn_missing_last(result)
         resetter.restore(model)  # leave the model as it came (the folds' weights are in fold_k/model.pt)
+        if isinstance(lightning_module, pl.LightningModule):  # the model is back at its weights: not trained
+            lightning_module.trainer = None  # (the last fold's Trainer)
         reset_metric_states(lightning_module)
         if predict and is_rank_zero():  # under `ddp` scripts, other ranks may run ahead of rank 0's merge
             self._collect_oof(root, plan, result)
@@ -374,6 +377,51 @@ class CrossValidator:
         files = [root / name for name in ("cv_results.json", "cv_results.csv", OOF_FILE) if (root / name).exists()]
         self._print(f"results: {', '.join(map(str, files))}; curves: tensorboard --logdir {root}")
         return result
+
+    def refit(
+        self,
+        model: pl.LightningModule,
+        datamodule: pl.LightningDataModule,
+        *,
+        epochs: EpochRule = "kept",
+        trainer_kwargs: Mapping[str, Any] | None = None,
+    ) -> RefitResult:
+        """Train the model to ship: once, on all of the cross-validation's data, for the epochs the folds chose.
+
+        Runs after :meth:`fit` (in this process or an earlier one) with the same ``root_dir``, model and
+        DataModule. ``E`` follows ``epochs``: ``"kept"``, the median over the folds of ``kept_epoch + 1`` (the
+        epochs up to and including the one whose weights each fold kept), rounded up; ``"best"``, the same with the
+        monitored metric's best epoch (the first ``EarlyStopping``'s ``monitor``, else a ``ModelCheckpoint``'s); an
+        int, that many. The refit starts from the snapshot the folds started from (with ``reset="reinit"``: the
+        re-initialisation with seed ``seed``, as fold 0's), is seeded with ``seed`` once the weights are in place,
+        trains on every sample the folds split with no validation loop, and leaves out ``EarlyStopping`` and a
+        ``ModelCheckpoint`` that monitors a validation metric (a line says so for each). Schedules built from the
+        Trainer (``configure_optimizers``, ``LRWarmup(fraction=...)``) follow the new length.
+
+        It writes ``root_dir/final/model.pt`` (the ``state_dict``), ``root_dir/final/refit.json`` (the epochs, the
+        rule, each fold's epochs, the samples, the seed and the CV estimate of every validation metric) and a
+        TensorBoard run ``root_dir/final``, and prints one line. A rerun with the same settings skips it and loads
+        its weights; an interrupted refit resumes from its last epoch like a fold. With a ``RayExecutor`` it runs
+        as one Ray task. Afterwards ``model`` holds the final weights.
+
+        Args:
+            model: The model given to :meth:`fit`, at the weights it had then (``fit`` leaves it there).
+            datamodule: The DataModule given to :meth:`fit`.
+            epochs: ``"kept"``, ``"best"`` or an int >= 1.
+            trainer_kwargs: ``Trainer`` arguments; default: those of this object's last :meth:`fit`. Their epoch
+                and step limits are replaced by ``max_epochs=E``.
+
+        Returns:
+            A :class:`~epochkit.cv.refit.RefitResult`.
+        """
+        if trainer_kwargs is None:
+            trainer_kwargs = getattr(self, "fit_trainer_kwargs_", None)
+            if trainer_kwargs is None:
+                raise ValueError(
+                    "CrossValidator.refit(trainer_kwargs=None) takes the `trainer_kwargs` of this CrossValidator's "
+                    "`fit`, but none ran here (or it used `trainer_factory`): give `trainer_kwargs`."
+                )
+        return run_refit(self, model, datamodule, epochs, trainer_kwargs)
 
     @staticmethod
     def _check_fit_arguments(model: Any, datamodule: Any, trainer_kwargs: Any, trainer_factory: Any) -> None:
@@ -398,6 +446,21 @@ class CrossValidator:
                 "CrossValidator makes one logger run per fold: `trainer_kwargs['logger']` may be True "
                 "(TensorBoard under root_dir/fold_k) or False; for other loggers use `trainer_factory`."
             )
+
+    def _warn_if_trained(self, module: nn.Module) -> None:
+        """Warn when the model has been trained already (``reset="snapshot"``): every fold would start from weights
+        that have seen its validation samples."""
+        if self.reset != "snapshot" or not isinstance(module, pl.LightningModule):
+            return
+        step = module.global_step
+        if module._trainer is None and step == 0:
+            return
+        how = f"global_step={step}" if step else "a Trainer is attached to it"
+        rank_zero_warn(
+            f"CrossValidator.fit: the model given has been trained already ({how}). Every fold starts from its "
+            "weights, which have seen that fold's validation samples, so the cross-validation's estimate is "
+            "optimistic. Give a freshly built model (seed before building it), or use `reset='reinit'`."
+        )
 
     @staticmethod
     def _snapshot(model: pl.LightningModule, resetter: WeightReset) -> str:
@@ -442,7 +505,7 @@ class CrossValidator:
                 record_outcome(outcome, root)
             record(outcome.result, None)
 
-        with RepeatedInfoDropped(LIGHTNING_INFO_LOGGERS):
+        with self.lightning_info_filter():
             if self.executor is None:  # one fold after another, in this process, on the model itself
                 in_process = FoldJob(job.model, job.datamodule, job.dataset, resetter=resetter, worker=local_worker())
                 for k in range(result.n_splits):
@@ -458,6 +521,12 @@ class CrossValidator:
                 with contextlib.closing(self.executor.run(list(specs.values()), job)) as outcomes:
                     for outcome in outcomes:
                         finish(outcome)
+
+    def lightning_info_filter(self) -> RepeatedInfoDropped:
+        """The one filter of Lightning's repeated INFO lines for this object's folds and refit (shown once in all)."""
+        if getattr(self, "info_filter_", None) is None:
+            self.info_filter_ = RepeatedInfoDropped(LIGHTNING_INFO_LOGGERS)
+        return self.info_filter_
 
     def _print(self, line: str) -> None:
         """Print ``line`` to stdout on rank 0 when ``verbose``: what a user running a cross-validation reads.

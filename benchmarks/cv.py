@@ -5,7 +5,7 @@
 2. The wall time of a K-fold ``CrossValidator`` run of the digits classifier against K independent plain fits of
    the same folds (same Trainer settings, same subsets, interleaved; target: overhead <= 5%).
 
-    .venv/bin/python benchmarks/cv.py [--repeats 3] [--params 100e6] [--folds 3] [--epochs 5]
+    .venv/bin/python benchmarks/cv.py [--repeats 3] [--params 100e6] [--folds 3] [--epochs 5] [--quick]
 """
 
 from __future__ import annotations
@@ -80,9 +80,13 @@ TRAINER = {
 }
 
 
-def cv_benchmark(folds: int, epochs: int, repeats: int) -> None:
+def cv_benchmark(folds: int, epochs: int, repeats: int, warm_up: bool = True) -> None:
     data = DigitsDataModule(seed=0)
-    tmp = Path(tempfile.mkdtemp())
+    with tempfile.TemporaryDirectory() as root:
+        _cv_benchmark(folds, epochs, repeats, data, Path(root), warm_up)
+
+
+def _cv_benchmark(folds: int, epochs: int, repeats: int, data: DigitsDataModule, tmp: Path, warm_up: bool) -> None:
     cv_plain = CrossValidator(folds, seed=0, predict=False, verbose=False, resume_checkpoints=False)
     plan = cv_plain.plan(data)
     dataset = find_training_dataset(data)
@@ -114,6 +118,7 @@ def cv_benchmark(folds: int, epochs: int, repeats: int) -> None:
             "CV, defaults": lambda: cross_validate(),
         },
         repeats,
+        warm_up,
     )
     base = median(times["independent fits"])
     print(f"\n{folds}-fold digits, {epochs} epochs per fold, median of {repeats} interleaved runs:")
@@ -134,7 +139,10 @@ def main() -> None:
     parser.add_argument("--params", type=float, default=100e6)
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="every part, tiny (a smoke run: seconds)")
     args = parser.parse_args()
+    if args.quick:
+        args.repeats, args.params, args.folds, args.epochs = 1, 1e6, 2, 1
     quiet()
     warnings.filterwarnings("ignore")
     import logging
@@ -142,7 +150,7 @@ def main() -> None:
     logging.getLogger("epochkit").setLevel(logging.WARNING)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {math.ceil(args.params / 1e6)}M target")
     restore_benchmark(args.params, max(3, args.repeats * 2))
-    cv_benchmark(args.folds, args.epochs, args.repeats)
+    cv_benchmark(args.folds, args.epochs, args.repeats, warm_up=not args.quick)
 
 
 if __name__ == "__main__":

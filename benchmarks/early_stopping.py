@@ -290,8 +290,8 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
     bench_restore_copy(repeats=3 if args.quick else 7, layers=1 if args.quick else 8)
-    bench_epoch_overhead(repeats=2 if args.quick else 7, epochs=5 if args.quick else 30)
-    bench_check_per_logger(repeats=1 if args.quick else 5, epochs=5 if args.quick else 30)
+    bench_epoch_overhead(repeats=1 if args.quick else 7, epochs=3 if args.quick else 30)
+    bench_check_per_logger(repeats=1 if args.quick else 5, epochs=2 if args.quick else 30)
     bench_tensorboard_write(repeats=50 if args.quick else 500)
 
 

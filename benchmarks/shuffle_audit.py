@@ -14,7 +14,8 @@
    successors), the order digest of the full stream, and the rendering of the order and label maps, each also
    timed on its own. Targets: <= 2 s, <= 400 MB.
 
-Run: ``.venv/bin/python benchmarks/shuffle_audit.py`` (``--repeats``, ``--samples`` to change the sizes).
+Run: ``.venv/bin/python benchmarks/shuffle_audit.py`` (``--repeats``, ``--samples`` to change the sizes;
+``--quick``: every part, tiny, in seconds).
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def _digits_fit(audit: bool, epochs: int) -> _StepTimer:
     return timer
 
 
-def overhead(repeats: int, epochs: int) -> None:
+def overhead(repeats: int, epochs: int, number: int) -> None:
     base: list[float] = []
     audited: list[float] = []
     end_base: list[float] = []
@@ -94,13 +95,13 @@ def overhead(repeats: int, epochs: int) -> None:
     b, a = statistics.median(base), statistics.median(audited)
     print(f"digits, {repeats} interleaved repeats x {epochs - 1} timed epochs, 23 steps an epoch:")
     print(f"  per step without audit: {b * 1e3:.3f} ms   with audit: {a * 1e3:.3f} ms   ratio: {a / b:.3f}")
-    extra_per_batch = per_batch_cost(repeats)
+    extra_per_batch = per_batch_cost(repeats, number)
     print(f"  => the audit's per-step cost is {extra_per_batch / b:.2%} of a training step (target <= 3%)")
     extra = statistics.median(end_audit) - statistics.median(end_base)
     print(f"  epoch-end analysis of 1,437 samples: {extra * 1e3:.1f} ms")
 
 
-def per_batch_cost(repeats: int) -> float:
+def per_batch_cost(repeats: int, number: int = 100) -> float:
     """The audit's own per-batch work in isolation, as the minimum over repeats (robust to a loaded machine): the
     digits train sampler iterated with and without the recorder, plus the audit's per-batch hook."""
     loader = DigitsDataModule()
@@ -108,7 +109,7 @@ def per_batch_cost(repeats: int) -> float:
     batch_sampler = loader.train_dataloader().batch_sampler
     recorder = RecordingSampler(batch_sampler, batched=True)
     audit = ShuffleAudit(labels=1)
-    audit._reset_run_state()
+    audit._reset_state()
     slot = _Loader(None, (), loader, recorder)
     slot.labels_array = np.zeros(1, np.int16)  # labels come from the data set: no per-batch label work
     audit._loaders_ = [slot]
@@ -122,7 +123,9 @@ def per_batch_cost(repeats: int) -> float:
             audit.on_train_batch_start(None, None, None, i)  # type: ignore[arg-type]
 
     batches = len(batch_sampler)
-    cost = {f: min(timeit.repeat(f, number=100, repeat=max(repeats, 5))) / 100 / batches for f in (plain, recorded)}
+    cost = {
+        f: min(timeit.repeat(f, number=number, repeat=max(repeats, 5))) / number / batches for f in (plain, recorded)
+    }
     extra = cost[recorded] - cost[plain]
     print(f"  recorder + per-batch hook, min of {max(repeats, 5)} repeats: +{extra * 1e6:.2f} us a batch")
     return extra
@@ -142,7 +145,7 @@ def analysis(n: int, batch: int, max_samples: int | None) -> None:
     labels = rng.integers(0, 10, n)
     trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False)
     audit = ShuffleAudit(on_issue="log", labels=labels, max_samples=max_samples)
-    audit._reset_run_state()
+    audit._reset_state()
     loader = DataLoader(
         TensorDataset(torch.empty(n, 0)), batch_sampler=BatchSampler(RandomSampler(range(n)), batch, False)
     )
@@ -214,14 +217,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=6)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--samples", type=int, default=10_000_000)
+    parser.add_argument("--quick", action="store_true", help="every part, tiny (a smoke run: seconds)")
     args = parser.parse_args()
+    if args.quick:
+        args.repeats, args.epochs, args.samples = 1, 2, 20_000
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     import logging
 
     logging.getLogger("lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    overhead(args.repeats, args.epochs)
+    overhead(args.repeats, args.epochs, 5 if args.quick else 100)
     analysis(args.samples, 64, max_samples=ShuffleAudit().max_samples)
     if ShuffleAudit().max_samples is not None:
         analysis(args.samples, 64, max_samples=None)

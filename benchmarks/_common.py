@@ -32,10 +32,11 @@ def digits_fit_seconds(callbacks: Sequence[pl.Callback], epochs: int = 10, seed:
     return time.perf_counter() - start
 
 
-def interleaved(runs: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
-    """Run each named measurement ``repeats`` times, alternating, so machine noise hits all of them alike."""
+def interleaved(runs: dict[str, Callable[[], float]], repeats: int, warm_up: bool = True) -> dict[str, list[float]]:
+    """Run each named measurement ``repeats`` times, alternating, so machine noise hits all of them alike, after a
+    discarded warm-up round (``warm_up=False``: none, for the scripts' ``--quick`` smoke runs)."""
     out: dict[str, list[float]] = {name: [] for name in runs}
-    for run in runs.values():  # warm-up round, discarded
+    for run in runs.values() if warm_up else ():  # warm-up round, discarded
         run()
     for _ in range(repeats):
         for name, run in runs.items():

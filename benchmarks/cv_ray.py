@@ -7,7 +7,7 @@ max_concurrent=2))`` on a local Ray with ``--cpus`` CPUs (default 2). Prints the
 not in the ratio: a cluster is started once for many runs); and Ray's per-fold overhead: the Ray run's wall time
 minus the ideal (the folds' own seconds, as each task measured them, divided over the concurrent slots), per fold.
 
-    .venv/bin/python benchmarks/cv_ray.py [--repeats 2] [--epochs 30] [--hidden 1024] [--cpus 2]
+    .venv/bin/python benchmarks/cv_ray.py [--repeats 2] [--epochs 30] [--hidden 1024] [--cpus 2] [--quick]
 """
 
 from __future__ import annotations
@@ -33,9 +33,11 @@ from epochkit.demo import DigitsClassifier, DigitsDataModule
 FOLDS = 4
 
 
-def run_cv(root: Path, epochs: int, hidden: int, executor: RayExecutor | None) -> tuple[float, CVResult]:
+def run_cv(
+    root: Path, epochs: int, hidden: int, executor: RayExecutor | None, folds: int = FOLDS
+) -> tuple[float, CVResult]:
     pl.seed_everything(0, verbose=False)
-    cv = CrossValidator(FOLDS, root_dir=root, overwrite=True, verbose=False, executor=executor)
+    cv = CrossValidator(folds, root_dir=root, overwrite=True, verbose=False, executor=executor)
     start = time.perf_counter()
     result = cv.fit(
         DigitsClassifier(hidden=hidden),
@@ -59,7 +61,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--hidden", type=int, default=1024)
     parser.add_argument("--cpus", type=int, default=2)
+    parser.add_argument("--folds", type=int, default=FOLDS)
+    parser.add_argument("--quick", action="store_true", help="every part, tiny (a smoke run: seconds)")
     args = parser.parse_args()
+    if args.quick:
+        args.repeats, args.epochs, args.hidden, args.folds = 1, 1, 16, 2
     quiet()  # one torch thread in this process: the sequential folds use one thread, as each Ray task does
     warnings.filterwarnings("ignore")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
@@ -71,7 +77,8 @@ def main() -> None:
         startup = time.perf_counter() - start
         try:
             executor = RayExecutor(cpus_per_fold=1, max_concurrent=2, progress=False)
-            run_cv(Path(tmp) / "warm", 1, args.hidden, executor)  # warm-up: Ray's worker processes import torch
+            if not args.quick:
+                run_cv(Path(tmp) / "warm", 1, args.hidden, executor)  # warm-up: Ray's worker processes import torch
             seq: list[float] = []
             par: list[float] = []
             overhead: list[float] = []
@@ -79,14 +86,14 @@ def main() -> None:
             ray_fold_seconds: list[float] = []
             load_before = os.getloadavg()[0]
             for _ in range(args.repeats):
-                t, result = run_cv(Path(tmp) / "seq", args.epochs, args.hidden, None)
+                t, result = run_cv(Path(tmp) / "seq", args.epochs, args.hidden, None, args.folds)
                 seq.append(t)
                 fold_seconds += [f.seconds["total"] for f in result.folds]
-                t, result = run_cv(Path(tmp) / "ray", args.epochs, args.hidden, executor)
+                t, result = run_cv(Path(tmp) / "ray", args.epochs, args.hidden, executor, args.folds)
                 par.append(t)
                 ray_fold_seconds += [f.seconds["total"] for f in result.folds]
                 ideal = sum(f.seconds["total"] for f in result.folds) / 2
-                overhead.append((t - ideal) / FOLDS)
+                overhead.append((t - ideal) / args.folds)
             load_after = os.getloadavg()[0]
         finally:
             ray.shutdown()
@@ -96,7 +103,7 @@ def main() -> None:
         f"average {load_before:.1f} before, {load_after:.1f} after (above {args.cpus}: other processes share the CPUs)"
     )
     print(
-        f"{FOLDS} folds, {args.epochs} epochs, hidden {args.hidden}; fold seconds (sequential): "
+        f"{args.folds} folds, {args.epochs} epochs, hidden {args.hidden}; fold seconds (sequential): "
         f"{min(fold_seconds):.1f}-{max(fold_seconds):.1f} (target >= 5)"
     )
     print(

@@ -5,6 +5,7 @@ They run on every rank (DDP) and write files from global rank 0 only; the driver
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, Checkpoint
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from typing_extensions import override
@@ -46,8 +48,9 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 class FoldMonitor(Checkpoint):
     """Checks at setup that every rank runs the same fold on the verified weights, logs the checksum, records every
-    epoch's metrics to ``history_path`` (its state, so a resumed fold keeps its history) and, at fit end, which epoch's
-    weights the fold keeps to ``kept_path``.
+    epoch's metrics (its state, so a resumed fold keeps its history; written to ``history_path`` at fit end) and, at
+    fit end, which epoch's weights the fold keeps to ``kept_path``, with the last validation's metrics when the kept
+    weights are exactly those it validated (so the fold need not validate them again).
 
     A :class:`~lightning.pytorch.callbacks.Checkpoint` subclass only for the hook order: Lightning runs the
     ``on_train_epoch_end`` of monitoring callbacks (``EarlyStopping``, ``Checkpoint``) after the LightningModule's
@@ -57,6 +60,9 @@ class FoldMonitor(Checkpoint):
     STATE_KEY = "epochkit.cv.FoldMonitor"
     history: list[dict[str, Any]]  # every epoch's metrics so far
     kept_epoch: int | None  # the epoch whose weights the fold keeps (set at fit end)
+    # What the last validation of the fit logged, when the fold keeps exactly the weights it validated (set at fit
+    # end, agreed by every rank): the fold's kept metrics without validating them again.
+    kept_metrics: dict[str, float] | None
 
     def __init__(self, fold: int, plan_hash: str, checksum: str, history_path: str, kept_path: str) -> None:
         self.fold = fold
@@ -64,12 +70,16 @@ class FoldMonitor(Checkpoint):
         self.checksum = checksum
         self.history_path = history_path
         self.kept_path = kept_path
+        self._driver_pid = os.getpid()  # the process that reads the results (run_fold's)
         self._reset_state()
 
     def _reset_state(self) -> None:
         """The state of one fit, fresh (see :mod:`epochkit._callback`)."""
         self.history = []
         self.kept_epoch = None
+        self.kept_metrics = None
+        self.ended_here = False  # whether this object saw the fit end (not a copy in a ddp_spawn worker)
+        self._validated: tuple[str, dict[str, Any]] | None = None
 
     @property
     @override
@@ -98,6 +108,15 @@ class FoldMonitor(Checkpoint):
         log_text(trainer, "cv/weights_checksum", f"fold {self.fold}: `{self.checksum}` (verified on every rank)")
 
     @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        # The weights just validated, by content (a checksum, not tensor version counters: weight-averaging
+        # callbacks write through `.data`, which no counter sees), and what this validation logged: what
+        # `trainer.validate` would return for them. Once per validation, on the host: no per-step cost.
+        self._validated = (weights_checksum(pl_module), dict(trainer._logger_connector.metrics["log"]))
+
+    @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # After `on_train_end`, where EarlyStopping restores its best weights: those are what the fold keeps.
         restored = [
@@ -107,8 +126,20 @@ class FoldMonitor(Checkpoint):
         ]
         last = self.history[-1]["epoch"] if self.history else None
         self.kept_epoch = restored[-1] if restored else last
-        if trainer.is_global_zero:
-            write_json_atomic(self.kept_path, {"kept_epoch": self.kept_epoch, "epochs": len(self.history)})
+        validated = self._validated
+        unchanged = validated is not None and not restored and validated[0] == weights_checksum(pl_module)
+        if all_ranks(trainer, unchanged) and validated is not None:
+            self.kept_metrics = scalar_metrics(validated[1])
+        self._validated = None
+        self.ended_here = True
+        # Files for the reader only where rank 0 ran in another process (ddp_spawn workers); else it reads this
+        # object (each atomic write costs an fsync: about 10 ms on a busy disk).
+        if trainer.is_global_zero and os.getpid() != self._driver_pid:
+            write_json_atomic(self.history_path, self.history)
+            write_json_atomic(
+                self.kept_path,
+                {"kept_epoch": self.kept_epoch, "epochs": len(self.history), "kept_metrics": self.kept_metrics},
+            )
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -119,9 +150,7 @@ class FoldMonitor(Checkpoint):
             "step": int(trainer.global_step),
             "metrics": scalar_metrics(dict(trainer.callback_metrics)),
         }
-        self.history.append(record)
-        if trainer.is_global_zero:
-            write_json_atomic(self.history_path, self.history)
+        self.history.append(record)  # written to history_path at fit end (in the checkpointed state meanwhile)
 
     @override
     def state_dict(self) -> dict[str, Any]:

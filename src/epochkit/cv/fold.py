@@ -247,8 +247,9 @@ def run_fold(spec: FoldSpec, job: FoldJob) -> FoldOutcome:
     if spec.predict and is_rank_zero():
         oof, predict_seconds = _merge_oof_parts(fold_dir, spec.val)
     validated = time.perf_counter()
-    kept = _validate_kept(trainer, model, fold_data)
-    kept_epoch = _read_kept_epoch(fold_dir, monitor)
+    kept_epoch, kept = _read_kept(fold_dir, monitor)
+    if kept is None:  # the kept weights are not those the fit validated last (a restore, or no validation)
+        kept = _validate_kept(trainer, model, fold_data)
     end = time.perf_counter()
     result = FoldResult(
         fold=spec.fold,
@@ -397,17 +398,20 @@ def _validate_kept(trainer: pl.Trainer, model: pl.LightningModule, fold_data: Fo
     return kept
 
 
-def _read_kept_epoch(fold_dir: Path, monitor: FoldMonitor) -> int | None:
+def _read_kept(fold_dir: Path, monitor: FoldMonitor) -> tuple[int | None, dict[str, float] | None]:
+    """The epoch whose weights the fold keeps, and their metrics when the fit's last validation measured exactly
+    those weights (else ``None``: they are validated again)."""
     path = fold_dir / KEPT_FILE
-    if path.exists():  # written by rank 0, wherever that ran (ddp_spawn workers included)
-        value = read_json(path, "kept-epoch file", f"delete {fold_dir} to redo the fold").get("kept_epoch")
-        return None if value is None else int(value)
-    return monitor.kept_epoch
+    if not monitor.ended_here and path.exists():  # written by rank 0 in another process (ddp_spawn workers)
+        kept = read_json(path, "kept-epoch file", f"delete {fold_dir} to redo the fold")
+        value, metrics = kept.get("kept_epoch"), kept.get("kept_metrics")
+        return (None if value is None else int(value)), (None if metrics is None else dict(metrics))
+    return monitor.kept_epoch, monitor.kept_metrics
 
 
 def _read_history(fold_dir: Path, monitor: FoldMonitor) -> list[dict[str, Any]]:
     path = fold_dir / "history.json"
-    if path.exists():  # written by rank 0, wherever that ran (ddp_spawn workers included)
+    if not monitor.ended_here and path.exists():  # written by rank 0 in another process (ddp_spawn workers)
         return list(read_json(path, "fold history", f"delete {fold_dir} to redo the fold", expect=list))
     return list(monitor.history)
 

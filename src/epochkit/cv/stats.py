@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -77,6 +78,13 @@ def student_t_quantile(p: float, df: float) -> float:
         return 0.0
     if p < 0.5:
         return -student_t_quantile(1.0 - p, df)
+    return _upper_quantile(p, df)
+
+
+@functools.lru_cache(maxsize=256)
+def _upper_quantile(p: float, df: float) -> float:
+    """:func:`student_t_quantile` for ``p > 0.5``; cached: every summary of a run asks for the same few (about 40
+    evaluations of the incomplete beta function each)."""
     lo, hi = 0.0, 1.0
     while student_t_cdf(hi, df) < p:
         lo, hi = hi, hi * 2.0

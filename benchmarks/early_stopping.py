@@ -247,7 +247,7 @@ def bench_check_per_logger(repeats: int, epochs: int) -> None:
             f"  {kind:28s} epochkit {ours * 1e6:6.0f} us, Lightning {theirs * 1e6:6.0f} us:"
             f" {ours / theirs:.2f}x (+{(ours - theirs) * 1e6:.0f} us per check)"
         )
-    print("  (Lightning's class logs nothing; epochkit logs four early_stopping/ scalars per check, more with smoothing or a criterion)")
+    print("  (Lightning's class logs nothing; epochkit logs four early_stopping/ scalars per check or more)")
 
 
 def bench_tensorboard_write(repeats: int) -> None:

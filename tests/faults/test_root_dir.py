@@ -344,3 +344,19 @@ def test_links_to_files_inside_root_dir_are_kept_and_reused(tmp_path: Path) -> N
     again = run()  # every fold reused
     assert [f.kept for f in again.folds] == [f.kept for f in first.folds]
     assert all(p.is_symlink() for p in links)
+
+
+def test_links_outside_what_the_cv_writes_are_left_alone(tmp_path: Path) -> None:
+    # root_dir may hold other things (a Ray temp directory with its `session_latest` link, a user's data link):
+    # CrossValidator never writes or deletes there, so they are neither refused nor touched, overwrite or not.
+    root = tmp_path / "cv"
+    (root / "ray").mkdir(parents=True)
+    (root / "ray" / "session_1").mkdir()
+    (root / "ray" / "session_latest").symlink_to(root / "ray" / "session_1", target_is_directory=True)
+    outside = tmp_path / "data"
+    outside.mkdir()
+    (root / "data").symlink_to(outside, target_is_directory=True)
+    _fit(root, n_splits=2)
+    _fit(root, n_splits=3, overwrite=True)
+    assert (root / "ray" / "session_latest").is_symlink() and (root / "data").is_symlink()
+    assert sorted(p.name for p in root.glob("fold_*")) == ["fold_0", "fold_1", "fold_2"]

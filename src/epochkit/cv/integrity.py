@@ -40,6 +40,18 @@ __all__ = [
 ]
 
 FOLD_DIR = re.compile(r"fold_(\d+)")
+# What CrossValidator (and its refit) write and delete in root_dir besides the fold_k directories.
+OWNED_NAMES = frozenset(
+    {
+        "summary",
+        "final",
+        "cv_manifest.json",
+        "oof_predictions.pt",
+        "cv_results.json",
+        "cv_results.csv",
+        "refit_settings.json",
+    }
+)
 WAY_OUT = "use another `root_dir`, or `overwrite=True` to delete that cross-validation and start over"
 
 
@@ -131,8 +143,10 @@ def _inside(root: Path, relative: str) -> Path | None:
 
 def check_tree(root: Path) -> None:
     """Refuse a ``root_dir`` in which a write or a delete could reach outside it, or where a fold's directory is a
-    file: every symbolic link inside ``root`` (``root`` itself may be one) is an error naming it, found before
-    anything is written or deleted, except a link to a file inside ``root``.
+    file: every symbolic link among what CrossValidator writes and deletes in ``root`` (``fold_k/``, ``summary/``,
+    ``final/`` and the files beside them; ``root`` itself may be a link) is an error naming it, found before anything
+    is written or deleted, except a link to a file inside ``root``. Other entries of ``root`` (a user's own files,
+    another tool's directory) are never written or deleted, so links there are left alone.
 
     Raises:
         RootDirError: Naming the first links (or the file in a fold directory's place) and what to do.
@@ -141,16 +155,21 @@ def check_tree(root: Path) -> None:
         return
     links: list[str] = []
     inside = os.path.realpath(root)
-    for directory, dirnames, filenames in os.walk(root, followlinks=False):
-        for name in (*dirnames, *filenames):
-            path = Path(directory) / name
-            if not path.is_symlink():
-                continue
-            target = os.path.realpath(path)
-            # A link to a file inside root_dir (Lightning's `ModelCheckpoint(save_last="link")`) is safe: a write
-            # replaces the link, a delete removes it. A link to a directory, or to anything outside, is not.
-            if not (os.path.isfile(target) and os.path.commonpath([inside, target]) == inside):
-                links.append(f"{path} -> {os.readlink(path)}")
+    owned = [child for child in root.iterdir() if FOLD_DIR.fullmatch(child.name) or child.name in OWNED_NAMES]
+    candidates: list[Path] = []
+    for child in owned:
+        candidates.append(child)
+        if child.is_dir() and not child.is_symlink():
+            for directory, dirnames, filenames in os.walk(child, followlinks=False):
+                candidates += [Path(directory) / name for name in (*dirnames, *filenames)]
+    for path in candidates:
+        if not path.is_symlink():
+            continue
+        target = os.path.realpath(path)
+        # A link to a file inside root_dir (Lightning's `ModelCheckpoint(save_last="link")`) is safe: a write
+        # replaces the link, a delete removes it. A link to a directory, or to anything outside, is not.
+        if not (os.path.isfile(target) and os.path.commonpath([inside, target]) == inside):
+            links.append(f"{path} -> {os.readlink(path)}")
     if links:
         raise RootDirError(
             f"root_dir {root} holds symbolic links ({', '.join(links[:5])}{', ...' if len(links) > 5 else ''}): "

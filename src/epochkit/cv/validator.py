@@ -39,6 +39,8 @@ from epochkit.cv.fold import (
     run_fold,
 )
 from epochkit.cv.integrity import (
+    FOLD_DIR,
+    OWNED_NAMES,
     WAY_OUT,
     RootDirError,
     check_tree,
@@ -630,9 +632,9 @@ class CrossValidator:
     @staticmethod
     def _clear(root: Path) -> None:
         for child in root.iterdir():
-            if child.is_dir() and (child.name.startswith("fold_") or child.name == "summary"):
+            if child.is_dir() and (FOLD_DIR.fullmatch(child.name) or child.name in OWNED_NAMES):
                 shutil.rmtree(child)
-            elif child.name in (MANIFEST, OOF_FILE, "cv_results.json", "cv_results.csv"):
+            elif child.name in OWNED_NAMES:
                 child.unlink()
 
     @staticmethod

@@ -179,20 +179,18 @@ class RecordingSampler:
         before the cut are drawn again and dropped), so a finished pass then holds the epoch from its start and the
         loop consumed its last ``batches`` items.
         """
-        passes, self.passes = self.passes, []
-        if not passes:
-            return np.empty(0, np.int64), np.empty(0, np.int64)
-        sink = next((p for p in passes[:-1] if p.complete), passes[-1])
-        skip = sink.items - batches if resumed and sink.complete and not sink.restored and sink.items > batches else 0
-        return sink.take(min(batches, sink.items), skip)
+        ids, sizes = self.peek(batches, resumed, copy=False)
+        self.passes = []
+        return ids, sizes
 
-    def peek(self, batches: int) -> tuple[np.ndarray, np.ndarray]:
-        """What :meth:`take` would return now, without forgetting anything (for a checkpoint taken mid-epoch)."""
+    def peek(self, batches: int, resumed: bool = False, copy: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """What :meth:`take` returns, without forgetting anything (a checkpoint taken mid-epoch)."""
         if not self.passes:
             return np.empty(0, np.int64), np.empty(0, np.int64)
         sink = next((p for p in self.passes[:-1] if p.complete), self.passes[-1])
-        ids, sizes = sink.take(min(batches, sink.items))
-        return ids.copy(), sizes.copy()
+        skip = sink.items - batches if resumed and sink.complete and not sink.restored and sink.items > batches else 0
+        ids, sizes = sink.take(min(batches, sink.items), skip)
+        return (ids.copy(), sizes.copy()) if copy else (ids, sizes)
 
 
 def attach(loader: DataLoader) -> RecordingSampler | None:
@@ -320,9 +318,16 @@ def _unwrap(obj: Any) -> Any:
 def _inner_sampler(loader: DataLoader) -> Any:
     """The sampler that orders samples: the batch sampler's own ``sampler`` when it has one."""
     batch_sampler = _unwrap(loader.batch_sampler)
-    if batch_sampler is not None and type(batch_sampler) is not BatchSampler:
+    if batch_sampler is not None and not _plain_batches(batch_sampler):
         return getattr(batch_sampler, "sampler", batch_sampler)
     return _unwrap(loader.sampler)
+
+
+def _plain_batches(batch_sampler: Any) -> bool:
+    """Whether a batch sampler just cuts its sampler's order into batches: torch's ``BatchSampler``, or torchdata's
+    stateful one (which a ``StatefulDataLoader`` makes from ``batch_size``)."""
+    kind = type(batch_sampler)
+    return kind is BatchSampler or (_library(batch_sampler) == "torchdata" and kind.__name__ == "BatchSampler")
 
 
 def _sized(obj: Any) -> int | None:
@@ -334,6 +339,11 @@ def _sized(obj: Any) -> int | None:
 
 def _has_set_epoch(obj: Any) -> bool:
     return obj is not None and callable(getattr(obj, "set_epoch", None))
+
+
+def _stateful(obj: Any) -> bool:
+    """Whether ``obj`` saves and restores its own state (torchdata's ``Stateful`` protocol)."""
+    return callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))
 
 
 def _library(obj: Any) -> str:
@@ -400,7 +410,7 @@ def describe_loader(loader: DataLoader) -> LoaderConfig:
     iterable = isinstance(dataset, IterableDataset)
     sampler = _inner_sampler(loader)
     batch_sampler = _unwrap(loader.batch_sampler)
-    custom_batches = batch_sampler is not None and type(batch_sampler) is not BatchSampler
+    custom_batches = batch_sampler is not None and not _plain_batches(batch_sampler)
     shuffle: bool | None = None
     seed: int | None = None
     replacement = False
@@ -424,7 +434,8 @@ def describe_loader(loader: DataLoader) -> LoaderConfig:
     elif isinstance(sampler, SequentialSampler):
         shuffle = False
         uniform = True
-    elif isinstance(sampler, RandomSampler):
+    elif isinstance(sampler, RandomSampler) or (_library(sampler) == "torchdata" and name == "RandomSampler"):
+        # torchdata's stateful RandomSampler permutes as torch's does, and saves its generator with the loader
         shuffle = True
         replacement = bool(sampler.replacement)
         if sampler.generator is not None:
@@ -465,6 +476,14 @@ def describe_loader(loader: DataLoader) -> LoaderConfig:
         batch_sampler=type(batch_sampler).__qualname__ if custom_batches else "",
         batch_sampler_set_epoch=custom_batches and _has_set_epoch(batch_sampler),
         sampler_set_epoch=not iterable and any(_has_set_epoch(s) for s in reached),
+        stateful_loader=_stateful(loader),
+        stateful_sampler=not iterable
+        and any(
+            _stateful(s) or _library(s) == "torchdata"
+            for s in (sampler, batch_sampler if custom_batches else None)
+            if s is not None
+        ),
+        generator=getattr(sampler, "generator", None) is not None,
     )
     if iterable:
         library = _library(dataset)

@@ -175,3 +175,23 @@ def test_an_epoch_end_resume_that_replays_epoch_0_is_named(tmp_path: Path, set_e
         assert [f.code for f in findings] == ["resume_replayed"]
         assert "the fit resumed at epoch 2 and epoch 2 presented exactly the order of epoch 0" in findings[0].evidence
         assert "epochkit.SetEpoch()" in findings[0].fix
+
+
+def test_a_litdata_streaming_loader_resumes_the_same_with_the_audit(tmp_path: Path) -> None:
+    from tests.audit import _streams
+
+    path = _streams.optimize_litdata(tmp_path, n=96, chunk_size=16)
+
+    def run(callbacks: Callable[[], Sequence[Callback]] | None) -> ResumeReport:
+        return resume_drill(
+            _streams.model,
+            lambda: _streams.LitStream(path, str(tmp_path / "cache"), batch_size=12),
+            KILL,
+            trainer_kwargs={"max_epochs": 2, "limit_val_batches": 0},
+            make_callbacks=callbacks,
+        )
+
+    plain = run(None)
+    audited = run(lambda: [ShuffleAudit(on_issue="log", sample_ids="idx", images=False), SetEpoch()])
+    assert audited.resumed.data == plain.resumed.data
+    assert audited.resumed.steps == plain.resumed.steps == plain.uninterrupted.steps

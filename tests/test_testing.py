@@ -4,6 +4,7 @@ DistributedSampler replay)."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import lightning.pytorch as pl
@@ -88,3 +89,23 @@ def test_the_global_rng_counts_only_when_strict() -> None:
 def test_a_kill_step_outside_the_fit_is_refused(step: int, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         resume_drill(RegressionModule, lambda: ResumeData("torchdata_random"), step, SETTINGS)
+
+
+@pytest.mark.processes
+def test_a_real_sigkill_resume_is_exact() -> None:
+    # The child process runs the fit and kills itself with SIGKILL right after the checkpoint; picklable factories.
+    report = resume_drill(
+        RegressionModule,
+        functools.partial(ResumeData, "torchdata_random"),
+        11,
+        SETTINGS,
+        make_callbacks=functools.partial(every_callback),
+        kill="sigkill",
+    )
+    assert report.exact, str(report)
+    assert report.resumed.data == report.uninterrupted.data and len(report.resumed.data) == 24
+
+
+def test_sigkill_needs_picklable_factories() -> None:
+    with pytest.raises(TypeError, match=r"kill='sigkill'.*picklable"):
+        resume_drill(RegressionModule, lambda: ResumeData("torchdata_random"), 11, SETTINGS, kill="sigkill")

@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import multiprocessing
+import os
+import pickle
 import random
+import signal
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import numpy as np
@@ -27,7 +31,8 @@ import torch
 from lightning.pytorch.callbacks import Callback, Checkpoint
 from typing_extensions import override
 
-from epochkit._validation import check_int
+from epochkit._io import save_torch_atomic
+from epochkit._validation import check_choice, check_int
 from epochkit.audit.recording import fingerprint
 
 __all__ = ["DrillInterrupt", "ResumeReport", "StepTrace", "resume_drill"]
@@ -114,14 +119,69 @@ class _Probe(Callback):
         self.trace.weights = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
 
 
+@dataclass
+class _Job:
+    """One drill's fit, picklable (for the child process of ``kill="sigkill"``)."""
+
+    make_model: Callable[[], pl.LightningModule]
+    make_data: Callable[[], Any]
+    make_callbacks: Callable[[], Sequence[Callback]] | None
+    settings: dict[str, Any]
+    seed: int
+    root: Path
+
+    def fit(
+        self, name: str, extra: list[Callback], ckpt_path: Path | None = None, probe: _Probe | None = None
+    ) -> StepTrace:
+        """A fit as a fresh process starts one: seeded, with a new model, data, callbacks and Trainer."""
+        pl.seed_everything(self.seed, verbose=False)
+        model, data = self.make_model(), self.make_data()
+        probe = probe or _Probe()
+        callbacks = [*(self.make_callbacks() if self.make_callbacks else []), probe, *extra]
+        trainer = pl.Trainer(**{**self.settings, "default_root_dir": str(self.root / name), "callbacks": callbacks})
+        kwargs: dict[str, Any] = {"datamodule": data} if isinstance(data, pl.LightningDataModule) else {}
+        if not kwargs:
+            kwargs["train_dataloaders"] = data
+        trainer.fit(model, ckpt_path=str(ckpt_path) if ckpt_path is not None else None, **kwargs)
+        return probe.trace
+
+
+def _killed_child(job: _Job, step: int, checkpoint: Path) -> None:
+    """The child of ``kill="sigkill"``: the fit, killed by ``SIGKILL`` right after its checkpoint at ``step``."""
+    torch.set_num_threads(1)
+    job.fit("interrupted", [_KillAfterCheckpoint(step, checkpoint, sigkill=True)])
+
+
+def _fit_killed(job: _Job, step: int, checkpoint: Path) -> StepTrace:
+    """Run the interrupted fit in a child process that SIGKILLs itself; its trace up to the kill comes back in a file
+    written (atomically) just before the kill."""
+    process = multiprocessing.get_context("spawn").Process(target=_killed_child, args=(job, step, checkpoint))
+    process.start()
+    process.join()
+    if process.exitcode != -signal.SIGKILL:
+        raise RuntimeError(
+            f"resume_drill(kill='sigkill'): the child fit ended with exit code {process.exitcode}, not killed at "
+            f"global step {step} (see its output above)"
+        )
+    saved = torch.load(_trace_path(checkpoint), weights_only=True)
+    return StepTrace(
+        steps=[tuple(s) for s in saved["steps"]], data=list(saved["data"]), lrs=[tuple(x) for x in saved["lrs"]]
+    )
+
+
+def _trace_path(checkpoint: Path) -> Path:
+    return checkpoint.with_suffix(".trace.pt")
+
+
 class _KillAfterCheckpoint(Callback):
     """Saves a checkpoint after the batch that reaches global step ``step``, then raises :class:`DrillInterrupt`.
     The last callback of the fit (before any ``ModelCheckpoint``, which Lightning moves to the end), so that the
     checkpoint holds what a ``ModelCheckpoint(every_n_train_steps=...)`` one would of every other callback."""
 
-    def __init__(self, step: int, path: Path) -> None:
+    def __init__(self, step: int, path: Path, sigkill: bool = False) -> None:
         self.step = step
         self.path = path
+        self.sigkill = sigkill
 
     @override
     def on_train_batch_end(
@@ -129,6 +189,11 @@ class _KillAfterCheckpoint(Callback):
     ) -> None:
         if trainer.global_step == self.step:
             trainer.save_checkpoint(self.path)
+            if self.sigkill:
+                probe = next(c for c in trainer.callbacks if isinstance(c, _Probe))  # type: ignore[attr-defined]
+                trace = probe.trace
+                save_torch_atomic({"steps": trace.steps, "data": trace.data, "lrs": trace.lrs}, _trace_path(self.path))
+                os.kill(os.getpid(), signal.SIGKILL)
             raise DrillInterrupt(f"interrupted by the resume drill at global step {self.step}")
 
 
@@ -177,6 +242,7 @@ def resume_drill(
     seed: int = 0,
     strict: bool = False,
     root: str | Path | None = None,
+    kill: Literal["raise", "sigkill"] = "raise",
 ) -> ResumeReport:
     """Run a fit uninterrupted, then interrupted after ``kill_at_step`` and resumed from its checkpoint, and compare.
 
@@ -197,6 +263,10 @@ def resume_drill(
             the RNG: a fit that draws from it after the resume, e.g. dropout or a ``RandomSampler`` without a
             generator, then differs).
         root: Where the checkpoint goes (a temporary directory by default, removed afterwards).
+        kill: ``"raise"``: interrupt the fit with :class:`DrillInterrupt`, in this process. ``"sigkill"``: run the
+            interrupted fit in a child process (``spawn``) that kills itself with ``SIGKILL`` right after the
+            checkpoint, as a preempted job dies; ``make_model``, ``make_data`` and ``make_callbacks`` must then be
+            picklable (module-level functions or classes, ``functools.partial`` of them).
 
     Returns:
         A :class:`ResumeReport`; ``str(report)`` names the first difference.
@@ -205,25 +275,23 @@ def resume_drill(
         ValueError: If ``kill_at_step`` is not a positive int, or the fit ends before reaching it.
     """
     check_int("resume_drill", "kill_at_step", kill_at_step, minimum=1)
+    check_choice("resume_drill", "kill", kill, ("raise", "sigkill"))
+    if kill == "sigkill":
+        try:
+            pickle.dumps((make_model, make_data, make_callbacks, trainer_kwargs))
+        except (pickle.PicklingError, AttributeError, TypeError) as error:
+            raise TypeError(
+                "resume_drill(kill='sigkill'): make_model, make_data, make_callbacks and trainer_kwargs must be "
+                f"picklable to run in a child process (module-level functions or classes); got {error}"
+            ) from error
     if root is None:
         with tempfile.TemporaryDirectory() as tmp:
             return resume_drill(
-                make_model, make_data, kill_at_step, trainer_kwargs, make_callbacks, seed, strict, Path(tmp)
+                make_model, make_data, kill_at_step, trainer_kwargs, make_callbacks, seed, strict, Path(tmp), kill
             )
     root = Path(root)
-    settings = {**_DEFAULTS, **(trainer_kwargs or {})}
-
-    def fit(name: str, extra: list[Callback], ckpt_path: Path | None = None, probe: _Probe | None = None) -> StepTrace:
-        pl.seed_everything(seed, verbose=False)
-        model, data = make_model(), make_data()
-        probe = probe or _Probe()
-        callbacks = [*(make_callbacks() if make_callbacks else []), probe, *extra]
-        trainer = pl.Trainer(**{**settings, "default_root_dir": str(root / name), "callbacks": callbacks})
-        kwargs: dict[str, Any] = {"datamodule": data} if isinstance(data, pl.LightningDataModule) else {}
-        if not kwargs:
-            kwargs["train_dataloaders"] = data
-        trainer.fit(model, ckpt_path=str(ckpt_path) if ckpt_path is not None else None, **kwargs)
-        return probe.trace
+    job = _Job(make_model, make_data, make_callbacks, {**_DEFAULTS, **(trainer_kwargs or {})}, seed, root)
+    fit = job.fit
 
     baseline = fit("uninterrupted", [])
     if len(baseline.lrs) <= kill_at_step:
@@ -232,12 +300,15 @@ def resume_drill(
             "so that the fit is interrupted before it ends."
         )
     checkpoint = root / "drill.ckpt"
-    interrupted = _Probe()
-    with contextlib.suppress(DrillInterrupt):
-        fit("interrupted", [_KillAfterCheckpoint(kill_at_step, checkpoint)], probe=interrupted)
+    if kill == "sigkill":
+        first = _fit_killed(job, kill_at_step, checkpoint)
+    else:
+        interrupted = _Probe()
+        with contextlib.suppress(DrillInterrupt):
+            fit("interrupted", [_KillAfterCheckpoint(kill_at_step, checkpoint)], probe=interrupted)
+        first = interrupted.trace
     if not checkpoint.exists():  # pragma: no cover - the step count above rules it out
         raise RuntimeError(f"resume_drill: the fit ended before global step {kill_at_step}")
-    first = interrupted.trace
     resumed = fit("resumed", [], checkpoint)
     done = len(first.steps)  # the batches trained before the interruption
     combined = StepTrace(

@@ -306,7 +306,11 @@ class ShuffleAudit(Callback):
         mid_epoch = bool(getattr(trainer.fit_loop, "restarted_mid_epoch", False))
         self._cut_epoch_ = trainer.current_epoch if mid_epoch else None
         self._epoch_open_ = mid_epoch
-        self._partial_ = {k: v for k, v in self._partial_.items() if mid_epoch and v[0] == trainer.current_epoch}
+        # The partial record is one process's (saved with world size 1): it completes the epoch only of a fit on one.
+        single = trainer.world_size == 1
+        self._partial_ = {
+            k: v for k, v in self._partial_.items() if single and mid_epoch and v[0] == trainer.current_epoch
+        }
         if trainer.is_global_zero:
             self._report_dir_ = self._choose_report_dir(trainer)
         self._loaders_ = self._follow_loaders(trainer, [])

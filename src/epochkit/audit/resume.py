@@ -76,7 +76,8 @@ def judge_cut_epoch(
     (``before``), for a sampler that draws each sample once an epoch; None when it did (or cannot be told).
 
     ``previous`` (the previous epoch's whole order, when kept in full) names an older order the part after the resume
-    follows.
+    follows: from the cut on (a sampler that fast-forwarded through an old permutation), or from its start (a loader
+    that restarted the epoch from the same seed, e.g. a plain ``DataLoader`` after ``seed_everything``).
 
     Example:
         >>> cfg = {"design": "sample", "dataset_size": 8, "stateful_loader": True, "sampler": "DistributedSampler",
@@ -102,6 +103,8 @@ def judge_cut_epoch(
         tail = previous[before.size : before.size + after.size]
         if tail.size == after.size and np.array_equal(tail, after):
             follows = f"; the part after the resume is epoch {previous_epoch}'s order from the cut on"
+        elif np.array_equal(previous[: after.size], after):  # a fresh pass, from the same seed as that epoch
+            follows = f"; the part after the resume is epoch {previous_epoch}'s order from its start"
     evidence = (
         f"after the mid-epoch resume ({before.size} of {before.size + after.size} samples presented before the cut), "
         f"{twice} of the {after.size} samples presented after it had already been seen before the cut (seen twice)"

@@ -50,6 +50,13 @@ from epochkit.audit.recording import (
     sub_batch,
     train_loaders,
 )
+from epochkit.audit.resume import (
+    earlier_digests,
+    judge_cut_epoch,
+    judge_replayed_epoch,
+    pack_partial,
+    unpack_partial,
+)
 from epochkit.audit.verdicts import epoch_payload, judge_epoch, judge_fit_start, judge_reload
 
 log = logging.getLogger("epochkit.audit")
@@ -59,6 +66,8 @@ REPORT_FILE = "shuffle_audit.json"
 DIGEST_FILE = "shuffle_audit_digests.txt"
 #: Findings ``overfit_batches`` produces on purpose (it replays the same sequential batches).
 _INTENDED_BY_OVERFIT = frozenset({"shuffle_off", *ORDER_CODES})
+#: Findings a replay after a resume explains: reported as notes under ``resume_replayed``, which names the cause.
+_EXPLAINED_BY_RESUME = frozenset({*ORDER_CODES, "duplicate_samples", "incomplete_coverage"})
 #: Packages whose frames a warning skips, so that it points at the user's line (``trainer.fit(...)``).
 _INTERNAL: tuple[str, ...] = tuple(
     os.path.dirname(os.path.abspath(str(module.__file__))) + os.sep
@@ -209,6 +218,13 @@ class ShuffleAudit(Callback):
     _patched_: tuple[Any, Any] | None
     _overfit_codes_: frozenset[str]
     _fingerprint_tables_: dict[tuple[int, str], torch.Tensor]  # fingerprint multipliers on device, for one fit
+    _partial_: dict[str, tuple[int, np.ndarray, np.ndarray]]  # the cut epoch's part before the checkpoint, by loader
+    _epoch_open_: bool  # an epoch is under way (a checkpoint now cuts it)
+    _resumed_at_: int | None  # the epoch this fit resumed at (None: not resumed)
+    _cut_epoch_: int | None  # the epoch this fit resumed in the middle of
+    _world_: int
+    _resume_findings_: dict[str, Finding]
+    _epoch_now_: int
 
     def __init__(
         self,
@@ -305,6 +321,17 @@ class ShuffleAudit(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # overfit_batches replays the same sequential batches on purpose: no order finding then.
         self._overfit_codes_ = _INTENDED_BY_OVERFIT if getattr(trainer, "overfit_batches", 0) > 0 else frozenset()
+        self._world_ = trainer.world_size
+        self._resumed_at_ = trainer.current_epoch if trainer.ckpt_path is not None else None
+        # A mid-epoch resume skips on_train_epoch_start: the cut epoch is under way from here.
+        mid_epoch = bool(getattr(trainer.fit_loop, "restarted_mid_epoch", False))
+        self._cut_epoch_ = trainer.current_epoch if mid_epoch else None
+        self._epoch_open_ = mid_epoch
+        # The partial record is one process's (saved with world size 1): it completes the epoch only of a fit on one.
+        single = trainer.world_size == 1
+        self._partial_ = {
+            k: v for k, v in self._partial_.items() if single and mid_epoch and v[0] == trainer.current_epoch
+        }
         if trainer.is_global_zero:
             self._report_dir_ = self._choose_report_dir(trainer)
         self._loaders_ = self._follow_loaders(trainer, [])
@@ -322,6 +349,7 @@ class ShuffleAudit(Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._steps_ = 0
         self._pending_ = None
+        self._epoch_open_ = True
         # A reload (reload_dataloaders_every_n_epochs) swaps loaders on every rank at the same epoch, so every rank
         # enters the collective below alike.
         before = {slot.key: slot.loader for slot in self._loaders_}
@@ -366,6 +394,7 @@ class ShuffleAudit(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         self._steps_ += 1
+        self._epoch_now_ = trainer.current_epoch
         for slot in self._loaders_:
             part = sub_batch(batch, slot.path) if slot.path else batch
             if part is None:  # an exhausted loader of several (max_size mode)
@@ -425,6 +454,7 @@ class ShuffleAudit(Callback):
                     order_map=self.images and _logging.has_tensorboard(trainer),
                 )
                 part.notes.extend(slot.problems)
+                self._judge_resume(epoch, slot, part)
                 parts[slot.key] = part
                 self._images(trainer, slot, per_rank, part)
                 if record is not None:  # what the next epoch is compared with
@@ -437,6 +467,9 @@ class ShuffleAudit(Callback):
             verdict_data = verdict.to_dict()
         verdict = EpochVerdict.from_dict(_distributed.broadcast(trainer, verdict_data))  # collective
         self.verdicts_.append(verdict)
+        self._epoch_open_ = False
+        self._partial_ = {}
+        self._resume_findings_ = {}
         self._report(trainer, verdict)
 
     @override
@@ -455,7 +488,20 @@ class ShuffleAudit(Callback):
             "previous": {key: record.to_state() for key, record in self.previous_.items()},
             "previous_epoch": dict(self.previous_epoch_),
             "fit_start": self.fit_start_.to_dict() if self.fit_start_ else None,
+            "partial": self._partial_state(),
         }
+
+    def _partial_state(self) -> dict[str, Any]:
+        """The epoch under way, as far as the loop consumed it, per loader (see :mod:`epochkit.audit.resume`); empty
+        between epochs and under DDP (Lightning writes rank 0's callback state only, and every rank would read it)."""
+        if not self._epoch_open_ or self._world_ != 1 or not self._loaders_:
+            return {}
+        out = {}
+        for slot in self._loaders_:
+            ids, sizes = self._consumed(slot, peek=True)
+            if sizes.size:
+                out[slot.key] = pack_partial(self._epoch_now_, ids, sizes)
+        return out
 
     @override
     def on_load_checkpoint(
@@ -476,6 +522,7 @@ class ShuffleAudit(Callback):
         self.previous_epoch_ = {key: int(value) for key, value in (previous_epoch or {}).items()}
         fit_start = state_dict.get("fit_start")
         self.fit_start_ = EpochVerdict.from_dict(fit_start) if fit_start else None
+        self._partial_ = {key: unpack_partial(value) for key, value in (state_dict.get("partial") or {}).items()}
 
     # ----------------------------------------------------------------------------------------- internals
 
@@ -497,6 +544,13 @@ class ShuffleAudit(Callback):
         self._patched_ = None
         self._overfit_codes_ = frozenset()
         self._fingerprint_tables_ = {}
+        self._partial_ = {}
+        self._epoch_open_ = False
+        self._resumed_at_ = None
+        self._cut_epoch_ = None
+        self._world_ = 1
+        self._resume_findings_ = {}
+        self._epoch_now_ = 0
 
     def _follow_loaders(self, trainer: pl.Trainer, old: list[_Loader]) -> list[_Loader]:
         """The fit's train loaders now, keeping what is known of the ones that did not change and dropping the
@@ -635,19 +689,26 @@ class ShuffleAudit(Callback):
         """This rank's epoch of one loader: local coverage and label statistics, and the record to gather."""
         configs = self.configs_.get(slot.key) or [LoaderConfig()]
         config = configs[min(trainer.global_rank, len(configs) - 1)]
-        chunks, label_chunks = slot.ids, slot.labels
+        label_chunks = slot.labels
         if slot.first_pass is not None:  # a loader cycled among several: its first pass is its epoch
-            chunks, label_chunks = chunks[: slot.first_pass], label_chunks[: slot.first_pass]
-        if slot.recorder is not None:
-            ids, sizes = slot.recorder.take(self._steps_)
-            source = "sampler indices"
-        elif chunks:
-            ids_t = torch.cat([c.to(chunks[0].device) for c in chunks])
-            sizes = np.array([c.shape[0] for c in chunks], np.int64)
-            ids = ids_t.cpu().numpy().astype(np.int64)  # the one host transfer of the epoch
-            source = slot.source
-        else:
-            ids, sizes, source = np.empty(0, np.int64), np.empty(0, np.int64), "none"
+            label_chunks = label_chunks[: slot.first_pass]
+        ids, sizes = self._consumed(slot)
+        source = "sampler indices" if slot.recorder is not None else slot.source if sizes.size else "none"
+        partial = self._partial_.get(slot.key)
+        if partial is not None and partial[0] == trainer.current_epoch and source != "none":
+            # the cut epoch, whole: the part before the checkpoint, then the part after the resume
+            _, before, before_sizes = partial
+            finding = judge_cut_epoch(
+                trainer.current_epoch,
+                before,
+                ids,
+                config,
+                slot.name,
+                *self._previous_order(slot.key, config),
+            )
+            if finding is not None:
+                self._resume_findings_[slot.key] = finding
+            ids, sizes = np.concatenate([before, ids]), np.concatenate([before_sizes, sizes])
         labels_by_position = None
         slot.label_problem = None
         if label_chunks:
@@ -670,6 +731,61 @@ class ShuffleAudit(Callback):
             labels_by_id=slot.labels_array,
             labels_by_position=labels_by_position,
         )
+
+    def _consumed(self, slot: _Loader, peek: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """The ids and batch sizes one loader presented to the loop since the epoch (or the resume) began; ``peek``
+        keeps them recorded (a checkpoint mid-epoch)."""
+        if slot.recorder is not None:
+            config = (self.configs_.get(slot.key) or [LoaderConfig()])[0]
+            resumed = self._cut_epoch_ is not None and self._cut_epoch_ == self._epoch_now_
+            resumed = resumed and bool(config.get("stateful_loader"))
+            if peek:
+                return slot.recorder.peek(self._steps_, resumed)
+            return slot.recorder.take(self._steps_, resumed)
+        chunks = slot.ids[: slot.first_pass] if slot.first_pass is not None else slot.ids
+        if not chunks:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        ids_t = torch.cat([c.to(chunks[0].device) for c in chunks])
+        sizes = np.array([c.shape[0] for c in chunks], np.int64)
+        return ids_t.cpu().numpy().astype(np.int64), sizes  # the one host transfer of the epoch (or checkpoint)
+
+    def _previous_order(self, key: str, config: LoaderConfig) -> tuple[np.ndarray | None, int | None]:
+        """The previous epoch's whole order of a loader, when its record kept every sample (else None)."""
+        record, epoch = self.previous_.get(key), self.previous_epoch_.get(key)
+        if record is None or epoch is None or record.ids.size != config.get("dataset_size"):
+            return None, None
+        return record.ids, epoch
+
+    def _judge_resume(self, epoch: int, slot: _Loader, part: EpochVerdict) -> None:
+        """Add ``resume_replayed`` to an epoch's verdict (rank 0) when the resume replayed data; the findings it
+        explains (the order and coverage findings of the replay) become notes, so the fix named is the resume's."""
+        if "resume_replayed" in self._skip():
+            return
+        finding = self._resume_findings_.pop(slot.key, None)
+        config = (self.configs_.get(slot.key) or [LoaderConfig()])[0]
+        if (
+            finding is None
+            and self._resumed_at_ is not None
+            and epoch >= self._resumed_at_
+            and slot.key not in self._explained_
+            and config.get("shuffle") is not False
+        ):
+            # Only a replay the resume explains: the order repeated an epoch other than the previous one, or the
+            # sampler's order depends on the epoch (set_epoch), and no epoch before the resume repeated its order.
+            earlier = earlier_digests(self.verdicts_, slot.key)
+            digest = str(part.digests.get(slot.key, {}).get("merged", ""))
+            repeated_before = any(
+                f.code in ORDER_CODES and f.loader == slot.name for v in self.verdicts_ for f in v.findings
+            )
+            if not repeated_before and (config.get("sampler_set_epoch") or earlier.get(epoch - 1) != digest):
+                finding = judge_replayed_epoch(epoch, digest, earlier, self._resumed_at_, config, slot.name)
+        if finding is None:
+            return
+        explained = [f for f in part.findings if f.code in _EXPLAINED_BY_RESUME]
+        for f in explained:
+            part.findings.remove(f)
+            part.notes.append(f"{f.code} (explained by resume_replayed): {f.evidence}")
+        part.findings.insert(0, finding)
 
     def _images(self, trainer: pl.Trainer, slot: _Loader, payloads: list[EpochPayload], verdict: EpochVerdict) -> None:
         """The order map (against the previous epoch) and the label map of one loader, to TensorBoard (rank 0):

@@ -77,6 +77,11 @@ CATALOG: dict[str, tuple[str, str]] = {
         "batches hold fewer classes than random batches",
         "shuffle samples across classes (no class-blocked or class-sorted sampler)",
     ),
+    "resume_replayed": (
+        "the resumed fit did not continue the epoch order the checkpoint was cut from",
+        "make the loader's whole state part of the checkpoint (torchdata's StatefulDataLoader with a stateful "
+        "sampler), or resume from an end-of-epoch checkpoint; epochkit.testing.resume_drill(...) checks a resume",
+    ),
 }
 
 #: Findings reported as notices unless ``ShuffleAudit(escalate=...)`` names them: properties a loader can have by

@@ -45,6 +45,10 @@ class LoaderConfig(TypedDict, total=False):
         chunks: Its chunks.
         item_window: litdata's in-chunk shuffle window (``item_shuffle_window``; 0: the whole chunk).
         loader_sets_epoch: Whether the loader sets the data set's epoch itself (litdata's ``StreamingDataLoader``).
+        stateful_loader: Whether the loader saves its position (``state_dict``/``load_state_dict``, as torchdata's
+            ``StatefulDataLoader``): Lightning restores it on a mid-epoch resume, and restarts the epoch otherwise.
+        stateful_sampler: Whether the sampler (or batch sampler) saves its own state, its permutation included.
+        generator: Whether the sampler draws its order from its own ``torch.Generator``.
     """
 
     sampler: str
@@ -73,6 +77,9 @@ class LoaderConfig(TypedDict, total=False):
     chunks: int | None
     item_window: int | None
     loader_sets_epoch: bool
+    stateful_loader: bool
+    stateful_sampler: bool
+    generator: bool
 
 
 @dataclass

@@ -54,7 +54,7 @@ class IndexSink:
         ([3, 1, 0, 2], [2, 2])
     """
 
-    __slots__ = ("batched", "chunks", "complete", "items", "pending")
+    __slots__ = ("batched", "chunks", "complete", "items", "pending", "restored")
 
     def __init__(self, batched: bool) -> None:
         self.batched = batched
@@ -62,6 +62,7 @@ class IndexSink:
         self.chunks: list[tuple[np.ndarray, np.ndarray]] = []
         self.items = 0
         self.complete = False  # the pass ran to its end (StopIteration)
+        self.restored = False  # its iterator was restored from a loader's state: it yields only what follows the cut
 
     def append(self, item: Any) -> None:
         self.pending.append(item)
@@ -77,16 +78,18 @@ class IndexSink:
             self.chunks.append((ids, sizes))
             self.pending = []
 
-    def take(self, batches: int) -> tuple[np.ndarray, np.ndarray]:
-        """Ids and batch sizes of the first ``batches`` items (what the loop consumed; workers draw ahead)."""
+    def take(self, batches: int, skip: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Ids and batch sizes of ``batches`` items after the first ``skip`` (what the loop consumed; workers draw
+        ahead, and a restored loader may fast-forward over the items before its cut)."""
         self._pack()
         if not self.chunks:
             return np.empty(0, np.int64), np.empty(0, np.int64)
         if len(self.chunks) > 1:  # one array from here on, so the chunks are freed rather than copied
             self.chunks = [(np.concatenate([c[0] for c in self.chunks]), np.concatenate([c[1] for c in self.chunks]))]
         ids, sizes = self.chunks[0]
-        sizes = sizes[:batches]
-        return ids[: int(sizes.sum())], sizes
+        start = int(sizes[:skip].sum())
+        sizes = sizes[skip : skip + batches]
+        return ids[start : start + int(sizes.sum())], sizes
 
 
 class _RecordingIterator:
@@ -109,6 +112,21 @@ class _RecordingIterator:
             raise
         self._sink.append(item)
         return item
+
+
+class _StatefulRecordingIterator(_RecordingIterator):
+    """A :class:`_RecordingIterator` over a stateful iterator (torchdata's samplers' iterators): its
+    ``state_dict``/``load_state_dict`` are the wrapped iterator's, so a ``StatefulDataLoader`` saves and restores
+    exactly what it does without the audit."""
+
+    __slots__ = ()
+
+    def state_dict(self) -> Any:
+        return self._it.state_dict()  # type: ignore[attr-defined]
+
+    def load_state_dict(self, state_dict: Any) -> None:
+        self._it.load_state_dict(state_dict)  # type: ignore[attr-defined]
+        self._sink.restored = True
 
 
 class RecordingSampler:
@@ -136,7 +154,8 @@ class RecordingSampler:
         it = iter(self.inner)  # eager, exactly when the DataLoader asks for it
         sink = IndexSink(self.batched)
         self.passes.append(sink)
-        return _RecordingIterator(it, sink)
+        stateful = callable(getattr(it, "state_dict", None)) and callable(getattr(it, "load_state_dict", None))
+        return (_StatefulRecordingIterator if stateful else _RecordingIterator)(it, sink)
 
     def __len__(self) -> int:
         return len(self.inner)
@@ -147,19 +166,31 @@ class RecordingSampler:
             raise AttributeError(name)
         return getattr(inner, name)
 
-    def take(self, batches: int) -> tuple[np.ndarray, np.ndarray]:
+    def take(self, batches: int, resumed: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Ids and batch sizes of the epoch's pass, at most ``batches`` items (the steps the loop took), and forget
         every pass so far.
 
         The epoch's pass is the first one that ran to its end or is the last: a pass dropped unfinished before a
         later one (Lightning re-creates the iterator of a reloaded loader) was never trained on, and the passes after
         a finished one are a shorter loader cycled by ``CombinedLoader(mode="max_size_cycle")``.
+
+        ``resumed``: the epoch was resumed mid-epoch from a stateful loader's state. A sampler iterator restored from
+        its own state yields only what follows the cut; one without state is fast-forwarded by torchdata (the items
+        before the cut are drawn again and dropped), so a finished pass then holds the epoch from its start and the
+        loop consumed its last ``batches`` items.
         """
-        passes, self.passes = self.passes, []
-        if not passes:
+        ids, sizes = self.peek(batches, resumed, copy=False)
+        self.passes = []
+        return ids, sizes
+
+    def peek(self, batches: int, resumed: bool = False, copy: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """What :meth:`take` returns, without forgetting anything (a checkpoint taken mid-epoch)."""
+        if not self.passes:
             return np.empty(0, np.int64), np.empty(0, np.int64)
-        sink = next((p for p in passes[:-1] if p.complete), passes[-1])
-        return sink.take(min(batches, sink.items))
+        sink = next((p for p in self.passes[:-1] if p.complete), self.passes[-1])
+        skip = sink.items - batches if resumed and sink.complete and not sink.restored and sink.items > batches else 0
+        ids, sizes = sink.take(min(batches, sink.items), skip)
+        return (ids.copy(), sizes.copy()) if copy else (ids, sizes)
 
 
 def attach(loader: DataLoader) -> RecordingSampler | None:
@@ -287,9 +318,16 @@ def _unwrap(obj: Any) -> Any:
 def _inner_sampler(loader: DataLoader) -> Any:
     """The sampler that orders samples: the batch sampler's own ``sampler`` when it has one."""
     batch_sampler = _unwrap(loader.batch_sampler)
-    if batch_sampler is not None and type(batch_sampler) is not BatchSampler:
+    if batch_sampler is not None and not _plain_batches(batch_sampler):
         return getattr(batch_sampler, "sampler", batch_sampler)
     return _unwrap(loader.sampler)
+
+
+def _plain_batches(batch_sampler: Any) -> bool:
+    """Whether a batch sampler just cuts its sampler's order into batches: torch's ``BatchSampler``, or torchdata's
+    stateful one (which a ``StatefulDataLoader`` makes from ``batch_size``)."""
+    kind = type(batch_sampler)
+    return kind is BatchSampler or (_library(batch_sampler) == "torchdata" and kind.__name__ == "BatchSampler")
 
 
 def _sized(obj: Any) -> int | None:
@@ -301,6 +339,11 @@ def _sized(obj: Any) -> int | None:
 
 def _has_set_epoch(obj: Any) -> bool:
     return obj is not None and callable(getattr(obj, "set_epoch", None))
+
+
+def _stateful(obj: Any) -> bool:
+    """Whether ``obj`` saves and restores its own state (torchdata's ``Stateful`` protocol)."""
+    return callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))
 
 
 def _library(obj: Any) -> str:
@@ -367,7 +410,7 @@ def describe_loader(loader: DataLoader) -> LoaderConfig:
     iterable = isinstance(dataset, IterableDataset)
     sampler = _inner_sampler(loader)
     batch_sampler = _unwrap(loader.batch_sampler)
-    custom_batches = batch_sampler is not None and type(batch_sampler) is not BatchSampler
+    custom_batches = batch_sampler is not None and not _plain_batches(batch_sampler)
     shuffle: bool | None = None
     seed: int | None = None
     replacement = False
@@ -391,7 +434,8 @@ def describe_loader(loader: DataLoader) -> LoaderConfig:
     elif isinstance(sampler, SequentialSampler):
         shuffle = False
         uniform = True
-    elif isinstance(sampler, RandomSampler):
+    elif isinstance(sampler, RandomSampler) or (_library(sampler) == "torchdata" and name == "RandomSampler"):
+        # torchdata's stateful RandomSampler permutes as torch's does, and saves its generator with the loader
         shuffle = True
         replacement = bool(sampler.replacement)
         if sampler.generator is not None:
@@ -432,6 +476,14 @@ def describe_loader(loader: DataLoader) -> LoaderConfig:
         batch_sampler=type(batch_sampler).__qualname__ if custom_batches else "",
         batch_sampler_set_epoch=custom_batches and _has_set_epoch(batch_sampler),
         sampler_set_epoch=not iterable and any(_has_set_epoch(s) for s in reached),
+        stateful_loader=_stateful(loader),
+        stateful_sampler=not iterable
+        and any(
+            _stateful(s) or _library(s) == "torchdata"
+            for s in (sampler, batch_sampler if custom_batches else None)
+            if s is not None
+        ),
+        generator=getattr(sampler, "generator", None) is not None,
     )
     if iterable:
         library = _library(dataset)

@@ -51,6 +51,20 @@ def _datasets(dataset: Any) -> list[Any]:
     return []
 
 
+def _set_sampler_epochs(loader: object, epoch: int) -> None:
+    """``set_epoch(epoch)`` on the samplers Lightning reaches (``loader.sampler``, ``loader.batch_sampler.sampler``),
+    with the epoch Lightning itself gives them, but before the loader's state is restored and its first iterator
+    starts: Lightning does both first on a resume (a mid-epoch one, and an epoch-end one with workers, Lightning
+    #21938), so a ``DistributedSampler`` would otherwise draw the permutation of the epoch it was built with."""
+    if not isinstance(loader, DataLoader):
+        return
+    batch_sampler = _unwrap(loader.batch_sampler)
+    samplers = {id(s): s for s in (_unwrap(loader.sampler), getattr(batch_sampler, "sampler", None)) if s is not None}
+    for sampler in samplers.values():
+        if _has_set_epoch(sampler):
+            sampler.set_epoch(epoch)
+
+
 def epoch_targets(loader: Any) -> list[tuple[str, Any]]:
     """What :class:`SetEpoch` calls ``set_epoch`` on for a train loader, as ``(role, object)``: the data set (or the
     data sets a ``Subset``/``ConcatDataset`` wraps) and a custom batch sampler, when they have ``set_epoch`` and
@@ -96,7 +110,11 @@ class SetEpoch(Callback):
 
     The epoch is Lightning's own (``trainer.current_epoch``, the value it passes to samplers), set where Lightning
     sets its samplers' epoch: when the train loader is prepared (the first epoch, a reload, and a resumed fit, also
-    mid-epoch) and at every epoch start. So a resumed run presents the orders of an uninterrupted one. Every rank
+    mid-epoch) and at every epoch start. So a resumed run presents the orders of an uninterrupted one. When a train
+    loader is prepared it also sets the epoch of the samplers Lightning reaches (the same value Lightning sets a
+    moment later): on a resume Lightning restores the loader's state and starts its iterator first, so a
+    ``DistributedSampler`` would draw the order of the epoch it was built with (epoch 0 in a fresh process; Lightning
+    #21938, and the rest of the cut epoch on a mid-epoch resume of a ``StatefulDataLoader``). Every rank
     calls it on its own objects with the same epoch; nothing is communicated.
 
     Workers: without ``persistent_workers`` each epoch's workers are started after the call and copy the updated
@@ -138,7 +156,9 @@ class SetEpoch(Callback):
         # iterator is made (first epoch, reloads, resumes): the data set's epoch is set at the same moment.
         def set_loader_epoch(loader: object) -> None:
             progress = trainer.fit_loop.epoch_progress.current
-            self._apply(trainer, [loader], int(getattr(progress, "processed", trainer.current_epoch)))
+            epoch = int(getattr(progress, "processed", trainer.current_epoch))
+            _set_sampler_epochs(loader, epoch)
+            self._apply(trainer, [loader], epoch)
 
         self._patched_ = hook_process_dataloader(trainer, set_loader_epoch)
 

@@ -17,7 +17,7 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 
 import epochkit
-from epochkit import CrossValidator, EarlyStopping, LRWarmup, ShuffleAudit, WeightReset, schedules
+from epochkit import CrossValidator, EarlyStopping, InitAudit, LRWarmup, ShuffleAudit, WeightReset, schedules
 from epochkit.cv import RayExecutor
 from epochkit.demo import DigitsClassifier, DigitsDataModule
 from tests.helpers import RegressionDataModule, RegressionModule
@@ -46,6 +46,7 @@ BUILDERS: dict[str, Callable[..., Any]] = {
     "LRWarmup": lambda **k: LRWarmup(**({"steps": 10} if not {"steps", "epochs", "fraction"} & set(k) else {}), **k),
     "EarlyStopping": lambda **k: EarlyStopping(**({"monitor": "val_loss"} | k)),
     "ShuffleAudit": lambda **k: ShuffleAudit(**k),
+    "InitAudit": lambda **k: InitAudit(**k),
     "CrossValidator": lambda **k: CrossValidator(**k),
     "CrossValidator.fit": _cv_fit,
     "WeightReset": lambda **k: WeightReset(**k),
@@ -91,6 +92,11 @@ BAD: dict[str, dict[str, list[Any]]] = {
         "ignore": ["sorted_labels", ["no_such_finding"]],
         "escalate": ["weak_mixing", ["order_unchanged"]],
         "images": ["yes", 1],
+    },
+    "InitAudit": {
+        "on_issue": ["explode", None, True],
+        "steps": [0, -1, 2.5, "10", True],
+        "dead_units": ["yes", 1, None],
     },
     "CrossValidator": {
         "n_splits": [1, 0, -2, 2.5, "5", True],
@@ -164,6 +170,8 @@ def test_every_public_constructor_has_bad_values() -> None:
     takes_no_settings = {
         "CVResult",
         "DestroyProcessGroupAtExit",
+        "InitAuditError",
+        "InitAuditWarning",
         "SetEpoch",
         "ShuffleAuditError",
         "ShuffleAuditWarning",

@@ -1,0 +1,276 @@
+"""Identical output units of a layer: pure functions over modules and tensors, no Trainer.
+
+A layer's *units* are its output features: the rows of a ``Linear`` weight (with their bias), the filters of a
+convolution (with their bias; units of different ``groups`` see different inputs and never count as identical), and
+the columns of an ``Embedding`` weight (output feature ``j`` is column ``j`` for every token). Units that start
+identical receive identical gradients as long as everything downstream treats them alike, and then stay identical
+for ever: the layer works as one unit.
+
+Finding them costs one matrix-vector product per layer (each unit projected on a fixed vector, no random draw), one
+host transfer of the projections for the whole model, and an exact comparison of the few units whose projections
+agree. Nothing here draws from any random generator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+#: The layers whose units are compared.
+LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
+
+#: Units whose projections differ by at most this (relative) are compared exactly; it only has to absorb the
+#: rounding of two dot products over identical numbers, summed in a different order.
+_CANDIDATE_RTOL = 1e-5
+#: After ``steps`` optimizer steps, units count as still identical when they differ by at most this many units in
+#: the last place of their largest value (identical updates, summed in different orders, round apart slightly).
+ULP_TOLERANCE = 16
+
+
+def checked_layers(module: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """``(path, layer)`` for every layer of :data:`LAYER_TYPES` in ``module`` whose weight is trainable (a
+    floating-point weight with ``requires_grad``), by its module path (``net.0``); a layer reached twice (shared)
+    is listed once.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> net[2].weight.requires_grad_(False)  # doctest: +ELLIPSIS
+        Parameter containing:
+        ...
+        >>> [path for path, _ in checked_layers(net)]
+        ['0']
+    """
+    for path, layer in module.named_modules():
+        if not isinstance(layer, LAYER_TYPES):
+            continue
+        weight = getattr(layer, "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.is_floating_point() and weight.requires_grad:
+            yield path, layer
+
+
+def unit_count(layer: nn.Module) -> int:
+    """How many output units ``layer`` has."""
+    weight = layer.weight
+    assert isinstance(weight, torch.Tensor)
+    return int(weight.shape[1] if isinstance(layer, nn.Embedding) else weight.shape[0])
+
+
+def unit_partition(layer: nn.Module) -> np.ndarray | None:
+    """For a grouped convolution, each unit's group (units of different groups see different inputs); else None."""
+    groups = int(getattr(layer, "groups", 1) or 1)
+    if groups <= 1:
+        return None
+    return np.arange(unit_count(layer)) // (unit_count(layer) // groups)
+
+
+def _probe(length: int, like: torch.Tensor) -> torch.Tensor:
+    """A fixed vector of ``length`` values spread over [-1, 1) (the golden-ratio sequence: no random draw)."""
+    k = torch.arange(1, length + 1, dtype=torch.float64, device=like.device)
+    return ((k * 0.6180339887498949) % 1.0 * 2.0 - 1.0).to(torch.float32 if like.dtype != torch.float64 else like.dtype)
+
+
+@torch.no_grad()
+def project_units(layer: nn.Module) -> torch.Tensor:
+    """One number per unit: the unit's incoming weights (and bias) projected on a fixed vector, on the weight's
+    device. Identical units get equal (or, summed in another order, nearly equal) projections.
+
+    Example:
+        >>> layer = nn.Linear(3, 4)
+        >>> _ = nn.init.zeros_(layer.weight), nn.init.zeros_(layer.bias)
+        >>> project_units(layer).tolist()
+        [0.0, 0.0, 0.0, 0.0]
+    """
+    weight = layer.weight
+    assert isinstance(weight, torch.Tensor)
+    compute = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    if isinstance(layer, nn.Embedding):
+        probe = _probe(weight.shape[0], weight)
+        return probe @ weight.detach().to(compute)
+    rows = weight.detach().reshape(weight.shape[0], -1).to(compute)
+    probe = _probe(rows.shape[1] + 1, weight)
+    projection = rows @ probe[:-1]
+    bias = getattr(layer, "bias", None)
+    if isinstance(bias, torch.Tensor):
+        projection = projection + bias.detach().to(compute) * probe[-1]
+    return projection
+
+
+@torch.no_grad()
+def unit_rows(layer: nn.Module, units: torch.Tensor) -> torch.Tensor:
+    """The incoming weights (and bias, as a last column) of the ``units`` (indices) of ``layer``, one row per unit,
+    on the weight's device."""
+    weight = layer.weight
+    assert isinstance(weight, torch.Tensor)
+    units = units.to(weight.device)
+    if isinstance(layer, nn.Embedding):
+        return weight.detach()[:, units].t()
+    rows = weight.detach().reshape(weight.shape[0], -1)[units]
+    bias = getattr(layer, "bias", None)
+    if isinstance(bias, torch.Tensor):
+        rows = torch.cat([rows, bias.detach()[units].unsqueeze(1).to(rows.dtype)], dim=1)
+    return rows
+
+
+def candidate_groups(projection: np.ndarray, partition: np.ndarray | None = None) -> list[np.ndarray]:
+    """Runs of units whose projections agree within rounding (and share a partition), as index arrays of two or
+    more units: the only units that can be identical.
+
+    Example:
+        >>> [g.tolist() for g in candidate_groups(np.array([0.5, 0.0, 0.5, 0.2, 0.0]))]
+        [[1, 4], [0, 2]]
+        >>> candidate_groups(np.array([0.5, 0.5]), partition=np.array([0, 1]))
+        []
+    """
+    if projection.size < 2:
+        return []
+    keys = np.zeros(projection.size, np.int64) if partition is None else partition.astype(np.int64)
+    order = np.lexsort((projection, keys))
+    values, parts = projection[order], keys[order]
+    scale = np.maximum(np.abs(values[1:]), np.abs(values[:-1]))
+    close = (parts[1:] == parts[:-1]) & (np.abs(values[1:] - values[:-1]) <= _CANDIDATE_RTOL * scale + 1e-30)
+    groups = []
+    start = 0
+    for i in range(1, projection.size + 1):
+        if i == projection.size or not close[i - 1]:
+            if i - start > 1:
+                groups.append(np.sort(order[start:i]))
+            start = i
+    return groups
+
+
+@torch.no_grad()
+def exact_groups(layer: nn.Module, candidates: list[np.ndarray]) -> list[list[int]]:
+    """The groups of units of ``layer`` that are exactly identical (weights and bias), among ``candidates``
+    (:func:`candidate_groups`), each sorted, largest first.
+
+    ``-0.0`` equals ``0.0``; a unit holding NaN equals no other.
+    """
+    found: list[list[int]] = []
+    for members in candidates:
+        index = torch.as_tensor(members, dtype=torch.long)
+        rows = unit_rows(layer, index)
+        _, inverse, counts = torch.unique(rows, dim=0, return_inverse=True, return_counts=True)
+        inverse_np, counts_np = inverse.cpu().numpy(), counts.cpu().numpy()
+        for label in np.flatnonzero(counts_np > 1):
+            same = members[inverse_np == label]
+            if not torch.isnan(rows[int(np.flatnonzero(inverse_np == label)[0])]).any():
+                found.append(sorted(int(u) for u in same))
+    return sorted(found, key=lambda g: (-len(g), g[0]))
+
+
+@dataclass
+class LayerGroups:
+    """The identical-unit groups of one layer.
+
+    Attributes:
+        layer: The layer's module path (``net.0``).
+        units: How many units the layer has.
+        groups: Each group's unit indices (two or more, sorted), largest group first.
+    """
+
+    layer: str
+    units: int
+    groups: list[list[int]]
+
+    @property
+    def grouped_units(self) -> int:
+        """How many units are in some group."""
+        return sum(len(g) for g in self.groups)
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain data for checkpoints (the groups as int64 tensors: a zero-initialised layer of 50,000 units holds a
+        group of 50,000)."""
+        return {
+            "layer": self.layer,
+            "units": self.units,
+            "groups": [torch.tensor(g, dtype=torch.int64) for g in self.groups],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> LayerGroups:
+        """Inverse of :meth:`to_dict`."""
+        groups = data.get("groups") or []
+        assert isinstance(groups, list)
+        return cls(str(data["layer"]), int(data["units"]), [[int(u) for u in g] for g in groups])  # type: ignore[call-overload]
+
+
+def find_identical_units(module: nn.Module) -> list[LayerGroups]:
+    """Every checked layer of ``module`` (:func:`checked_layers`) that has identical units, with its groups.
+
+    One host transfer for the whole module (the projections), then an exact comparison of the candidates.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
+        >>> _ = nn.init.zeros_(net[0].weight), nn.init.zeros_(net[0].bias)
+        >>> find_identical_units(net)
+        [LayerGroups(layer='0', units=3, groups=[[0, 1, 2]])]
+    """
+    layers = list(checked_layers(module))
+    if not layers:
+        return []
+    projections = [project_units(layer) for _, layer in layers]
+    device = projections[0].device
+    joined = torch.cat([p.to(device=device, dtype=torch.float64) for p in projections]).cpu().numpy()
+    found = []
+    start = 0
+    for (path, layer), projection in zip(layers, projections, strict=True):
+        values = joined[start : start + projection.numel()]
+        start += projection.numel()
+        candidates = candidate_groups(values, unit_partition(layer))
+        if candidates:
+            groups = exact_groups(layer, candidates)
+            if groups:
+                found.append(LayerGroups(path, unit_count(layer), groups))
+    return found
+
+
+@torch.no_grad()
+def still_identical(module: nn.Module, before: list[LayerGroups]) -> list[LayerGroups]:
+    """Of the groups found earlier (``before``), those whose units are all still identical now, by layer (layers
+    with none left are omitted).
+
+    A group counts as still identical when every unit differs from the group's first unit by at most
+    :data:`ULP_TOLERANCE` units in the last place of the group's largest value: units that receive identical
+    updates stay equal up to rounding. A group that split, even partly, is being differentiated by its gradients.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 3))
+        >>> _ = nn.init.zeros_(net[0].weight), nn.init.zeros_(net[0].bias)
+        >>> before = find_identical_units(net)
+        >>> still_identical(net, before) == before
+        True
+        >>> _ = net[0].weight.data[2].add_(0.1)
+        >>> still_identical(net, before)
+        []
+    """
+    layers = dict(checked_layers(module))
+    verdicts: list[tuple[LayerGroups, torch.Tensor]] = []
+    for entry in before:
+        layer = layers.get(entry.layer)
+        if layer is None or not entry.groups:
+            continue
+        per_group = []
+        for group in entry.groups:
+            rows = unit_rows(layer, torch.as_tensor(group, dtype=torch.long))
+            rows = rows.to(torch.float64 if rows.dtype == torch.float64 else torch.float32)
+            spread = (rows - rows[:1]).abs().amax()
+            eps = torch.finfo(layer.weight.dtype).eps  # type: ignore[arg-type]
+            tolerance = ULP_TOLERANCE * eps * rows.abs().amax()
+            per_group.append(spread <= tolerance)
+        verdicts.append((entry, torch.stack(per_group)))
+    if not verdicts:
+        return []
+    flags = torch.cat([v.to(verdicts[0][1].device) for _, v in verdicts]).cpu().numpy()  # one host transfer
+    kept = []
+    start = 0
+    for entry, verdict in verdicts:
+        mask = flags[start : start + verdict.numel()]
+        start += verdict.numel()
+        groups = [g for g, same in zip(entry.groups, mask, strict=True) if same]
+        if groups:
+            kept.append(LayerGroups(entry.layer, entry.units, groups))
+    return kept

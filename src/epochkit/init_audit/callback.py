@@ -176,7 +176,7 @@ class InitAudit(Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.baseline_step_ is not None and not self.symmetry_done_:
             self._judge_symmetry(trainer, pl_module)  # an epoch shorter than `steps` optimizer steps
-        if self._hooks_:
+        if self.dead_units and not self.dead_done_:
             self._judge_dead(trainer, pl_module)
 
     @override

@@ -31,6 +31,10 @@ class Classify(pl.LightningModule):
         x, y = batch
         return nn.functional.cross_entropy(self(x), y)
 
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_loss", nn.functional.cross_entropy(self(x), y))
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         if self.adam:
             return torch.optim.Adam(self.parameters(), lr=self.lr)
@@ -38,8 +42,9 @@ class Classify(pl.LightningModule):
 
 
 def dataset(kind: str = "features", seed: int = 0) -> TensorDataset:
-    """``features``: ``SAMPLES x FEATURES``; ``tokens``: token ids (0 is padding); ``images``: ``1 x 8 x 8``. The
-    label depends on the input, every class in every batch of 8 (labels cycle)."""
+    """``features``: ``SAMPLES x FEATURES``; ``tokens``: token ids (0 is padding); ``images``: ``1 x 8 x 8``;
+    ``spike``: features whose feature 1 is 0 but in sample 5 (100). The label depends on the input, every class in
+    every batch of 8 (labels cycle)."""
     gen = torch.Generator().manual_seed(seed)
     y = torch.arange(SAMPLES) % CLASSES
     if kind == "tokens":
@@ -52,11 +57,32 @@ def dataset(kind: str = "features", seed: int = 0) -> TensorDataset:
         return TensorDataset(x, y)
     x = torch.randn(SAMPLES, FEATURES, generator=gen)
     x[:, 0] += y.float()
+    if kind == "spike":
+        x[:, 1] = 0.0
+        x[5, 1] = 100.0
     return TensorDataset(x, y)
 
 
 def loader(kind: str = "features", shuffle: bool = False) -> DataLoader:
     return DataLoader(dataset(kind), batch_size=BATCH, shuffle=shuffle)
+
+
+class ZooData(pl.LightningDataModule):
+    """:func:`dataset` as a DataModule (``train_set`` for CrossValidator), validated on a second draw."""
+
+    def __init__(self, kind: str = "features") -> None:
+        super().__init__()
+        self.kind = kind
+
+    def setup(self, stage: str) -> None:
+        self.train_set = dataset(self.kind)
+        self.val_set = dataset(self.kind, seed=1)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=BATCH, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=BATCH)
 
 
 def mlp(activation: type[nn.Module] = nn.Tanh) -> nn.Sequential:

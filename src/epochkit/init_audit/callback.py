@@ -342,7 +342,7 @@ class InitAudit(Callback):
     def _judge_dead(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._remove_hooks()
         self.dead_done_ = True
-        step = _logging.current_step(trainer)
+        step = trainer.global_step  # optimizer steps taken, as in the symmetry findings
         paths = [act.layer for act in self._activations_]
         if not paths:
             self._report(trainer, [])
@@ -380,7 +380,7 @@ class InitAudit(Callback):
                 findings.append(Finding("dead_layer", path, evidence, step))
             elif dead:
                 findings.append(Finding("dead_units", path, evidence, step))
-        _logging.log_scalars(trainer, metrics, step=step)
+        _logging.log_scalars(trainer, metrics)
         self._alive_ = {}
         self._report(trainer, findings)
 

@@ -6,9 +6,9 @@ the columns of an ``Embedding`` weight (output feature ``j`` is column ``j`` for
 identical receive identical gradients as long as everything downstream treats them alike, and then stay identical
 for ever: the layer works as one unit.
 
-Finding them costs one matrix-vector product per layer (each unit projected on a fixed vector, no random draw), one
-host transfer of the projections for the whole model, and an exact comparison of the few units whose projections
-agree. Nothing here draws from any random generator.
+Finding them costs one small matrix-vector product per layer (each unit's bias and a sample of its inputs projected
+on a fixed vector, no random draw), one host transfer of the projections for the whole model, and an exact comparison
+of the few units whose projections agree. Nothing here draws from any random generator.
 """
 
 from __future__ import annotations
@@ -23,9 +23,13 @@ from torch import nn
 #: The layers whose units are compared.
 LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
 
-#: Units whose projections differ by at most this (relative) are compared exactly; it only has to absorb the
-#: rounding of two dot products over identical numbers, summed in a different order.
-_CANDIDATE_RTOL = 1e-5
+#: Units whose projections differ by at most this, relative to a bound on the sum of the absolute terms, are
+#: compared exactly: it absorbs float64 rounding of two dot products over identical numbers summed in different
+#: orders (about 1e-16 per term), and almost never lets two random units through.
+_CANDIDATE_RTOL = 1e-11
+#: A projection reads at most this many inputs of each unit, in a few contiguous blocks (see :func:`sampled_blocks`).
+SAMPLED_INPUTS = 64
+_BLOCKS = 4
 #: After ``steps`` optimizer steps, units count as still identical when they differ by at most this many units in
 #: the last place of their largest value (identical updates, summed in different orders, round apart slightly).
 ULP_TOLERANCE = 16
@@ -68,35 +72,69 @@ def unit_partition(layer: nn.Module) -> np.ndarray | None:
 
 
 def _probe(length: int, like: torch.Tensor) -> torch.Tensor:
-    """A fixed vector of ``length`` values spread over [-1, 1) (the golden-ratio sequence: no random draw)."""
+    """A fixed float64 vector of ``length`` values spread over [-1, 1) (the golden-ratio sequence: no random draw)."""
     k = torch.arange(1, length + 1, dtype=torch.float64, device=like.device)
-    return ((k * 0.6180339887498949) % 1.0 * 2.0 - 1.0).to(torch.float32 if like.dtype != torch.float64 else like.dtype)
+    return (k * 0.6180339887498949) % 1.0 * 2.0 - 1.0
+
+
+def sampled_blocks(length: int) -> list[tuple[int, int]]:
+    """The input positions a projection reads, as ``(start, width)`` blocks: all of them up to
+    :data:`SAMPLED_INPUTS`, else that many in :data:`_BLOCKS` contiguous blocks spread over the row (a few cache
+    lines per unit instead of the whole weight).
+
+    Identical units agree on any subset of their inputs, so sampling can only add candidates, which the exact
+    comparison then drops; it never misses a group.
+
+    Example:
+        >>> sampled_blocks(60)
+        [(0, 60)]
+        >>> sampled_blocks(4096)
+        [(0, 16), (1360, 16), (2720, 16), (4080, 16)]
+    """
+    if length <= SAMPLED_INPUTS:
+        return [(0, length)]
+    width = SAMPLED_INPUTS // _BLOCKS
+    return [(round(i * (length - width) / (_BLOCKS - 1)), width) for i in range(_BLOCKS)]
 
 
 @torch.no_grad()
-def project_units(layer: nn.Module) -> torch.Tensor:
-    """One number per unit: the unit's incoming weights (and bias) projected on a fixed vector, on the weight's
-    device. Identical units get equal (or, summed in another order, nearly equal) projections.
+def project_units(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each unit's bias and sampled incoming weights (see :func:`sampled_blocks`) projected on a fixed vector, in
+    float64 on the weight's device, and the scale of the projections' rounding (a bound on any term's size).
+    Identical units get projections equal to within float64 rounding of that scale.
 
     Example:
         >>> layer = nn.Linear(3, 4)
         >>> _ = nn.init.zeros_(layer.weight), nn.init.zeros_(layer.bias)
-        >>> project_units(layer).tolist()
-        [0.0, 0.0, 0.0, 0.0]
+        >>> projection, scale = project_units(layer)
+        >>> projection.tolist(), scale.item()
+        ([0.0, 0.0, 0.0, 0.0], 0.0)
     """
     weight = layer.weight
     assert isinstance(weight, torch.Tensor)
-    compute = torch.float64 if weight.dtype == torch.float64 else torch.float32
-    if isinstance(layer, nn.Embedding):
-        probe = _probe(weight.shape[0], weight)
-        return probe @ weight.detach().to(compute)
-    rows = weight.detach().reshape(weight.shape[0], -1).to(compute)
-    probe = _probe(rows.shape[1] + 1, weight)
-    projection = rows @ probe[:-1]
-    bias = getattr(layer, "bias", None)
+    if isinstance(layer, nn.Embedding):  # units are columns: sample rows (tokens), each block contiguous
+        table = weight.detach()
+        sample = torch.cat([table.narrow(0, start, width) for start, width in sampled_blocks(table.shape[0])], 0)
+        sample = sample.t()
+        bias = None
+    else:
+        rows = weight.detach().reshape(weight.shape[0], -1)
+        blocks = sampled_blocks(rows.shape[1])
+        if len(blocks) == 1:
+            sample = rows
+        else:  # copied block by block into one buffer: torch.cat of column slices takes a slow path
+            sample = torch.empty(rows.shape[0], SAMPLED_INPUTS, dtype=rows.dtype, device=rows.device)
+            for i, (start, width) in enumerate(blocks):
+                sample[:, i * width : (i + 1) * width].copy_(rows.narrow(1, start, width))
+        bias = getattr(layer, "bias", None)
+    probe = _probe(sample.shape[1] + 1, weight)
+    projection = sample.to(torch.float64) @ probe[:-1]
+    low, high = torch.aminmax(sample)
+    largest = torch.maximum(low.abs(), high.abs()).to(torch.float64)
     if isinstance(bias, torch.Tensor):
-        projection = projection + bias.detach().to(compute) * probe[-1]
-    return projection
+        projection = projection + bias.detach().to(torch.float64) * probe[-1]
+        largest = torch.maximum(largest, bias.detach().abs().amax().to(torch.float64))
+    return projection, largest * probe.abs().sum()
 
 
 @torch.no_grad()
@@ -115,23 +153,26 @@ def unit_rows(layer: nn.Module, units: torch.Tensor) -> torch.Tensor:
     return rows
 
 
-def candidate_groups(projection: np.ndarray, partition: np.ndarray | None = None) -> list[np.ndarray]:
-    """Runs of units whose projections agree within rounding (and share a partition), as index arrays of two or
-    more units: the only units that can be identical.
+def candidate_groups(projection: np.ndarray, scale: float, partition: np.ndarray | None = None) -> list[np.ndarray]:
+    """Runs of units whose projections (:func:`project_units`) agree within rounding of ``scale`` (and share a
+    partition), as index arrays of two or more units: the only units that can be identical.
 
     Example:
-        >>> [g.tolist() for g in candidate_groups(np.array([0.5, 0.0, 0.5, 0.2, 0.0]))]
+        >>> values = np.array([0.5, 0.0, 0.5, 0.2, 0.0])
+        >>> [g.tolist() for g in candidate_groups(values, 1.0)]
         [[1, 4], [0, 2]]
-        >>> candidate_groups(np.array([0.5, 0.5]), partition=np.array([0, 1]))
+        >>> candidate_groups(values[[0, 2]], 1.0, partition=np.array([0, 1]))
         []
     """
     if projection.size < 2:
         return []
+    if not np.isfinite(scale):  # a layer holding NaN or inf: bound the rounding by its finite projections instead
+        finite = np.abs(projection[np.isfinite(projection)])
+        scale = 1e3 * float(finite.max()) if finite.size else 0.0
     keys = np.zeros(projection.size, np.int64) if partition is None else partition.astype(np.int64)
     order = np.lexsort((projection, keys))
     values, parts = projection[order], keys[order]
-    scale = np.maximum(np.abs(values[1:]), np.abs(values[:-1]))
-    close = (parts[1:] == parts[:-1]) & (np.abs(values[1:] - values[:-1]) <= _CANDIDATE_RTOL * scale + 1e-30)
+    close = (parts[1:] == parts[:-1]) & (np.abs(values[1:] - values[:-1]) <= _CANDIDATE_RTOL * scale)
     groups = []
     start = 0
     for i in range(1, projection.size + 1):
@@ -213,14 +254,16 @@ def find_identical_units(module: nn.Module) -> list[LayerGroups]:
     if not layers:
         return []
     projections = [project_units(layer) for _, layer in layers]
-    device = projections[0].device
-    joined = torch.cat([p.to(device=device, dtype=torch.float64) for p in projections]).cpu().numpy()
+    device = projections[0][0].device
+    parts = [p.to(device) for p, _ in projections] + [torch.stack([scale.to(device) for _, scale in projections])]
+    joined = torch.cat(parts).cpu().numpy()  # the one host transfer
+    scales = joined[-len(layers) :]
     found = []
     start = 0
-    for (path, layer), projection in zip(layers, projections, strict=True):
+    for (path, layer), (projection, _), scale in zip(layers, projections, scales, strict=True):
         values = joined[start : start + projection.numel()]
         start += projection.numel()
-        candidates = candidate_groups(values, unit_partition(layer))
+        candidates = candidate_groups(values, float(scale), unit_partition(layer))
         if candidates:
             groups = exact_groups(layer, candidates)
             if groups:

@@ -75,7 +75,6 @@ def relu_after_layers(module: nn.Module) -> list[Activation]:
     return found
 
 
-@torch.no_grad()
 def fold_alive(alive: torch.Tensor | None, output: torch.Tensor, channels_first: bool) -> torch.Tensor | None:
     """``alive`` or'ed with the units of ``output`` that are positive for some sample and position, on the
     output's device; ``None`` for an output whose unit count differs from ``alive``'s (an activation module
@@ -86,9 +85,12 @@ def fold_alive(alive: torch.Tensor | None, output: torch.Tensor, channels_first:
         >>> fold_alive(None, out, channels_first=False).tolist()
         [False, True, False]
     """
+    # Comparisons and reductions of a detached tensor record no graph: no no_grad context needed (it costs more
+    # than the work, once per batch and activation).
     units_dim = 1 if channels_first and output.ndim > 1 else output.ndim - 1
-    moved = output.detach().movedim(units_dim, -1)
-    positive = (moved > 0).reshape(-1, moved.shape[-1]).any(dim=0)
+    positive = output.detach() > 0
+    if positive.ndim > 1:
+        positive = positive.movedim(units_dim, 0).reshape(positive.shape[units_dim], -1).any(dim=1)
     if alive is None:
         return positive
     if alive.shape != positive.shape:

@@ -138,19 +138,29 @@ def project_units(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def unit_rows(layer: nn.Module, units: torch.Tensor) -> torch.Tensor:
-    """The incoming weights (and bias, as a last column) of the ``units`` (indices) of ``layer``, one row per unit,
-    on the weight's device."""
+def unit_rows(layer: nn.Module, units: torch.Tensor | None = None) -> torch.Tensor:
+    """The incoming weights (and bias, as a last column) of the ``units`` (indices; None: all, without a copy when
+    the layer has no bias) of ``layer``, one row per unit, on the weight's device."""
     weight = layer.weight
     assert isinstance(weight, torch.Tensor)
-    units = units.to(weight.device)
     if isinstance(layer, nn.Embedding):
-        return weight.detach()[:, units].t()
-    rows = weight.detach().reshape(weight.shape[0], -1)[units]
+        table = weight.detach().t()
+        return table if units is None else table[units.to(weight.device)]
+    rows = weight.detach().reshape(weight.shape[0], -1)
+    if units is not None:
+        rows = rows[units.to(weight.device)]
     bias = getattr(layer, "bias", None)
     if isinstance(bias, torch.Tensor):
-        rows = torch.cat([rows, bias.detach()[units].unsqueeze(1).to(rows.dtype)], dim=1)
+        column = bias.detach() if units is None else bias.detach()[units.to(weight.device)]
+        rows = torch.cat([rows, column.unsqueeze(1).to(rows.dtype)], dim=1)
     return rows
+
+
+def _members(layer: nn.Module, group: list[int] | np.ndarray) -> torch.Tensor | None:
+    """Indices for :func:`unit_rows`: None when ``group`` is every unit in order (no gather needed)."""
+    if len(group) == unit_count(layer) and all(int(u) == i for i, u in enumerate(group)):
+        return None
+    return torch.as_tensor(np.asarray(group), dtype=torch.long)
 
 
 def candidate_groups(projection: np.ndarray, scale: float, partition: np.ndarray | None = None) -> list[np.ndarray]:
@@ -188,18 +198,20 @@ def exact_groups(layer: nn.Module, candidates: list[np.ndarray]) -> list[list[in
     """The groups of units of ``layer`` that are exactly identical (weights and bias), among ``candidates``
     (:func:`candidate_groups`), each sorted, largest first.
 
-    ``-0.0`` equals ``0.0``; a unit holding NaN equals no other.
+    Each candidate is compared with its first unit, then what is left with its own first unit, and so on: one pass
+    when the candidate is one group, as it nearly always is. ``-0.0`` equals ``0.0``; a unit holding NaN equals no
+    other.
     """
     found: list[list[int]] = []
     for members in candidates:
-        index = torch.as_tensor(members, dtype=torch.long)
-        rows = unit_rows(layer, index)
-        _, inverse, counts = torch.unique(rows, dim=0, return_inverse=True, return_counts=True)
-        inverse_np, counts_np = inverse.cpu().numpy(), counts.cpu().numpy()
-        for label in np.flatnonzero(counts_np > 1):
-            same = members[inverse_np == label]
-            if not torch.isnan(rows[int(np.flatnonzero(inverse_np == label)[0])]).any():
-                found.append(sorted(int(u) for u in same))
+        remaining = np.asarray(members)
+        while remaining.size > 1:
+            rows = unit_rows(layer, _members(layer, remaining))
+            same = (rows == rows[0]).all(dim=1).cpu().numpy()  # a unit holding NaN differs even from itself
+            group = remaining[same]
+            if group.size > 1:
+                found.append(sorted(int(u) for u in group))
+            remaining = remaining[~same][1:] if not same[0] else remaining[~same]
     return sorted(found, key=lambda g: (-len(g), g[0]))
 
 
@@ -276,7 +288,7 @@ def still_identical(module: nn.Module, before: list[LayerGroups]) -> list[LayerG
     """Of the groups found earlier (``before``), those whose units are all still identical now, by layer (layers
     with none left are omitted).
 
-    A group counts as still identical when every unit differs from the group's first unit by at most
+    A group counts as still identical when, for every input, its units' weights span at most
     :data:`ULP_TOLERANCE` units in the last place of the group's largest value: units that receive identical
     updates stay equal up to rounding. A group that split, even partly, is being differentiated by its gradients.
 
@@ -296,13 +308,13 @@ def still_identical(module: nn.Module, before: list[LayerGroups]) -> list[LayerG
         layer = layers.get(entry.layer)
         if layer is None or not entry.groups:
             continue
+        eps = torch.finfo(layer.weight.dtype).eps  # type: ignore[arg-type]
         per_group = []
         for group in entry.groups:
-            rows = unit_rows(layer, torch.as_tensor(group, dtype=torch.long))
-            rows = rows.to(torch.float64 if rows.dtype == torch.float64 else torch.float32)
-            spread = (rows - rows[:1]).abs().amax()
-            eps = torch.finfo(layer.weight.dtype).eps  # type: ignore[arg-type]
-            tolerance = ULP_TOLERANCE * eps * rows.abs().amax()
+            rows = unit_rows(layer, _members(layer, group))
+            high, low = rows.amax(dim=0), rows.amin(dim=0)  # per input: no copy of the rows
+            spread = (high - low).amax()
+            tolerance = ULP_TOLERANCE * eps * torch.maximum(high.abs(), low.abs()).amax()
             per_group.append(spread <= tolerance)
         verdicts.append((entry, torch.stack(per_group)))
     if not verdicts:

@@ -3,13 +3,10 @@ strategies."""
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
@@ -17,6 +14,7 @@ from torch import nn
 from epochkit import CrossValidator, InitAudit, InitAuditError
 from tests.helpers import QUIET, fit_ddp, quiet_trainer
 from tests.init_audit.zoo import CLASSES, FEATURES, Classify, ZooData, mlp, zero_mlp_tanh
+from tests.stopping.test_sharding import process_group  # noqa: F401  (the one-process gloo group fixture)
 
 
 def _spiked_mlp() -> nn.Module:
@@ -96,19 +94,6 @@ def test_every_fold_of_a_sound_reinit_is_checked_and_quiet(tmp_path: Path) -> No
     kwargs = {**QUIET, "max_epochs": 1, "callbacks": [InitAudit(on_issue="raise")]}
     result = cv.fit(Classify(mlp(nn.ReLU)), ZooData(), trainer_kwargs=kwargs)
     assert len(result.folds) == 2
-
-
-@pytest.fixture
-def process_group(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """A free port for the one-process gloo group the strategy starts, and that group destroyed afterwards."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", str(port))
-    yield
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 @pytest.mark.usefixtures("process_group")

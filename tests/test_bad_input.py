@@ -21,7 +21,7 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 
 import epochkit
-from epochkit import CrossValidator, EarlyStopping, LRWarmup, ShuffleAudit, WeightReset, schedules
+from epochkit import CrossValidator, EarlyStopping, InitAudit, LRWarmup, ShuffleAudit, WeightReset, schedules
 from epochkit.cv import RayExecutor
 from epochkit.demo import DigitsClassifier, DigitsDataModule
 from tests.helpers import QUIET, RegressionDataModule, RegressionModule, quiet_trainer
@@ -51,6 +51,7 @@ BUILDERS: dict[str, Callable[..., Any]] = {
     "EarlyStopping": lambda **k: EarlyStopping(**({"monitor": "val_loss"} | k)),
     "EarlyStopping(criterion='GL')": lambda **k: EarlyStopping(**({"monitor": "val_loss", "criterion": "GL"} | k)),
     "ShuffleAudit": lambda **k: ShuffleAudit(**k),
+    "InitAudit": lambda **k: InitAudit(**k),
     "CrossValidator": lambda **k: CrossValidator(**k),
     "CrossValidator.fit": _cv_fit,
     "WeightReset": lambda **k: WeightReset(**k),
@@ -98,6 +99,11 @@ BAD: dict[str, dict[str, list[Any]]] = {
         "escalate": ["weak_mixing", ["order_unchanged"]],
         "images": ["yes", 1, "png"],
         "sample_ids": ["", 2.5],
+    },
+    "InitAudit": {
+        "on_issue": ["explode", None, True],
+        "steps": [0, -1, 2.5, "10", True],
+        "dead_units": ["yes", 1, None],
     },
     "CrossValidator": {
         "n_splits": [1, 0, -2, 2.5, "5", True],
@@ -172,6 +178,8 @@ def test_every_public_constructor_has_bad_values() -> None:
     takes_no_settings = {
         "CVResult",
         "DestroyProcessGroupAtExit",
+        "InitAuditError",
+        "InitAuditWarning",
         "SetEpoch",
         "ShuffleAuditError",
         "ShuffleAuditWarning",

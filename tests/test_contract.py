@@ -67,6 +67,8 @@ CASES: list[Case] = [
     Case(epochkit.ShuffleAudit, {"on_issue": "raise", "labels": 1, "max_samples": 100000, "ignore": ["sorted_labels"]}),
     Case(epochkit.ShuffleAudit, {"escalate": ["weak_mixing", "correlated_batches"], "images": False}),
     Case(epochkit.SetEpoch, {}),
+    Case(epochkit.InitAudit, {"on_issue": "raise", "steps": 2, "dead_units": True}),
+    Case(epochkit.InitAudit, {"steps": 50, "dead_units": False}),
 ]
 
 

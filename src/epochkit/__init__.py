@@ -1,13 +1,14 @@
 """epochkit: Lightning callbacks for the epoch loop.
 
-Shuffle audit, early stopping, learning-rate warmup and cross-validation that plug into any LightningModule on one
-CPU, one GPU or many (DDP).
+Shuffle audit, initialisation audit, early stopping, learning-rate warmup and cross-validation that plug into any
+LightningModule on one CPU, one GPU or many (DDP).
 """
 
 from epochkit import schedules
 from epochkit._distributed import DestroyProcessGroupAtExit
 from epochkit.audit import SetEpoch, ShuffleAudit, ShuffleAuditError, ShuffleAuditWarning
 from epochkit.cv import CrossValidator, CVResult, WeightReset
+from epochkit.init_audit import InitAudit, InitAuditError, InitAuditWarning
 from epochkit.stopping import EarlyStopping
 from epochkit.warmup import LRWarmup
 
@@ -18,6 +19,9 @@ __all__ = [
     "CrossValidator",
     "DestroyProcessGroupAtExit",
     "EarlyStopping",
+    "InitAudit",
+    "InitAuditError",
+    "InitAuditWarning",
     "LRWarmup",
     "SetEpoch",
     "ShuffleAudit",

@@ -1,0 +1,331 @@
+"""Identical output units of a layer: pure functions over modules and tensors, no Trainer.
+
+A layer's *units* are its output features: the rows of a ``Linear`` weight (with their bias), the filters of a
+convolution (with their bias; units of different ``groups`` see different inputs and never count as identical), and
+the columns of an ``Embedding`` weight (output feature ``j`` is column ``j`` for every token). Units that start
+identical receive identical gradients as long as everything downstream treats them alike, and then stay identical
+for ever: the layer works as one unit.
+
+Finding them costs one small matrix-vector product per layer (each unit's bias and a sample of its inputs projected
+on a fixed vector, no random draw), one host transfer of the projections for the whole model, and an exact comparison
+of the few units whose projections agree. Nothing here draws from any random generator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+#: The layers whose units are compared.
+LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
+
+#: Units whose projections differ by at most this, relative to a bound on the sum of the absolute terms, are
+#: compared exactly: it absorbs float64 rounding of two dot products over identical numbers summed in different
+#: orders (about 1e-16 per term), and almost never lets two random units through.
+_CANDIDATE_RTOL = 1e-11
+#: A projection reads at most this many inputs of each unit, in a few contiguous blocks (see :func:`sampled_blocks`).
+SAMPLED_INPUTS = 64
+_BLOCKS = 4
+#: After ``steps`` optimizer steps, units count as still identical when they differ by at most this many units in
+#: the last place of their largest value (identical updates, summed in different orders, round apart slightly).
+ULP_TOLERANCE = 16
+
+
+def checked_layers(module: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """``(path, layer)`` for every layer of :data:`LAYER_TYPES` in ``module`` whose weight is trainable (a
+    floating-point weight with ``requires_grad``), by its module path (``net.0``); a layer reached twice (shared)
+    is listed once.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> net[2].weight.requires_grad_(False)  # doctest: +ELLIPSIS
+        Parameter containing:
+        ...
+        >>> [path for path, _ in checked_layers(net)]
+        ['0']
+    """
+    for path, layer in module.named_modules():
+        if not isinstance(layer, LAYER_TYPES):
+            continue
+        weight = getattr(layer, "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.is_floating_point() and weight.requires_grad:
+            yield path, layer
+
+
+def unit_count(layer: nn.Module) -> int:
+    """How many output units ``layer`` has."""
+    weight = layer.weight
+    assert isinstance(weight, torch.Tensor)
+    return int(weight.shape[1] if isinstance(layer, nn.Embedding) else weight.shape[0])
+
+
+def unit_partition(layer: nn.Module) -> np.ndarray | None:
+    """For a grouped convolution, each unit's group (units of different groups see different inputs); else None."""
+    groups = int(getattr(layer, "groups", 1) or 1)
+    if groups <= 1:
+        return None
+    return np.arange(unit_count(layer)) // (unit_count(layer) // groups)
+
+
+def _probe(length: int, like: torch.Tensor) -> torch.Tensor:
+    """A fixed float64 vector of ``length`` values spread over [-1, 1) (the golden-ratio sequence: no random draw)."""
+    k = torch.arange(1, length + 1, dtype=torch.float64, device=like.device)
+    return (k * 0.6180339887498949) % 1.0 * 2.0 - 1.0
+
+
+def sampled_blocks(length: int) -> list[tuple[int, int]]:
+    """The input positions a projection reads, as ``(start, width)`` blocks: all of them up to
+    :data:`SAMPLED_INPUTS`, else that many in :data:`_BLOCKS` contiguous blocks spread over the row (a few cache
+    lines per unit instead of the whole weight).
+
+    Identical units agree on any subset of their inputs, so sampling can only add candidates, which the exact
+    comparison then drops; it never misses a group.
+
+    Example:
+        >>> sampled_blocks(60)
+        [(0, 60)]
+        >>> sampled_blocks(4096)
+        [(0, 16), (1360, 16), (2720, 16), (4080, 16)]
+    """
+    if length <= SAMPLED_INPUTS:
+        return [(0, length)]
+    width = SAMPLED_INPUTS // _BLOCKS
+    return [(round(i * (length - width) / (_BLOCKS - 1)), width) for i in range(_BLOCKS)]
+
+
+@torch.no_grad()
+def project_units(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each unit's bias and sampled incoming weights (see :func:`sampled_blocks`) projected on a fixed vector, in
+    float64 on the weight's device, and the scale of the projections' rounding (a bound on any term's size).
+    Identical units get projections equal to within float64 rounding of that scale.
+
+    Example:
+        >>> layer = nn.Linear(3, 4)
+        >>> _ = nn.init.zeros_(layer.weight), nn.init.zeros_(layer.bias)
+        >>> projection, scale = project_units(layer)
+        >>> projection.tolist(), scale.item()
+        ([0.0, 0.0, 0.0, 0.0], 0.0)
+    """
+    weight = layer.weight
+    assert isinstance(weight, torch.Tensor)
+    if isinstance(layer, nn.Embedding):  # units are columns: sample rows (tokens), each block contiguous
+        table = weight.detach()
+        sample = torch.cat([table.narrow(0, start, width) for start, width in sampled_blocks(table.shape[0])], 0)
+        sample = sample.t()
+        bias = None
+    else:
+        rows = weight.detach().reshape(weight.shape[0], -1)
+        blocks = sampled_blocks(rows.shape[1])
+        if len(blocks) == 1:
+            sample = rows
+        else:  # copied block by block into one buffer: torch.cat of column slices takes a slow path
+            sample = torch.empty(rows.shape[0], SAMPLED_INPUTS, dtype=rows.dtype, device=rows.device)
+            for i, (start, width) in enumerate(blocks):
+                sample[:, i * width : (i + 1) * width].copy_(rows.narrow(1, start, width))
+        bias = getattr(layer, "bias", None)
+    probe = _probe(sample.shape[1] + 1, weight)
+    projection = sample.to(torch.float64) @ probe[:-1]
+    low, high = torch.aminmax(sample)
+    largest = torch.maximum(low.abs(), high.abs()).to(torch.float64)
+    if isinstance(bias, torch.Tensor):
+        projection = projection + bias.detach().to(torch.float64) * probe[-1]
+        largest = torch.maximum(largest, bias.detach().abs().amax().to(torch.float64))
+    return projection, largest * probe.abs().sum()
+
+
+@torch.no_grad()
+def unit_rows(layer: nn.Module, units: torch.Tensor | None = None) -> torch.Tensor:
+    """The incoming weights (and bias, as a last column) of the ``units`` (indices; None: all, without a copy when
+    the layer has no bias) of ``layer``, one row per unit, on the weight's device."""
+    weight = layer.weight
+    assert isinstance(weight, torch.Tensor)
+    if isinstance(layer, nn.Embedding):
+        table = weight.detach().t()
+        return table if units is None else table[units.to(weight.device)]
+    rows = weight.detach().reshape(weight.shape[0], -1)
+    if units is not None:
+        rows = rows[units.to(weight.device)]
+    bias = getattr(layer, "bias", None)
+    if isinstance(bias, torch.Tensor):
+        column = bias.detach() if units is None else bias.detach()[units.to(weight.device)]
+        rows = torch.cat([rows, column.unsqueeze(1).to(rows.dtype)], dim=1)
+    return rows
+
+
+def _members(layer: nn.Module, group: list[int] | np.ndarray) -> torch.Tensor | None:
+    """Indices for :func:`unit_rows`: None when ``group`` is every unit in order (no gather needed)."""
+    if len(group) == unit_count(layer) and all(int(u) == i for i, u in enumerate(group)):
+        return None
+    return torch.as_tensor(np.asarray(group), dtype=torch.long)
+
+
+def candidate_groups(projection: np.ndarray, scale: float, partition: np.ndarray | None = None) -> list[np.ndarray]:
+    """Runs of units whose projections (:func:`project_units`) agree within rounding of ``scale`` (and share a
+    partition), as index arrays of two or more units: the only units that can be identical.
+
+    Example:
+        >>> values = np.array([0.5, 0.0, 0.5, 0.2, 0.0])
+        >>> [g.tolist() for g in candidate_groups(values, 1.0)]
+        [[1, 4], [0, 2]]
+        >>> candidate_groups(values[[0, 2]], 1.0, partition=np.array([0, 1]))
+        []
+    """
+    if projection.size < 2:
+        return []
+    if not np.isfinite(scale):  # a layer holding NaN or inf: bound the rounding by its finite projections instead
+        finite = np.abs(projection[np.isfinite(projection)])
+        scale = 1e3 * float(finite.max()) if finite.size else 0.0
+    keys = np.zeros(projection.size, np.int64) if partition is None else partition.astype(np.int64)
+    order = np.lexsort((projection, keys))
+    values, parts = projection[order], keys[order]
+    close = (parts[1:] == parts[:-1]) & (np.abs(values[1:] - values[:-1]) <= _CANDIDATE_RTOL * scale)
+    groups = []
+    start = 0
+    for i in range(1, projection.size + 1):
+        if i == projection.size or not close[i - 1]:
+            if i - start > 1:
+                groups.append(np.sort(order[start:i]))
+            start = i
+    return groups
+
+
+@torch.no_grad()
+def exact_groups(layer: nn.Module, candidates: list[np.ndarray]) -> list[list[int]]:
+    """The groups of units of ``layer`` that are exactly identical (weights and bias), among ``candidates``
+    (:func:`candidate_groups`), each sorted, largest first.
+
+    Each candidate is compared with its first unit, then what is left with its own first unit, and so on: one pass
+    when the candidate is one group, as it nearly always is. ``-0.0`` equals ``0.0``; a unit holding NaN equals no
+    other.
+    """
+    found: list[list[int]] = []
+    for members in candidates:
+        remaining = np.asarray(members)
+        while remaining.size > 1:
+            rows = unit_rows(layer, _members(layer, remaining))
+            same = (rows == rows[0]).all(dim=1).cpu().numpy()  # a unit holding NaN differs even from itself
+            group = remaining[same]
+            if group.size > 1:
+                found.append(sorted(int(u) for u in group))
+            remaining = remaining[~same][1:] if not same[0] else remaining[~same]
+    return sorted(found, key=lambda g: (-len(g), g[0]))
+
+
+@dataclass
+class LayerGroups:
+    """The identical-unit groups of one layer.
+
+    Attributes:
+        layer: The layer's module path (``net.0``).
+        units: How many units the layer has.
+        groups: Each group's unit indices (two or more, sorted), largest group first.
+    """
+
+    layer: str
+    units: int
+    groups: list[list[int]]
+
+    @property
+    def grouped_units(self) -> int:
+        """How many units are in some group."""
+        return sum(len(g) for g in self.groups)
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain data for checkpoints (the groups as int64 tensors: a zero-initialised layer of 50,000 units holds a
+        group of 50,000)."""
+        return {
+            "layer": self.layer,
+            "units": self.units,
+            "groups": [torch.tensor(g, dtype=torch.int64) for g in self.groups],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> LayerGroups:
+        """Inverse of :meth:`to_dict`."""
+        groups = data.get("groups") or []
+        assert isinstance(groups, list)
+        return cls(str(data["layer"]), int(data["units"]), [[int(u) for u in g] for g in groups])  # type: ignore[call-overload]
+
+
+def find_identical_units(module: nn.Module) -> list[LayerGroups]:
+    """Every checked layer of ``module`` (:func:`checked_layers`) that has identical units, with its groups.
+
+    One host transfer for the whole module (the projections), then an exact comparison of the candidates.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
+        >>> _ = nn.init.zeros_(net[0].weight), nn.init.zeros_(net[0].bias)
+        >>> find_identical_units(net)
+        [LayerGroups(layer='0', units=3, groups=[[0, 1, 2]])]
+    """
+    layers = list(checked_layers(module))
+    if not layers:
+        return []
+    projections = [project_units(layer) for _, layer in layers]
+    device = projections[0][0].device
+    parts = [p.to(device) for p, _ in projections] + [torch.stack([scale.to(device) for _, scale in projections])]
+    joined = torch.cat(parts).cpu().numpy()  # the one host transfer
+    scales = joined[-len(layers) :]
+    found = []
+    start = 0
+    for (path, layer), (projection, _), scale in zip(layers, projections, scales, strict=True):
+        values = joined[start : start + projection.numel()]
+        start += projection.numel()
+        candidates = candidate_groups(values, float(scale), unit_partition(layer))
+        if candidates:
+            groups = exact_groups(layer, candidates)
+            if groups:
+                found.append(LayerGroups(path, unit_count(layer), groups))
+    return found
+
+
+@torch.no_grad()
+def still_identical(module: nn.Module, before: list[LayerGroups]) -> list[LayerGroups]:
+    """Of the groups found earlier (``before``), those whose units are all still identical now, by layer (layers
+    with none left are omitted).
+
+    A group counts as still identical when, for every input, its units' weights span at most
+    :data:`ULP_TOLERANCE` units in the last place of the group's largest value: units that receive identical
+    updates stay equal up to rounding. A group that split, even partly, is being differentiated by its gradients.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 3))
+        >>> _ = nn.init.zeros_(net[0].weight), nn.init.zeros_(net[0].bias)
+        >>> before = find_identical_units(net)
+        >>> still_identical(net, before) == before
+        True
+        >>> _ = net[0].weight.data[2].add_(0.1)
+        >>> still_identical(net, before)
+        []
+    """
+    layers = dict(checked_layers(module))
+    verdicts: list[tuple[LayerGroups, torch.Tensor]] = []
+    for entry in before:
+        layer = layers.get(entry.layer)
+        if layer is None or not entry.groups:
+            continue
+        eps = torch.finfo(layer.weight.dtype).eps  # type: ignore[arg-type]
+        per_group = []
+        for group in entry.groups:
+            rows = unit_rows(layer, _members(layer, group))
+            high, low = rows.amax(dim=0), rows.amin(dim=0)  # per input: no copy of the rows
+            spread = (high - low).amax()
+            tolerance = ULP_TOLERANCE * eps * torch.maximum(high.abs(), low.abs()).amax()
+            per_group.append(spread <= tolerance)
+        verdicts.append((entry, torch.stack(per_group)))
+    if not verdicts:
+        return []
+    flags = torch.cat([v.to(verdicts[0][1].device) for _, v in verdicts]).cpu().numpy()  # one host transfer
+    kept = []
+    start = 0
+    for entry, verdict in verdicts:
+        mask = flags[start : start + verdict.numel()]
+        start += verdict.numel()
+        groups = [g for g, same in zip(entry.groups, mask, strict=True) if same]
+        if groups:
+            kept.append(LayerGroups(entry.layer, entry.units, groups))
+    return kept

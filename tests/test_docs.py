@@ -280,7 +280,7 @@ def test_the_home_page_a_guide_and_an_api_page_render_in_chromium(served: str, t
 
 
 def test_the_findings_page_names_every_finding_of_every_callback() -> None:
-    """Every ShuffleAudit finding code and every stopping reason has its row on the Findings page."""
+    """Every ShuffleAudit and InitAudit finding code and every stopping reason has its row on the Findings page."""
     from epochkit.audit import CATALOG
     from epochkit.stopping import StoppingReason
 
@@ -288,3 +288,6 @@ def test_the_findings_page_names_every_finding_of_every_callback() -> None:
     rows = {line.split("|")[1].strip().split(" ")[0].strip("`") for line in text.splitlines() if line.startswith("| `")}
     assert set(CATALOG) <= rows, sorted(set(CATALOG) - rows)
     assert {reason.name for reason in StoppingReason} <= rows, sorted({r.name for r in StoppingReason} - rows)
+    from epochkit.init_audit.findings import CATALOG as INIT_CATALOG
+
+    assert set(INIT_CATALOG) <= rows, sorted(set(INIT_CATALOG) - rows)

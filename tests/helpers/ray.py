@@ -35,6 +35,11 @@ def _ray_environment() -> Iterator[Path]:
             mp.setenv("PYTHONPATH", path)
             mp.delenv("RAY_ADDRESS", raising=False)
             mp.setenv("RAY_DEDUP_LOGS", "0")
+            # Ray writes the address of the cluster it starts to <RAY_TMPDIR>/ray/ray_current_cluster, /tmp/ray by
+            # default: here, inside this temporary directory, so a test neither needs /tmp/ray to exist nor leaves
+            # that file behind.
+            (temp / "ray").mkdir()
+            mp.setenv("RAY_TMPDIR", str(temp))
             mp.chdir(work)
             yield temp
     finally:

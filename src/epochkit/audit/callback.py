@@ -348,6 +348,7 @@ class ShuffleAudit(Callback):
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._steps_ = 0
+        self._epoch_now_ = trainer.current_epoch  # once an epoch (a resumed one too), not on every batch
         self._pending_ = None
         self._epoch_open_ = True
         # A reload (reload_dataloaders_every_n_epochs) swaps loaders on every rank at the same epoch, so every rank
@@ -394,7 +395,6 @@ class ShuffleAudit(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         self._steps_ += 1
-        self._epoch_now_ = trainer.current_epoch
         for slot in self._loaders_:
             part = sub_batch(batch, slot.path) if slot.path else batch
             if part is None:  # an exhausted loader of several (max_size mode)

@@ -188,3 +188,20 @@ def test_without_matplotlib_the_raw_maps_are_logged(tmp_path: Path, monkeypatch:
         ImportError, match=r"ShuffleAudit\(images='plot'\) needs matplotlib: `pip install epochkit\[plot"
     ):
         fit([ShuffleAudit(images="plot")], AuditDataModule(), max_epochs=1)
+
+
+def test_plots_are_drawn_at_epochs_0_1_2_4_8_and_at_every_finding_raw_maps_every_epoch(tmp_path: Path) -> None:
+    # A plot costs about 0.1 s: a healthy long fit draws O(log epochs) of them, a fit with findings draws each.
+    counts = {}
+    for name, dm, images in (
+        ("healthy", AuditDataModule(n=96), True),
+        ("bug", AuditDataModule(n=96, sampler=_data.fixed_permutation), True),
+        ("raw", AuditDataModule(n=96), "raw"),
+    ):
+        logger = TensorBoardLogger(tmp_path, name=name)
+        fit([ShuffleAudit(on_issue="log", labels=1, images=images)], dm, max_epochs=6, logger=logger)
+        run = read_tensorboard(tmp_path / name)
+        counts[name] = {tag.rsplit("/", 1)[1]: len(run.images[tag]) for tag in run.images}
+    assert counts["healthy"] == {"label_map": 4, "order_map": 3}  # epochs 0, 1, 2, 4 (no order map at epoch 0)
+    assert counts["bug"]["order_map"] == 5  # a replay every epoch from epoch 1: a finding, so a plot, each time
+    assert counts["raw"] == {"label_map": 6, "order_map": 5}

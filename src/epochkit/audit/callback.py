@@ -795,6 +795,10 @@ class ShuffleAudit(Callback):
         plot = self.images == "plot" or (self.images is True and img.can_plot())
         prefix = "shuffle_audit/" if len(self._loaders_) == 1 else f"shuffle_audit/{slot.key}/"
         epoch = int(verdict.epoch or 0)
+        if plot and not (verdict.findings or epoch & (epoch - 1) == 0):
+            # A plot costs about 0.1 s (matplotlib), a fast epoch less: plots at epochs 0, 1, 2, 4, 8, ... and at every
+            # epoch with a finding, so a long fit draws O(log epochs) of them. The raw maps are cheap: every epoch.
+            return
         if verdict.order_map is not None:
             if plot:
                 line = _verdict_line(verdict, ORDER_CODES, self._explained_.get(slot.key))

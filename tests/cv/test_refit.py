@@ -151,12 +151,22 @@ def test_best_rule_follows_the_monitored_metric_and_bad_epochs_fail(tmp_path: Pa
 
 
 @pytest.mark.processes
-def test_a_refit_killed_mid_way_resumes_to_the_same_weights(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", ["KILL", "TERM"])
+def test_a_refit_killed_mid_way_resumes_to_the_same_weights(tmp_path: Path, sig: str) -> None:
     root = tmp_path / "cv"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *sys.path])}
     argv = [sys.executable, "-m", "tests.cv.refit_runs", str(root)]
-    killed = subprocess.run([*argv, "2"], env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
-    assert killed.returncode == -9, killed.stdout + killed.stderr
+    killed = subprocess.run([*argv, "2", sig], env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    out = killed.stdout + killed.stderr
+    if sig == "KILL":
+        assert killed.returncode == -9, out
+    else:  # a preemption: exit status 143 (not Lightning's 0) and the line that says what to do
+        assert killed.returncode == 143, out
+        assert (
+            f"CrossValidator: the refit was interrupted by SIGTERM; its last finished epoch is saved in "
+            f"{root / 'final' / 'resume'}. Run the same refit again with root_dir={str(root)!r} to resume it" in out
+        ), out
+        assert "Traceback" not in out and "REFIT EPOCH 3" not in out, out
     assert "REFIT EPOCH 1" in killed.stdout and "DONE" not in killed.stdout
     assert (root / "final" / "resume" / "last.ckpt").exists() and not (root / "final" / "refit.json").exists()
 

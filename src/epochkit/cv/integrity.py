@@ -76,19 +76,26 @@ class FoldPreempted(SIGTERMException):
 
 
 @contextlib.contextmanager
-def preempted_fold(fold: int, root: Path) -> Iterator[None]:
+def preempted_fold(fold: int, root: Path, refit_dir: str | None = None) -> Iterator[None]:
     """Turn Lightning's ``SIGTERMException`` (a ``SystemExit(None)``: exit status 0) raised while fold ``fold``
-    trains into :class:`FoldPreempted` (exit status 143), with one line on stderr (rank 0) saying which fold was
-    interrupted and how to resume. The files are whole: every one is written atomically."""
+    trains (or the refit, in ``root/refit_dir``) into :class:`FoldPreempted` (exit status 143), with one line on
+    stderr (rank 0) saying which run was interrupted and how to resume. The files are whole: every one is written
+    atomically."""
     try:
         yield
     except FoldPreempted:
         raise
     except SIGTERMException as err:
+        if refit_dir is None:
+            what, saved = f"fold {fold}", root / f"fold_{fold}" / "resume"
+            again = "the same cross-validation again"
+            reused = "finished folds are reused"
+        else:
+            what, saved = "the refit", root / refit_dir / "resume"
+            again, reused = "the same refit again", "the folds are not retrained"
         message = (
-            f"CrossValidator: fold {fold} was interrupted by SIGTERM; its last finished epoch is saved in "
-            f"{root / f'fold_{fold}' / 'resume'}. Run the same cross-validation again with root_dir={str(root)!r} "
-            f"to resume it (finished folds are reused); exiting with status {PREEMPTED_EXIT}."
+            f"CrossValidator: {what} was interrupted by SIGTERM; its last finished epoch is saved in {saved}. Run "
+            f"{again} with root_dir={str(root)!r} to resume it ({reused}); exiting with status {PREEMPTED_EXIT}."
         )
         log.info(message)  # printed below as well: INFO, so Python's last-resort handler does not print it twice
         if int(getattr(rank_zero_only, "rank", 0) or 0) == 0:

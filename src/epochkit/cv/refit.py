@@ -37,7 +37,7 @@ from epochkit.cv.fold import (
     local_worker,
     run_fold,
 )
-from epochkit.cv.integrity import check_tree, read_fold_record
+from epochkit.cv.integrity import check_tree, preempted_fold, read_fold_record
 from epochkit.cv.reset import WeightReset, unwrap_compiled, weights_checksum
 from epochkit.cv.results import CVResult, FoldResult
 
@@ -358,7 +358,8 @@ def run_refit(
     with cv.lightning_info_filter():
         if cv.executor is None:
             job = FoldJob(model, datamodule, dataset, resetter=resetter, worker=local_worker())
-            outcome = run_fold(spec, job)
+            with preempted_fold(0, root, refit_dir=REFIT_DIR):
+                outcome = run_fold(spec, job)
         else:  # one Ray task; the weights come back through root_dir/final/model.pt
             outcomes = cv.executor.run([spec], FoldJob(model, datamodule, dataset))
             try:

@@ -7,6 +7,7 @@ import json
 import os
 import pathlib
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,16 @@ def test_an_unwritable_directory_is_named_before_anything_is_written(tmp_path: P
         _io.check_writable(blocker / "cv", "root_dir")
     _io.check_writable(tmp_path / "fine", "root_dir")
     assert list((tmp_path / "fine").iterdir()) == []
+
+
+def test_a_torch_save_that_fails_mid_pickle_keeps_the_previous_file(tmp_path: Path) -> None:
+    target = tmp_path / "best.pt"
+    _io.save_torch_atomic({"weights": torch.arange(4.0)}, target)
+    # The tensors pickle first, then the lock cannot be pickled: torch.save has already begun writing the file.
+    with pytest.raises(TypeError, match=r"cannot pickle '_thread\.lock' object"):
+        _io.save_torch_atomic({"weights": torch.ones(1000), "lock": threading.Lock()}, target)
+    assert torch.equal(_io.load_torch(target, "weights file")["weights"], torch.arange(4.0))
+    assert [p.name for p in tmp_path.iterdir()] == ["best.pt"]
 
 
 class _Planted:

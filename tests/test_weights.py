@@ -57,6 +57,37 @@ def test_restore_keeps_distinct_objects_over_one_storage_distinct() -> None:
     assert torch.equal(module.view, expected["view"])
 
 
+class _Halves(nn.Module):
+    """Two parameters over the two halves of one flat storage (as a fused or flat-parameter layout has them): the
+    same device, storage, shape, strides and dtype; only the offset tells them apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        flat = torch.arange(1.0, 9.0)
+        self.lo = nn.Parameter(flat[:4])
+        self.hi = nn.Parameter(flat[4:])
+
+
+def test_parameters_over_two_halves_of_one_storage_are_two_tensors_and_both_restored() -> None:
+    module = _Halves()
+    assert module.lo.untyped_storage().data_ptr() == module.hi.untyped_storage().data_ptr()
+    named = named_tensors(module)
+    slots, tensors = distinct(named)
+    assert slots == {"lo": 0, "hi": 1} and len(tensors) == 2 and ties(named) == []
+    expected = {"lo": torch.arange(1.0, 5.0), "hi": torch.arange(5.0, 9.0)}
+    host, reset = HostWeights(), WeightReset()
+    host.capture(module)
+    reset.snapshot(module)
+    for put_back in (host.load_into, reset.restore):
+        with torch.no_grad():
+            module.lo.zero_()
+            module.hi.zero_()
+        put_back(module)
+        restored = {name: tensor.detach().clone() for name, tensor in named_tensors(module).items()}
+        assert restored.keys() == expected.keys(), put_back
+        assert all(torch.equal(restored[k], v) for k, v in expected.items()), (put_back, restored)
+
+
 def test_copy_tensors_copies_every_pair_across_dtypes_of_the_same_device() -> None:
     targets = [torch.zeros(2), torch.zeros(3, dtype=torch.float64), torch.zeros(1, dtype=torch.int64)]
     sources = [torch.ones(2), torch.full((3,), 2.0, dtype=torch.float64), torch.tensor([7])]

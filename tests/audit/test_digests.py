@@ -82,6 +82,24 @@ def test_runs_that_differ_from_an_epoch_on_are_told_apart_there(tmp_path: Path) 
     assert (result.identical, result.epoch, result.rank, result.loader) == (False, 2, 0, "train_dataloader")
 
 
+def test_epochs_are_matched_by_their_number_when_one_report_starts_later(tmp_path: Path) -> None:
+    # The audit added on a resume at epoch 2: its report holds epochs 2 and 3 only, the full run's 0 to 3.
+    full = _run(tmp_path / "full", 4, Seeded())
+    first = quiet_trainer(
+        tmp_path / "late",
+        [ModelCheckpoint(dirpath=tmp_path / "late" / "ckpt", save_last=True)],
+        max_epochs=2,
+        limit_val_batches=0,
+        enable_checkpointing=True,
+    )
+    first.fit(_data.model(), datamodule=Seeded())
+    late = _run(tmp_path / "late", 4, Seeded(), ckpt=tmp_path / "late" / "ckpt" / "last.ckpt")
+    assert [e["epoch"] for e in json.loads(late.read_text())["epochs"]] == [2, 3]
+    result = compare(full, late)
+    assert result.message == "identical orders in epochs 2-3 (1 loader, 1 rank); only one run recorded epochs 0-1"
+    assert result.identical and result.epochs == (2, 3)
+
+
 def _cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
     """Run ``python -m epochkit.audit compare ...`` as the interpreter does (``runpy``, the module as ``__main__``),
     in this process: a fresh interpreter would spend most of the test importing torch and Lightning."""

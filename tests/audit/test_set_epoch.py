@@ -5,11 +5,14 @@ DDP ranks; and it says when it cannot help (persistent workers) or has nothing t
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import BatchSampler, Dataset, SequentialSampler
 
 from epochkit import SetEpoch, ShuffleAudit
 from tests.audit import _data, _streams
@@ -75,6 +78,38 @@ def test_a_bucketing_batch_sampler_replays_without_set_epoch_and_the_fix_says_wh
     trainer = fit([fixed, SetEpoch()], AuditDataModule(n=192, batch_sampler=_data.bucketed), max_epochs=3)
     assert trainer.train_dataloader.batch_sampler.set_calls == [0, 1, 2]
     assert not _issues(fixed)
+
+
+class ShuffledBatches(BatchSampler):
+    """A bucketing-style batch sampler that subclasses torch's ``BatchSampler``: fixed batches over the data in order,
+    the batches in an order drawn from its own ``set_epoch``, which Lightning never calls on a batch sampler."""
+
+    def __init__(self, n: int, batch_size: int) -> None:
+        super().__init__(SequentialSampler(range(n)), batch_size, drop_last=False)
+        self.epoch = 0
+        self.set_calls: list[int] = []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.set_calls.append(epoch)
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = list(super().__iter__())
+        gen = torch.Generator().manual_seed(self.epoch)
+        return iter([batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()])
+
+
+def _shuffled_batches(n: int, dataset: Dataset, batch_size: int) -> ShuffledBatches:
+    return ShuffledBatches(n, batch_size)
+
+
+def test_a_batch_sampler_subclass_with_set_epoch_gets_its_epoch() -> None:
+    # A subclass of BatchSampler is a custom batch sampler all the same: only torch's own BatchSampler (whose epoch
+    # lives in its .sampler, which Lightning reaches) is left alone.
+    audit = ShuffleAudit(on_issue="log")
+    trainer = fit([audit, SetEpoch()], AuditDataModule(n=96, batch_sampler=_shuffled_batches), max_epochs=3)
+    assert trainer.train_dataloader.batch_sampler.set_calls == [0, 1, 2]
+    assert not _issues(audit)
 
 
 def _epochs_started(tmp_path: Path, max_epochs: int, ckpt: Path | None = None, **kw: object) -> list[int]:

@@ -80,3 +80,24 @@ def test_fit_start_names_every_setting_the_ranks_disagree_on() -> None:
     verdict = judge_fit_start([base, {**base, "seed": 1, "drop_last": True}], world_size=2)
     assert [f.code for f in verdict.findings] == ["rank_sampler_mismatch"]
     assert verdict.findings[0].evidence == "seed rank 0=0, rank 1=1; drop_last rank 0=False, rank 1=True"
+
+
+def test_an_order_anti_correlated_with_the_previous_epoch_is_flagged() -> None:
+    # Epoch 1 walks epoch 0 backwards with every sample's position jittered (not a plain reversal): Spearman -0.75 on
+    # 400 samples, far outside the ±0.30 a fresh shuffle stays within.
+    n, batch = 400, 16
+    gen = torch.Generator().manual_seed(0)
+    first = np.asarray(torch.randperm(n, generator=gen))
+    second = first[np.argsort(-np.arange(n) + 100 * np.asarray(torch.randn(n, generator=gen)))]
+    config = [{"dataset_size": n, "padding": 0}]
+
+    def payload(ids: np.ndarray) -> list[EpochPayload]:
+        sizes = np.full(n // batch, batch)
+        return [epoch_payload(ids, sizes, source="sampler indices", dataset_size=n, world_size=1)]
+
+    verdict, record = judge_epoch(0, payload(first), config)
+    assert not verdict.findings
+    verdict, _ = judge_epoch(1, payload(second), config, record, 0)
+    assert verdict.metrics["spearman"] < -0.7
+    assert [f.code for f in verdict.findings] == ["order_unchanged"], verdict.to_dict()
+    assert "positions correlate with epoch 0: Spearman -0." in verdict.findings[0].evidence

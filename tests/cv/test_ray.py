@@ -166,6 +166,24 @@ def test_a_worker_killed_mid_fold_is_retried_and_resumes_to_the_same_results(
     }
 
 
+def test_with_max_retries_0_a_killed_fold_is_not_rerun_and_the_run_fails_saying_so(
+    ray_address: str, tmp_path: Path
+) -> None:
+    # Ray's own default reruns a task whose worker died 3 times: max_retries=0 must reach Ray and stop at the kill.
+    pid_file = tmp_path / "held.json"
+    killed: list[int] = []
+    killer = threading.Thread(target=_kill_when_held, args=(pid_file, killed), daemon=True)
+    killer.start()
+    root = tmp_path / "cv"
+    cv = CrossValidator(2, root_dir=root, verbose=False, executor=RayExecutor(max_retries=0, max_concurrent=1))
+    hold = HoldOnce(str(pid_file), fold=0, epoch=0)
+    with pytest.raises(RuntimeError, match=r"fold 0: its Ray task died 1 time\(s\) \(max_retries=0; "):
+        cv.fit(RegressionModule(), _data(), trainer_kwargs={**QUIET, "max_epochs": 1, "callbacks": [hold]})
+    killer.join(timeout=5)
+    assert len(killed) == 1
+    assert not list(root.glob("fold_*/fold_result.json")), "a fold finished"
+
+
 def test_resources_no_node_has_fail_with_a_message_not_a_hang(ray_address: str, tmp_path: Path) -> None:
     start = time.monotonic()
     with pytest.raises(RuntimeError) as info:

@@ -22,7 +22,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from torch import nn
 from torch.utils.data import DataLoader, SequentialSampler, TensorDataset
 
-from epochkit import CrossValidator
+from epochkit import CrossValidator, DestroyProcessGroupAtExit
 from epochkit.cv import weights_checksum
 from tests.helpers import (
     QUIET,
@@ -363,6 +363,22 @@ def test_metric_states_and_optimizer_start_empty_in_every_fold(tmp_path: Path) -
     _regression_cv(tmp_path, n_splits=3, predict=False).fit(model, RegressionDataModule(), trainer_factory=make)
     assert seen == [(0, 0), (0, 0), (0, 0)]
     assert model.mse._update_count == 0  # handed back reset, as it came
+
+
+def test_every_fold_trainer_destroys_its_process_group_at_exit(tmp_path: Path) -> None:
+    # A fold's ddp_spawn workers exit right after it; without DestroyProcessGroupAtExit gloo may abort them (a flaky
+    # abort is all a run would show), so every fold's Trainer must carry it, whatever callbacks the user gave.
+    trainers: list[pl.Trainer] = []
+
+    def make(fold: int) -> pl.Trainer:
+        trainers.append(pl.Trainer(**QUIET, max_epochs=1))
+        return trainers[-1]
+
+    _regression_cv(tmp_path, n_splits=2, predict=False).fit(
+        RegressionModule(), RegressionDataModule(), trainer_factory=make
+    )
+    assert len(trainers) == 2
+    assert [sum(isinstance(cb, DestroyProcessGroupAtExit) for cb in t.callbacks) for t in trainers] == [1, 1]
 
 
 class _PredictFailsOnce(RegressionModule):

@@ -9,7 +9,8 @@ bytes with :func:`copy_tensors`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -109,7 +110,7 @@ def copy_tensors(targets: Sequence[Tensor], sources: Sequence[Tensor]) -> None:
     """``target.copy_(source)`` for every pair, as one fused ``torch._foreach_copy_`` per (target device, source
     device) pair: the same bytes as one big copy, without a Python loop per tensor. Copies between the host and a GPU
     are issued asynchronously (``non_blocking``) and waited for once at the end, so the host copy is complete when
-    this returns.
+    this returns. Copies from host to host run on one torch thread (see :func:`_one_torch_thread`).
     """
     groups: dict[tuple[torch.device, torch.device], tuple[list[Tensor], list[Tensor]]] = {}
     for target, source in zip(targets, sources, strict=True):
@@ -119,7 +120,32 @@ def copy_tensors(targets: Sequence[Tensor], sources: Sequence[Tensor]) -> None:
     cuda_devices: set[torch.device] = set()
     for (target_device, source_device), (group_targets, group_sources) in groups.items():
         across = target_device != source_device
-        torch._foreach_copy_(group_targets, group_sources, non_blocking=across)
+        if target_device.type == source_device.type == "cpu":
+            with _one_torch_thread():
+                torch._foreach_copy_(group_targets, group_sources)
+        else:
+            torch._foreach_copy_(group_targets, group_sources, non_blocking=across)
         cuda_devices.update(d for d in (target_device, source_device) if across and d.type == "cuda")
     for device in cuda_devices:
         torch.cuda.synchronize(device)
+
+
+@contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """Run the block with one torch intra-op thread, then restore the count.
+
+    A copy of many host tensors is one parallel region per tensor, and each waits at its end for the slowest torch
+    thread: where another process holds a core, a thread gets descheduled and the copy of a 100M-parameter model took
+    3-5x as long as a copy of the same bytes in one tensor (``benchmarks/early_stopping.py``). A host memcpy is
+    bound by memory bandwidth, which one thread nearly saturates; on one thread the tensor-by-tensor copy is as fast
+    as the flat one. (With OpenMP, torch's backend, the count is the calling thread's own setting.)
+    """
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -98,7 +98,7 @@ def bench_restore_copy(repeats: int, layers: int) -> None:
         f"  ({n_bytes / cap / 2**30:.2f} GiB/s)"
     )
     print(f"  restore at fit end (HostWeights.load_into):             {load * 1e3:8.1f} ms")
-    print(f"  baseline: copy_ loop over its {len(sources)} tensors, buffers preallocated: {per_tensor * 1e3:8.1f} ms")
+    print(f"  loop: copy_ of each of its {len(sources)} tensors, buffers preallocated: {per_tensor * 1e3:8.1f} ms")
     print(f"  naive: copy.deepcopy(model.state_dict()) (allocates):  {naive * 1e3:8.1f} ms")
     print(f"  flat: one copy_ of one tensor of the same bytes:         {flat * 1e3:8.1f} ms")
     print(
@@ -109,8 +109,8 @@ def bench_restore_copy(repeats: int, layers: int) -> None:
     print(
         "  (what a user has without epochkit is the loop, or deepcopy; the target is on the flat copy, the bound for"
         " these bytes. The loop runs on torch's default threads: each tensor's copy is a parallel region that waits"
-        " for the slowest thread, which a busy machine deschedules; epochkit copies host to host on one thread, as"
-        " fast as the flat copy, since one thread nearly saturates memory bandwidth)"
+        " for the slowest thread, which a busy machine deschedules; epochkit's threads, each on one torch thread,"
+        " take tensors or chunks from one list, so a descheduled thread delays only its piece)"
     )
     print(f"  first copy (allocates the buffers): {first * 1e3:.1f} ms")
     print(

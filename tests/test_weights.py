@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import contextlib
 
+import pytest
 import torch
 from torch import nn
 
+from epochkit import _weights
 from epochkit._weights import copy_tensors, distinct, named_tensors, ties
 from epochkit.cv import WeightReset
 from epochkit.stopping import HostWeights
@@ -90,6 +92,34 @@ def test_a_host_copy_runs_on_one_torch_thread_and_gives_the_count_back() -> None
         assert torch.get_num_threads() == 2
         with contextlib.suppress(RuntimeError):
             copy_tensors([torch.zeros(3)], [torch.ones(4)])  # a shape mismatch raises inside the copy
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_large_host_copy_is_shared_among_threads_in_chunks_and_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above the size threshold the copy runs on several threads, big tensors in chunks along their first dimension;
+    every byte arrives (into parameters, from strided sources, 0-d and empty tensors too), and an error in a thread
+    reaches the caller."""
+    monkeypatch.setattr(_weights, "_PARALLEL_BYTES", 0)
+    monkeypatch.setattr(_weights, "_CHUNK_BYTES", 64)  # a 100 x 7 float tensor (28 bytes a row) is 50 chunks
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        gen = torch.Generator().manual_seed(0)
+        sources = [
+            torch.randn(100, 7, generator=gen),
+            torch.randn(7, 100, generator=gen).t(),  # not contiguous
+            torch.tensor(3.0),
+            torch.empty(0, 5),
+            torch.randint(0, 9, (33,), generator=gen),
+        ]
+        targets = [torch.zeros(s.shape, dtype=s.dtype) for s in sources]
+        targets[0] = nn.Parameter(targets[0])  # a restore writes into the module's parameters
+        copy_tensors(targets, sources)
+        assert all(torch.equal(t, s) for t, s in zip(targets, sources, strict=True))
+        with pytest.raises(RuntimeError):
+            copy_tensors([torch.zeros(100, 7), torch.zeros(3)], [torch.ones(100, 7), torch.ones(4)])
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)

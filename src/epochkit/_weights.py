@@ -200,11 +200,9 @@ def _copy_on_host(targets: list[Tensor], sources: list[Tensor]) -> None:
 def _one_torch_thread() -> Iterator[None]:
     """Run the block with one torch intra-op thread, then restore the count.
 
-    A copy of many host tensors is one parallel region per tensor, and each waits at its end for the slowest torch
-    thread: where another process holds a core, a thread gets descheduled and the copy of a 100M-parameter model took
-    3-5x as long as a copy of the same bytes in one tensor (``benchmarks/early_stopping.py``). A host memcpy is
-    bound by memory bandwidth, which one thread nearly saturates; on one thread the tensor-by-tensor copy is as fast
-    as the flat one. (With OpenMP, torch's backend, the count is the calling thread's own setting.)
+    Each ``copy_`` on several torch threads is a parallel region that waits at its end for the slowest of them (see
+    :func:`_copy_on_host`); on one thread a copy waits for nobody. (With OpenMP, torch's backend, the count is the
+    calling thread's own setting.)
     """
     threads = torch.get_num_threads()
     if threads == 1:

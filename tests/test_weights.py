@@ -3,9 +3,13 @@ one copy path."""
 
 from __future__ import annotations
 
+import contextlib
+
+import pytest
 import torch
 from torch import nn
 
+from epochkit import _weights
 from epochkit._weights import copy_tensors, distinct, named_tensors, ties
 from epochkit.cv import WeightReset
 from epochkit.stopping import HostWeights
@@ -93,3 +97,60 @@ def test_copy_tensors_copies_every_pair_across_dtypes_of_the_same_device() -> No
     sources = [torch.ones(2), torch.full((3,), 2.0, dtype=torch.float64), torch.tensor([7])]
     copy_tensors(targets, sources)
     assert all(torch.equal(t, s) for t, s in zip(targets, sources, strict=True))
+
+
+def test_a_host_copy_runs_on_one_torch_thread_and_gives_the_count_back() -> None:
+    """Host-to-host copies run with one intra-op thread (a parallel region per tensor waits for a descheduled
+    thread on a busy machine) and leave the process's thread count as it was, after an error too."""
+    before = torch.get_num_threads()
+    seen: list[int] = []
+
+    class Probe(torch.Tensor):
+        """A source whose copy reports the thread count it ran under."""
+
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            if getattr(func, "__name__", "") == "_foreach_copy_":
+                seen.append(torch.get_num_threads())
+            return super().__torch_function__(func, types, args, kwargs or {})
+
+    torch.set_num_threads(2)
+    try:
+        targets = [torch.zeros(3), torch.zeros(2)]
+        copy_tensors(targets, [torch.ones(3).as_subclass(Probe), torch.full((2,), 2.0)])
+        assert [t.tolist() for t in targets] == [[1.0, 1.0, 1.0], [2.0, 2.0]]
+        assert seen == [1]
+        assert torch.get_num_threads() == 2
+        with contextlib.suppress(RuntimeError):
+            copy_tensors([torch.zeros(3)], [torch.ones(4)])  # a shape mismatch raises inside the copy
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_large_host_copy_is_shared_among_threads_in_chunks_and_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above the size threshold the copy runs on several threads, big tensors in chunks along their first dimension;
+    every byte arrives (into parameters, from strided sources, 0-d and empty tensors too), and an error in a thread
+    reaches the caller."""
+    monkeypatch.setattr(_weights, "_PARALLEL_BYTES", 0)
+    monkeypatch.setattr(_weights, "_CHUNK_BYTES", 64)  # a 100 x 7 float tensor (28 bytes a row) is 50 chunks
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        gen = torch.Generator().manual_seed(0)
+        sources = [
+            torch.randn(100, 7, generator=gen),
+            torch.randn(7, 100, generator=gen).t(),  # not contiguous
+            torch.tensor(3.0),
+            torch.empty(0, 5),
+            torch.randint(0, 9, (33,), generator=gen),
+        ]
+        targets = [torch.zeros(s.shape, dtype=s.dtype) for s in sources]
+        targets[0] = nn.Parameter(targets[0])  # a restore writes into the module's parameters
+        copy_tensors(targets, sources)
+        assert all(torch.equal(t, s) for t, s in zip(targets, sources, strict=True))
+        with pytest.raises(RuntimeError):
+            copy_tensors([torch.zeros(100, 7), torch.zeros(3)], [torch.ones(100, 7), torch.ones(4)])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

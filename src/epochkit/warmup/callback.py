@@ -45,6 +45,14 @@ def _has_grad(groups: list[dict[str, Any]]) -> bool:
     return False
 
 
+def _restore_floats(scaled: list[tuple[dict[str, Any], float, float]]) -> None:
+    """Put back the float LRs ``LRWarmup._scale`` wrote, unless something set a new LR during the step."""
+    for group, lr, written in scaled:
+        current = group["lr"]
+        if current is written or (not isinstance(current, torch.Tensor) and current == written):
+            group["lr"] = lr
+
+
 def _warmup_in(scheduler: Any) -> str | None:
     """What in ``scheduler`` ramps the LR up from (near) zero, described, or ``None``: an ``epochkit.schedules``
     factory or a Hugging Face ``get_*_with_warmup`` schedule (a ``LambdaLR`` of a ``functools.partial``), torch's
@@ -145,7 +153,7 @@ class LRWarmup(Callback):
     _ends: list[int]
     _handles: dict[int, list[RemovableHandle]]
     _tables: dict[tuple[int, int], list[float]]
-    _saved: dict[int, list[tuple[Any, Any]]]
+    _saved: dict[int, Any]  # per optimizer: a list of (group, LR, LR written), or a tuple (see _restore)
     _used: dict[int, tuple[float, list[Any]]]
     _finished: list[int]
     _pending_lrs: list[tuple[int, dict[str, torch.Tensor]]]
@@ -313,6 +321,8 @@ class LRWarmup(Callback):
             metrics[f"{prefix}/factor"] = factor
             for j, lr in enumerate(lrs):
                 tag = f"{prefix}/lr" if j == 0 else f"{prefix}/lr/pg{j}"
+                if lr.__class__ is tuple:  # (group, LR, LR written): a float LR (see _scale)
+                    lr = lr[2]
                 if isinstance(lr, torch.Tensor):
                     deferred[tag] = lr  # read on the host once per epoch (float() here would sync with the device)
                 else:
@@ -397,9 +407,27 @@ class LRWarmup(Callback):
             self._add_groups(i, optimizer)
         # One loop, index lookups (not zip(..., strict=...): its keyword alone costs about 0.4 us a call).
         factor_of = self._factor
+        # The usual case first: every LR a Python float. Each group keeps (group, LR, LR written); the post-hook
+        # puts the LR back from that list (a list: see _after_step) and the batch-end hook reads the written LRs
+        # from it, so no second list is built per step.
+        scaled: list[tuple[dict[str, Any], float, float]] = []
+        factor = 1.0
+        for j, group in enumerate(groups):
+            lr = group["lr"]
+            if lr.__class__ is not float:
+                break
+            w = factor_of(k - starts[j], lengths[j])
+            group["lr"] = written = lr * w
+            scaled.append((group, lr, written))
+            if j == 0:
+                factor = w
+        else:
+            self._saved[i] = scaled
+            self._used[i] = (factor, scaled)
+            return
+        _restore_floats(scaled)  # a tensor (or int) LR: undo, and take the general path
         saved: list[tuple[Any, Any]] = []
         used: list[Any] = []
-        factor = 1.0
         first_of: dict[int, int] | None = None
         for j, group in enumerate(groups):
             w = factor_of(k - starts[j], lengths[j])
@@ -409,7 +437,7 @@ class LRWarmup(Callback):
                     try:
                         first_of = self._shared_lr_tensors(i, groups, k, starts, lengths)
                     except ValueError:
-                        self._restore(optimizer, saved)  # nothing stays scaled
+                        self._restore(optimizer, tuple(saved))  # nothing stays scaled
                         raise
                 # Tensor LRs (capturable/fused optimizers) are scaled in place, on device, with no host sync.
                 if first_of[id(lr)] == j:
@@ -424,7 +452,7 @@ class LRWarmup(Callback):
                 used.append(written)
             if j == 0:
                 factor = w
-        self._saved[i] = saved
+        self._saved[i] = tuple(saved)  # a tuple: the general form (see _after_step)
         self._used[i] = (factor, used)
 
     def _shared_lr_tensors(
@@ -451,13 +479,21 @@ class LRWarmup(Callback):
         saved = self._saved.pop(i, None)
         if saved is None:
             return  # nothing was scaled: a skipped batch, not an applied warmup step
-        self._restore(optimizer, saved)
+        if saved.__class__ is list:  # float LRs only (_scale's usual case)
+            _restore_floats(saved)
+        else:
+            self._restore(optimizer, saved)
         self.steps_applied_[i] += 1
         if self.steps_applied_[i] >= self._ends[i]:
             self._finished.append(i)
 
     @staticmethod
-    def _restore(optimizer: torch.optim.Optimizer, saved: list[tuple[Any, Any]]) -> None:
+    def _restore(optimizer: torch.optim.Optimizer, saved: Any) -> None:
+        """Put back the LRs ``_scale`` saved: a list of (group, LR, LR written) for float LRs, else a tuple of
+        (LR or its copy, LR written) per group."""
+        if saved.__class__ is list:
+            _restore_floats(saved)
+            return
         groups = optimizer.param_groups
         for j in range(min(len(groups), len(saved))):  # not zip(..., strict=False): see _scale
             group, (lr, written) = groups[j], saved[j]

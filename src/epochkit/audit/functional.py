@@ -35,7 +35,7 @@ of ranks in exact integers. ``benchmarks/shuffle_audit.py`` times 10 million sam
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -255,12 +255,50 @@ def _index_dtype(bound: int) -> type[np.signedinteger]:
     return np.int32 if bound < 2**31 else np.int64
 
 
+#: Index arrays are used in pieces of this many entries: numpy copies an index that is not intp (dataset indices are
+#: int32) to intp before using it, which for a whole epoch is a temporary twice its size.
+_PIECE = 1 << 20
+
+
+def take(table: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``table[index]`` for a 1-D ``index``, read in pieces (see :data:`_PIECE`), so no epoch-sized intp copy of the
+    index is made.
+
+    Example:
+        >>> take(np.array([10, 11, 12]), np.array([2, 0, 2], np.int32)).tolist()
+        [12, 10, 12]
+    """
+    if index.dtype == np.intp or index.size <= _PIECE:
+        return table[index]
+    out = np.empty(index.shape, table.dtype)
+    for start in range(0, index.size, _PIECE):
+        out[start : start + _PIECE] = table[index[start : start + _PIECE]]
+    return out
+
+
+def bincount(size: int, keys: Callable[[slice], np.ndarray], minlength: int) -> np.ndarray:
+    """``np.bincount`` of ``size`` keys (all below ``minlength``), given piece by piece by ``keys(piece)`` (see
+    :data:`_PIECE`): no epoch-sized temporaries for the keys or their intp copy.
+
+    Example:
+        >>> values = np.array([0, 2, 2, 1])
+        >>> bincount(values.size, lambda piece: values[piece], minlength=3).tolist()
+        [1, 1, 2]
+    """
+    counts = np.zeros(minlength, np.intp)
+    for start in range(0, size, _PIECE):
+        counts += np.bincount(keys(slice(start, start + _PIECE)), minlength=minlength)
+    return counts
+
+
 def _positions(codes: np.ndarray, size: int) -> np.ndarray:
     """Position of (one occurrence of) each code in ``codes``, -1 where absent; where a code repeats, the position
-    numpy's fancy assignment writes last (its last occurrence)."""
+    written last (its last occurrence: numpy's fancy assignment writes in order, and so do the pieces)."""
     dtype = _index_dtype(codes.size)
     pos = np.full(size, -1, dtype)
-    pos[codes] = np.arange(codes.size, dtype=dtype)
+    for start in range(0, codes.size, _PIECE):
+        stop = min(codes.size, start + _PIECE)
+        pos[codes[start:stop]] = np.arange(start, stop, dtype=dtype)
     return pos
 
 
@@ -460,6 +498,23 @@ def _groups_by_rows(cur_batch: np.ndarray, prev_batch: np.ndarray, sizes_cur: np
     )
 
 
+def _batches_at(batches: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """``batches[positions]``; for batches of one size ``b`` in order (the last perhaps shorter), as a sampler's
+    record is, ``positions // b``: arithmetic instead of a random read of the table per sample."""
+    n = int(batches.size)
+    if n and batches.dtype.kind in "iu" and int(batches[0]) == 0:
+        b = int(np.searchsorted(batches, 0, side="right"))  # the first batch's size, if in order (checked below)
+        starts, ends = batches[::b], batches[b - 1 :: b]
+        if (
+            int(batches[-1]) == (n - 1) // b
+            and np.array_equal(starts, np.arange(starts.size))
+            and np.array_equal(ends, np.arange(ends.size))
+            and bool(np.all(batches[1:] >= batches[:-1]))
+        ):
+            return positions // b
+    return batches[positions]
+
+
 @dataclass(frozen=True)
 class _Cobatch:
     """Same-batch pairs of the shared samples in two epochs, and batches identical as sets (see
@@ -476,9 +531,11 @@ class _Cobatch:
 
 def _cobatch(*, cur_batch: np.ndarray, prev_batch: np.ndarray) -> _Cobatch:
     """Co-batch counts of the shared samples, given their batch in each epoch (listed in current order)."""
-    sizes_cur, sizes_prev = np.bincount(cur_batch), np.bincount(prev_batch)
+    n = int(cur_batch.size)
+    sizes_cur = bincount(n, lambda piece: cur_batch[piece], minlength=int(cur_batch.max()) + 1)
+    sizes_prev = bincount(n, lambda piece: prev_batch[piece], minlength=int(prev_batch.max()) + 1)
     groups = None
-    if cur_batch.size < 2 or bool(np.all(cur_batch[1:] >= cur_batch[:-1])):
+    if n < 2 or bool(np.all(cur_batch[1:] >= cur_batch[:-1])):
         groups = _groups_by_rows(cur_batch, prev_batch, sizes_cur)
     if groups is None:
         groups = _groups_by_sort(cur_batch, prev_batch)
@@ -611,7 +668,7 @@ def order_stats(
                           successor_pairs=0)  # fmt: skip
     prev_table = _positions(prev_codes, size)
     prev_distinct = int(np.count_nonzero(prev_table >= 0)) == prev_codes.size
-    prev_at = prev_table[cur_codes]  # each current position's position in the previous epoch (-1: absent)
+    prev_at = take(prev_table, cur_codes)  # each current position's position in the previous epoch (-1: absent)
     successors = _successor_counts(
         prev_codes=prev_codes,
         prev_successors=prev_next,
@@ -639,7 +696,7 @@ def order_stats(
         cur_batches = np.asarray(cur_batches)
         cobatch = _cobatch(
             cur_batch=cur_batches if shared.cur_positions is None else cur_batches[shared.cur_positions],
-            prev_batch=np.asarray(prev_batches)[shared.prev_positions],
+            prev_batch=_batches_at(np.asarray(prev_batches), shared.prev_positions),
         )
     cobatch_expected = cobatch.pairs_cur * cobatch.pairs_prev / (n * (n - 1) / 2.0) if n >= 2 else 0.0
     return OrderStats(
@@ -960,7 +1017,7 @@ def label_stats(labels: np.ndarray, batches: np.ndarray, draws: int = 256, withi
     else:
         codes = np.unique(labels, return_inverse=True)[1].reshape(-1).astype(np.int64)
     k = int(codes.max()) + 1
-    class_counts = np.bincount(codes, minlength=k).astype(np.float64)
+    class_counts = bincount(n, lambda piece: codes[piece], minlength=k).astype(np.float64)
     differ = codes[1:] != codes[:-1]
     pairs = n - 1
     if within_batches:
@@ -970,13 +1027,15 @@ def label_stats(labels: np.ndarray, batches: np.ndarray, draws: int = 256, withi
     changes = int(np.count_nonzero(differ))
     expected_rate = 1.0 - float(np.sum(class_counts * (class_counts - 1.0))) / (n * (n - 1.0))
 
-    per_batch = np.bincount(batches)
+    per_batch = bincount(n, lambda piece: batches[piece], minlength=int(batches.max()) + 1)
     size = int(np.bincount(per_batch[per_batch > 0]).argmax())
     full = np.flatnonzero(per_batch == size)
     entropy = expected = sd = floor = nan
     if size >= 2 and full.size:
         key_type = np.int32 if per_batch.size * k < 2**31 else np.int64
-        table = np.bincount(batches.astype(key_type) * k + codes, minlength=per_batch.size * k)
+        table = bincount(
+            n, lambda piece: batches[piece].astype(key_type) * k + codes[piece], minlength=per_batch.size * k
+        )
         table = table.reshape(per_batch.size, k)[full]
         entropy = float(_entropy_bits(table).mean())
         # The entropy of a batch drawn without replacement from these labels: multivariate hypergeometric counts.

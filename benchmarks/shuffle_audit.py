@@ -37,7 +37,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorData
 from epochkit import ShuffleAudit
 from epochkit.audit import functional as F
 from epochkit.audit import images
-from epochkit.audit.callback import _Loader
+from epochkit.audit.callback import _Loader, _small_ints
 from epochkit.audit.digests import order_digest
 from epochkit.audit.recording import RecordingSampler, describe_loader
 from epochkit.audit.verdicts import judge_epoch
@@ -173,18 +173,18 @@ def analysis(n: int, batch: int, max_samples: int | None) -> None:
     configs = [describe_loader(loader)]
     audit.configs_ = {"train_dataloader": configs}
     slot = _Loader(None, (), loader)
-    slot.labels_array = labels
+    slot.labels_array = _small_ints(labels)  # as the callback holds labels given by id
     audit._loaders_ = [slot]
     audit._steps_ = -(-n // batch)
     perms = [rng.permutation(n), rng.permutation(n)]
 
     tracemalloc.start()
-    times = []
+    times, cpu = [], []
     previous = previous_epoch = None
     records = []
     for epoch, perm in enumerate(perms):
         slot.recorder = _recorded_epoch(perm, batch)  # recording happens during the epoch, not timed here
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         payload = audit._local_payload(trainer, slot)
         verdict, record = judge_epoch(epoch, [payload], configs, previous, previous_epoch, order_map=True)
         if verdict.order_map is not None:  # what the callback draws for TensorBoard on rank 0
@@ -193,6 +193,7 @@ def analysis(n: int, batch: int, max_samples: int | None) -> None:
             images.render_label_map(images.label_map(payload.label_table))
         previous, previous_epoch = record, epoch
         times.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
         records.append(record)
         del payload
         slot.recorder = None
@@ -201,7 +202,8 @@ def analysis(n: int, batch: int, max_samples: int | None) -> None:
     label = "all samples" if max_samples is None else f"max_samples={max_samples:,}"
     print(f"N = {n:,}, batches of {batch}, {label}:")
     print(
-        f"  epoch-end analysis (epoch 1 vs epoch 0): {times[1]:.2f} s   peak memory of the audit: {peak / 2**20:.0f} MB"
+        f"  epoch-end analysis (epoch 1 vs epoch 0): {times[1]:.2f} s wall, {cpu[1]:.2f} s CPU   peak memory of the "
+        f"audit: {peak / 2**20:.0f} MB"
     )
     print(f"  findings: {[f.code for f in verdict.findings] or 'none'}; metrics: " + ", ".join(
         f"{k}={v:.3f}" for k, v in verdict.metrics.items()))  # fmt: skip

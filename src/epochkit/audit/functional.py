@@ -28,13 +28,14 @@ identical as sets. A block shuffle that mixes each sample among ``w`` others kee
 (at most 1/4, for blocks of 2) and ``(b - 1) / (w - 1)`` of the pairs of a batch of ``b``, so these thresholds hold for
 it; the uniform thresholds then measure *how weakly* it mixes (a notice, see :mod:`epochkit.audit.verdicts`).
 
-Vectorised, O(N) memory and time except for one sort of the co-batch keys; 10 million samples take about a second.
+Vectorised, O(N) memory and time; for dataset indices no sort of the epoch (:func:`order_stats` says how), and sums
+of ranks in exact integers. ``benchmarks/shuffle_audit.py`` times 10 million samples.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -179,21 +180,6 @@ def rank_overlap(ids_per_rank: Sequence[np.ndarray]) -> tuple[int, int]:
     return int(np.count_nonzero(ranks_seen > 1)), int(np.count_nonzero(ranks_seen))
 
 
-def _positions(codes: np.ndarray, size: int) -> np.ndarray:
-    """Position of (one occurrence of) each code in ``codes``; -1 where absent."""
-    pos = np.full(size, -1, np.int64)
-    pos[codes] = np.arange(codes.size, dtype=np.int64)
-    return pos
-
-
-def _ranks(values: np.ndarray, bound: int) -> np.ndarray:
-    """Ranks of distinct non-negative integers ``values < bound`` among themselves, in O(bound)."""
-    mark = np.zeros(bound, bool)
-    mark[values] = True
-    dtype = np.int32 if bound < 2**31 else np.int64
-    return (np.cumsum(mark, dtype=dtype) - 1)[values]
-
-
 @dataclass(frozen=True)
 class OrderStats:
     """How much of the previous epoch's order survived into this one (over the samples both epochs saw).
@@ -264,10 +250,172 @@ def order_map_bins(n: int) -> int:
     return int(min(64, max(8, math.isqrt(max(n, 1) // 4))))
 
 
-def _order_map(rank_prev: np.ndarray, rank_cur: np.ndarray, bins: int) -> np.ndarray:
-    n = rank_prev.size
-    cells = rank_cur.astype(np.int64) * bins // n * bins + rank_prev.astype(np.int64) * bins // n
-    return np.bincount(cells, minlength=bins * bins).reshape(bins, bins) * (bins * bins / n)
+def _index_dtype(bound: int) -> type[np.signedinteger]:
+    """The smallest signed integer type that holds ``-1 .. bound`` exactly (int32 for under 2**31)."""
+    return np.int32 if bound < 2**31 else np.int64
+
+
+#: Index arrays are used in pieces of this many entries: numpy copies an index that is not intp (dataset indices are
+#: int32) to intp before using it, which for a whole epoch is a temporary twice its size.
+_PIECE = 1 << 20
+
+
+def take(table: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``table[index]`` for a 1-D ``index``, read in pieces (see :data:`_PIECE`), so no epoch-sized intp copy of the
+    index is made.
+
+    Example:
+        >>> take(np.array([10, 11, 12]), np.array([2, 0, 2], np.int32)).tolist()
+        [12, 10, 12]
+    """
+    if index.dtype == np.intp or index.size <= _PIECE:
+        return table[index]
+    out = np.empty(index.shape, table.dtype)
+    for start in range(0, index.size, _PIECE):
+        out[start : start + _PIECE] = table[index[start : start + _PIECE]]
+    return out
+
+
+def bincount(size: int, keys: Callable[[slice], np.ndarray], minlength: int) -> np.ndarray:
+    """``np.bincount`` of ``size`` keys (all below ``minlength``), given piece by piece by ``keys(piece)`` (see
+    :data:`_PIECE`): no epoch-sized temporaries for the keys or their intp copy.
+
+    Example:
+        >>> values = np.array([0, 2, 2, 1])
+        >>> bincount(values.size, lambda piece: values[piece], minlength=3).tolist()
+        [1, 1, 2]
+    """
+    counts = np.zeros(minlength, np.intp)
+    for start in range(0, size, _PIECE):
+        counts += np.bincount(keys(slice(start, start + _PIECE)), minlength=minlength)
+    return counts
+
+
+def _positions(codes: np.ndarray, size: int) -> np.ndarray:
+    """Position of (one occurrence of) each code in ``codes``, -1 where absent; where a code repeats, the position
+    written last (its last occurrence: numpy's fancy assignment writes in order, and so do the pieces)."""
+    dtype = _index_dtype(codes.size)
+    pos = np.full(size, -1, dtype)
+    for start in range(0, codes.size, _PIECE):
+        stop = min(codes.size, start + _PIECE)
+        pos[codes[start:stop]] = np.arange(start, stop, dtype=dtype)
+    return pos
+
+
+def _code_space(ids: Sequence[np.ndarray], successors: Sequence[np.ndarray] = ()) -> tuple[list[np.ndarray], int]:
+    """Codes ``[0, size)`` for several id arrays and successor arrays (-1: no successor, kept as -1); returns the
+    coded ids, then the coded successors, and ``size``.
+
+    Dense ids (small non-negative integers, see :func:`_dense`) are their own codes: no copy, no sort. Others are
+    mapped through one sort of all the values (:func:`numpy.unique`).
+    """
+    total = sum(a.size for a in ids) + sum(s.size for s in successors)
+    values = [a for a in ids if a.size] + [s for s in successors if s.size]
+    if not values:
+        return [np.asarray(a, np.int64) for a in (*ids, *successors)], 0
+    bound = 4 * total + 4096
+    dense = all(a.dtype.kind in "iu" for a in values)
+    if dense:
+        lows = [int(a.min()) for a in ids if a.size] + [int(s.min()) + 1 for s in successors if s.size]
+        high = max(int(a.max()) for a in values)
+        dense = min(lows) >= 0 and high < bound
+    if dense:
+        return [*ids, *successors], high + 1
+    linked = [s != -1 for s in successors]
+    joined = np.concatenate([*ids, *(s[k] for s, k in zip(successors, linked, strict=True))])
+    unique, inverse = np.unique(joined, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    out: list[np.ndarray] = []
+    start = 0
+    for a in ids:
+        out.append(inverse[start : start + a.size])
+        start += a.size
+    for s, k in zip(successors, linked, strict=True):
+        coded = np.full(s.shape, -1, np.int64)
+        coded[k] = inverse[start : start + int(np.count_nonzero(k))]
+        start += coded[k].size
+        out.append(coded)
+    return out, int(unique.size)
+
+
+@dataclass(frozen=True)
+class _Shared:
+    """The samples two epochs share, listed in the current epoch's order (one occurrence each).
+
+    Attributes:
+        cur_positions: Their positions in the current epoch, ascending; None when they are all of its positions.
+        prev_positions: Their positions in the previous epoch.
+        rank_prev: Their ranks among themselves in the previous epoch (their rank in the current one is their index).
+    """
+
+    cur_positions: np.ndarray | None
+    prev_positions: np.ndarray
+    rank_prev: np.ndarray
+
+    @property
+    def size(self) -> int:
+        """Samples shared."""
+        return int(self.prev_positions.size)
+
+
+def _shared_samples(*, prev_at: np.ndarray, cur_codes: np.ndarray, prev_count: int) -> _Shared:
+    """The shared samples in current order, from ``prev_at`` (each current position's position in the previous
+    epoch, -1 where absent). A sample the current epoch repeats counts once, at its last occurrence (as
+    :func:`_positions`); ranks come from marks over the previous positions, in O(``prev_count``), no sort.
+    """
+    present = prev_at >= 0
+    n = int(np.count_nonzero(present))
+    cur_positions = None if n == prev_at.size else np.flatnonzero(present)
+    prev_positions = prev_at if cur_positions is None else prev_at[cur_positions]
+    del present
+    marks = np.zeros(prev_count, bool)
+    marks[prev_positions] = True
+    if int(np.count_nonzero(marks)) < n:  # a shared sample repeats in this epoch: keep one occurrence of each
+        candidates = np.arange(cur_codes.size) if cur_positions is None else cur_positions
+        last = _positions(cur_codes, int(cur_codes.max()) + 1)[cur_codes[candidates]] == candidates
+        cur_positions, prev_positions = candidates[last], prev_positions[last]
+        n = int(cur_positions.size)
+    if n == prev_count:  # every previous position is shared: positions are ranks
+        rank_prev = prev_positions
+    else:
+        rank_prev = (np.cumsum(marks, dtype=_index_dtype(prev_count)) - 1)[prev_positions]
+    return _Shared(cur_positions=cur_positions, prev_positions=prev_positions, rank_prev=rank_prev)
+
+
+@dataclass(frozen=True)
+class _Displacement:
+    """Sums over the shared samples' rank displacements ``d = r_prev - r_cur`` (exact integers).
+
+    Attributes:
+        squares: ``sum d^2`` (Spearman's rho).
+        absolute: ``sum |d|`` (Spearman's footrule).
+        histogram: Counts of (current rank bin, previous rank bin) pairs, ``bins x bins``, when asked for.
+    """
+
+    squares: int
+    absolute: int
+    histogram: np.ndarray | None
+
+
+def _displacement(rank_prev: np.ndarray, *, bins: int | None, chunk: int | None = None) -> _Displacement:
+    """Exact displacement sums of ranks given in current order (the current rank is the index), and the order map's
+    counts in ``bins`` bins per axis (None: none). In chunks small enough that ``sum d^2`` cannot overflow int64 and
+    the temporaries stay small (``chunk`` samples at most)."""
+    n = int(rank_prev.size)
+    chunk = int(min(chunk or 1 << 18, max(1, (2**63 - 1) // max(1, n * n))))
+    squares = absolute = 0
+    counts = np.zeros(bins * bins if bins else 0, np.int64)
+    for start in range(0, n, chunk):
+        rank_cur = np.arange(start, min(n, start + chunk), dtype=np.int64)
+        prev = rank_prev[start : start + chunk].astype(np.int64)
+        d = prev - rank_cur
+        squares += int(np.dot(d, d))
+        absolute += int(np.abs(d, out=d).sum())
+        if bins:
+            cells = rank_cur * bins // n * bins + prev * bins // n
+            counts += np.bincount(cells, minlength=bins * bins)
+    histogram = counts.reshape(bins, bins) if bins else None
+    return _Displacement(squares=squares, absolute=absolute, histogram=histogram)
 
 
 def _pairs(counts: np.ndarray) -> float:
@@ -282,6 +430,188 @@ def _modal_size(sizes: np.ndarray) -> int:
         return 0
     counts = np.bincount(sizes)
     return int(counts.size - 1 - np.argmax(counts[::-1]))
+
+
+@dataclass(frozen=True)
+class _Groups:
+    """The groups of shared samples that sit in one batch in both epochs, two samples or more (a group of one
+    holds no pair).
+
+    Attributes:
+        sizes: Samples in each group.
+        cur_batch: The group's batch in the current epoch.
+        prev_batch: Its batch in the previous epoch.
+    """
+
+    sizes: np.ndarray
+    cur_batch: np.ndarray
+    prev_batch: np.ndarray
+
+
+def _groups_by_sort(cur_batch: np.ndarray, prev_batch: np.ndarray) -> _Groups:
+    """:class:`_Groups` from one sort of ``(current batch, previous batch)`` keys (any batch order)."""
+    width = int(prev_batch.max()) + 1
+    keys = np.sort(cur_batch.astype(np.int64) * width + prev_batch)
+    starts = np.flatnonzero(np.diff(keys, prepend=keys[0] - 1))
+    sizes = np.diff(np.append(starts, keys.size))
+    many = sizes >= 2
+    first = keys[starts[many]]
+    return _Groups(sizes=sizes[many], cur_batch=first // width, prev_batch=first % width)
+
+
+def _groups_by_rows(cur_batch: np.ndarray, prev_batch: np.ndarray, sizes_cur: np.ndarray) -> _Groups | None:
+    """:class:`_Groups` for samples in current-batch order (``cur_batch`` non-decreasing): each batch's previous
+    batches are one row of a table, sorted row by row (short rows: no sort of the whole epoch). None when the table
+    would be more than twice the samples (very uneven batches)."""
+    batches = np.flatnonzero(sizes_cur)
+    lengths = sizes_cur[batches]
+    rows, width = int(batches.size), int(lengths.max())
+    n = int(cur_batch.size)
+    if rows * width > 2 * n + 4096:
+        return None
+    # Unused cells hold negative values, distinct in a row, so they never form a group.
+    table = np.empty((rows, width), prev_batch.dtype if prev_batch.dtype.kind == "i" else np.int64)
+    table[:] = -1 - np.arange(width, dtype=table.dtype)
+    if rows == 1 or bool(np.all(lengths[:-1] == width)):  # full rows, the last one perhaps shorter
+        table.reshape(-1)[:n] = prev_batch
+    else:
+        row = np.repeat(np.arange(rows), lengths)
+        starts = np.cumsum(lengths) - lengths
+        table[row, np.arange(n) - np.repeat(starts, lengths)] = prev_batch
+        del row
+    table.sort(axis=1)
+    same = np.zeros((rows, width), bool)  # same[r, c]: cell c + 1 of row r equals cell c (the last column: False)
+    np.equal(table[:, 1:], table[:, :-1], out=same[:, :-1])
+    linked = np.flatnonzero(same.reshape(-1))
+    del same
+    if not linked.size:
+        empty = np.empty(0, np.int64)
+        return _Groups(sizes=empty, cur_batch=empty, prev_batch=empty)
+    # Consecutive links form one group: a run of m links is a group of m + 1 samples.
+    run_starts = np.flatnonzero(np.diff(linked, prepend=linked[0] - 2) != 1)
+    links = np.diff(np.append(run_starts, linked.size))
+    first = linked[run_starts]
+    return _Groups(
+        sizes=links + 1,
+        cur_batch=batches[first // width],
+        prev_batch=table.reshape(-1)[first].astype(np.int64),
+    )
+
+
+def _batches_at(batches: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """``batches[positions]``; for batches of one size ``b`` in order (the last perhaps shorter), as a sampler's
+    record is, ``positions // b``: arithmetic instead of a random read of the table per sample."""
+    n = int(batches.size)
+    if n and batches.dtype.kind in "iu" and int(batches[0]) == 0:
+        b = int(np.searchsorted(batches, 0, side="right"))  # the first batch's size, if in order (checked below)
+        starts, ends = batches[::b], batches[b - 1 :: b]
+        if (
+            int(batches[-1]) == (n - 1) // b
+            and np.array_equal(starts, np.arange(starts.size))
+            and np.array_equal(ends, np.arange(ends.size))
+            and bool(np.all(batches[1:] >= batches[:-1]))
+        ):
+            return positions // b
+    return batches[positions]
+
+
+@dataclass(frozen=True)
+class _Cobatch:
+    """Same-batch pairs of the shared samples in two epochs, and batches identical as sets (see
+    :class:`OrderStats`)."""
+
+    together: float = 0.0
+    pairs_cur: float = 0.0
+    pairs_prev: float = 0.0
+    batches: int = 0
+    batch_size: int = 0
+    full_batches: tuple[int, int] = (0, 0)
+    identical: int = 0
+
+
+def _cobatch(*, cur_batch: np.ndarray, prev_batch: np.ndarray) -> _Cobatch:
+    """Co-batch counts of the shared samples, given their batch in each epoch (listed in current order)."""
+    n = int(cur_batch.size)
+    sizes_cur = bincount(n, lambda piece: cur_batch[piece], minlength=int(cur_batch.max()) + 1)
+    sizes_prev = bincount(n, lambda piece: prev_batch[piece], minlength=int(prev_batch.max()) + 1)
+    groups = None
+    if n < 2 or bool(np.all(cur_batch[1:] >= cur_batch[:-1])):
+        groups = _groups_by_rows(cur_batch, prev_batch, sizes_cur)
+    if groups is None:
+        groups = _groups_by_sort(cur_batch, prev_batch)
+    batch_size, full, identical = 0, (0, 0), 0
+    # A batch is identical as a set when all of it sits in one batch of the previous epoch that holds nothing
+    # else; counted among the batches of the common size of both epochs.
+    size_cur, size_prev = _modal_size(sizes_cur), _modal_size(sizes_prev)
+    if size_cur == size_prev and size_cur >= 2:
+        batch_size = size_cur
+        full = (int(np.count_nonzero(sizes_cur == batch_size)), int(np.count_nonzero(sizes_prev == batch_size)))
+        same = (groups.sizes == batch_size) & (sizes_cur[groups.cur_batch] == batch_size)
+        same &= sizes_prev[groups.prev_batch] == batch_size
+        identical = int(np.count_nonzero(same))
+    return _Cobatch(
+        together=_pairs(groups.sizes),
+        pairs_cur=_pairs(sizes_cur),
+        pairs_prev=_pairs(sizes_prev),
+        batches=int(np.count_nonzero(sizes_cur)),
+        batch_size=batch_size,
+        full_batches=full,
+        identical=identical,
+    )
+
+
+@dataclass(frozen=True)
+class _Successors:
+    """Successor counts (see :class:`OrderStats`): ``preserved`` of ``pairs``, and ``reversed``."""
+
+    preserved: int
+    pairs: int
+    reversed: int
+
+
+def _next_entries(codes: np.ndarray, successors: np.ndarray) -> bool:
+    """Whether each position's successor is the next position's id (the last has none)."""
+    return bool(successors.size == codes.size and (not codes.size or successors[-1] == -1)) and bool(
+        np.array_equal(successors[:-1], codes[1:])
+    )
+
+
+def _successor_counts(
+    *,
+    prev_codes: np.ndarray,
+    prev_successors: np.ndarray,
+    cur_codes: np.ndarray,
+    cur_successors: np.ndarray,
+    prev_at: np.ndarray,
+    prev_distinct: bool,
+    size: int,
+) -> _Successors:
+    """Among the current positions with a successor whose sample had a successor in the previous epoch, how many
+    kept the same one; and how many are now followed by the sample that preceded them (a reversal).
+
+    ``prev_at`` is each current position's position in the previous epoch (-1: absent). When both epochs follow
+    their own order (successor = next id) and the previous one repeats no sample, these are neighbour tests on
+    ``prev_at``: ``prev_at[i + 1] == prev_at[i] + 1`` (kept) and ``prev_at[i] == prev_at[i + 1] + 1`` (reversed).
+    Otherwise the previous successor of each id comes from a table (a repeated id: its last occurrence with one).
+    """
+    if prev_distinct and _next_entries(prev_codes, prev_successors) and _next_entries(cur_codes, cur_successors):
+        here, after = prev_at[:-1], prev_at[1:]
+        last = prev_codes.size - 1
+        pairs = int(np.count_nonzero((here >= 0) & (here < last)))
+        preserved = int(np.count_nonzero((here >= 0) & (after == here + 1)))
+        reversed_ = int(np.count_nonzero((after >= 0) & (here == after + 1)))
+        return _Successors(preserved=preserved, pairs=pairs, reversed=reversed_)
+    table = np.full(size, -1, prev_successors.dtype if prev_successors.dtype.kind == "i" else np.int64)
+    has = prev_successors >= 0
+    table[prev_codes[has]] = prev_successors[has]
+    has = cur_successors >= 0
+    now, nxt = cur_codes[has], cur_successors[has]
+    known = table[now]
+    valid = known >= 0
+    preserved = int(np.count_nonzero(known[valid] == nxt[valid]))
+    return _Successors(
+        preserved=preserved, pairs=int(np.count_nonzero(valid)), reversed=int(np.count_nonzero(table[nxt] == now))
+    )
 
 
 def order_stats(
@@ -299,12 +629,17 @@ def order_stats(
     ``*_ids`` are in presentation order and ``*_batches`` give each position's batch. ``*_successors`` give the id
     that followed each position (-1 for none); by default the next entry of ``*_ids``, but a subsampled record
     keeps the true successor of each kept sample. ``order_map=True`` also returns the order map (see
-    :class:`OrderStats`), from the ranks computed anyway.
+    :class:`OrderStats`), from the ranks computed anyway. A sample an epoch repeats is compared at its last
+    occurrence.
 
     Formulas (``n`` shared samples, ``r`` their position ranks):
     ``rho = 1 - 6 sum (r_prev - r_cur)^2 / (n (n^2 - 1))``; ``footrule = sum |r_prev - r_cur|``;
     ``cobatch_ratio = T / (C * P / binom(n, 2))`` with ``T`` the pairs together in both epochs, ``C`` and ``P`` the
     pairs together in the current and previous epoch.
+
+    Cost: O(N) time and memory, no sort of the epoch for dense ids (dataset indices): the shared samples are walked
+    in current order, their previous positions read from one table, their ranks from marks, the co-batch groups
+    from a row-by-row sort of each batch's previous batches, the sums in exact integers.
 
     Example:
         >>> ids = np.arange(40)
@@ -324,96 +659,62 @@ def order_stats(
         prev_successors = np.append(prev_ids[1:], -1) if prev_ids.size else prev_ids
     if cur_successors is None:
         cur_successors = np.append(cur_ids[1:], -1) if cur_ids.size else cur_ids
-    (prev_c, cur_c), size = _compact(prev_ids, cur_ids)
+    (prev_codes, cur_codes, prev_next, cur_next), size = _code_space(
+        [prev_ids, cur_ids], [np.asarray(prev_successors), np.asarray(cur_successors)]
+    )
     nan = float("nan")
     if size == 0:
-        return OrderStats(0, nan, nan, 0.0, 0, 0)
-    pos_prev = _positions(prev_c, size)
-    pos_cur = _positions(cur_c, size)
-    shared_codes = np.flatnonzero((pos_prev >= 0) & (pos_cur >= 0))
-    n = int(shared_codes.size)
-    pp, pc = pos_prev[shared_codes], pos_cur[shared_codes]
-    del pos_prev, pos_cur
-
-    spearman = footrule = nan
-    cobatch_ratio, cobatch_expected = nan, 0.0
-    together = pairs_cur = 0.0
-    batch_size, full, identical, n_batches = 0, (0, 0), 0, 0
-    histogram = None
-    if n >= 2:
-        rank_prev = _ranks(pp, prev_c.size)
-        rank_cur = _ranks(pc, cur_c.size)
-        if n >= MIN_ORDER_SAMPLES:
-            d = (rank_prev - rank_cur).astype(np.float64)
-            spearman = 1.0 - 6.0 * float(np.dot(d, d)) / (n * (float(n) ** 2 - 1.0))
-            footrule = float(np.abs(d).sum())
-            del d
-        if order_map:
-            histogram = _order_map(rank_prev, rank_cur, order_map_bins(n))
-        # Walk the shared samples in current order, so the current batch index is sorted and a sort of
-        # (current batch, previous batch) keys is cheap.
-        order = np.empty(n, np.int64)
-        order[rank_cur] = np.arange(n, dtype=np.int64)
-        del rank_prev, rank_cur
-        bc = np.asarray(cur_batches, np.int64)[pc[order]]
-        bp = np.asarray(prev_batches, np.int64)[pp[order]]
-        del order
-        sizes_cur, sizes_prev = np.bincount(bc), np.bincount(bp)
-        n_batches = int(np.count_nonzero(sizes_cur))
-        pairs_cur = _pairs(sizes_cur)
-        pairs_prev = _pairs(sizes_prev)
-        width = int(bp.max()) + 1
-        keys = np.sort(bc * width + bp)
-        del bc, bp
-        starts = np.flatnonzero(np.diff(keys, prepend=keys[0] - 1))
-        runs = np.diff(np.append(starts, keys.size))
-        together = _pairs(runs)
-        # A batch is identical as a set when all of it sits in one batch of the previous epoch that holds nothing
-        # else; counted among the batches of the common size of both epochs.
-        size_cur, size_prev = _modal_size(sizes_cur), _modal_size(sizes_prev)
-        if size_cur == size_prev and size_cur >= 2:
-            batch_size = size_cur
-            full = (int(np.count_nonzero(sizes_cur == batch_size)), int(np.count_nonzero(sizes_prev == batch_size)))
-            first = keys[starts]
-            same = (runs == batch_size) & (sizes_cur[first // width] == batch_size)
-            same &= sizes_prev[first % width] == batch_size
-            identical = int(np.count_nonzero(same))
-        del keys, starts, runs
-        all_pairs = n * (n - 1) / 2.0
-        cobatch_expected = pairs_cur * pairs_prev / all_pairs
-        if cobatch_expected > 0:
-            cobatch_ratio = together / cobatch_expected
-
-    # Successors: among samples with a known successor in both epochs, how many kept the same one, and how many
-    # are now followed by the sample that preceded them (a reversal).
-    (p_ids, p_succ, c_ids, c_succ), size2 = _compact(
-        prev_ids, np.asarray(prev_successors), cur_ids, np.asarray(cur_successors), missing=-1
+        return OrderStats(shared=0, spearman=nan, cobatch_ratio=nan, cobatch_expected=0.0, successors_preserved=0,
+                          successor_pairs=0)  # fmt: skip
+    prev_table = _positions(prev_codes, size)
+    prev_distinct = int(np.count_nonzero(prev_table >= 0)) == prev_codes.size
+    prev_at = take(prev_table, cur_codes)  # each current position's position in the previous epoch (-1: absent)
+    successors = _successor_counts(
+        prev_codes=prev_codes,
+        prev_successors=prev_next,
+        cur_codes=cur_codes,
+        cur_successors=cur_next,
+        prev_at=prev_at,
+        prev_distinct=prev_distinct,
+        size=size,
     )
-    succ_prev = np.full(size2, -1, np.int64)
-    has = p_succ >= 0
-    succ_prev[p_ids[has]] = p_succ[has]
-    c_has = c_succ >= 0
-    now, nxt = c_ids[c_has], c_succ[c_has]
-    known = succ_prev[now]
-    valid = known >= 0
-    preserved = int(np.count_nonzero(known[valid] == nxt[valid]))
-    reversed_ = int(np.count_nonzero(succ_prev[nxt] == now))
+    del prev_table
+    shared = _shared_samples(prev_at=prev_at, cur_codes=cur_codes, prev_count=prev_codes.size)
+    del prev_at
+    n = shared.size
+    spearman = footrule = nan
+    histogram = None
+    cobatch = _Cobatch()
+    if n >= 2:
+        bins = order_map_bins(n) if order_map else None
+        moved = _displacement(shared.rank_prev, bins=bins)
+        if n >= MIN_ORDER_SAMPLES:
+            spearman = 1.0 - 6.0 * float(moved.squares) / (n * (float(n) ** 2 - 1.0))
+            footrule = float(moved.absolute)
+        if bins and moved.histogram is not None:
+            histogram = moved.histogram * (bins * bins / n)
+        cur_batches = np.asarray(cur_batches)
+        cobatch = _cobatch(
+            cur_batch=cur_batches if shared.cur_positions is None else cur_batches[shared.cur_positions],
+            prev_batch=_batches_at(np.asarray(prev_batches), shared.prev_positions),
+        )
+    cobatch_expected = cobatch.pairs_cur * cobatch.pairs_prev / (n * (n - 1) / 2.0) if n >= 2 else 0.0
     return OrderStats(
-        n,
-        spearman,
-        cobatch_ratio,
-        cobatch_expected,
-        preserved,
-        int(np.count_nonzero(valid)),
-        footrule,
-        reversed_,
-        together,
-        pairs_cur,
-        batch_size,
-        full,
-        identical,
-        n_batches,
-        histogram,
+        shared=n,
+        spearman=spearman,
+        cobatch_ratio=cobatch.together / cobatch_expected if cobatch_expected > 0 else nan,
+        cobatch_expected=cobatch_expected,
+        successors_preserved=successors.preserved,
+        successor_pairs=successors.pairs,
+        footrule=footrule,
+        successors_reversed=successors.reversed,
+        cobatch_together=cobatch.together,
+        cobatch_pairs=cobatch.pairs_cur,
+        batch_size=cobatch.batch_size,
+        full_batches=cobatch.full_batches,
+        identical_batches=cobatch.identical,
+        batches=cobatch.batches,
+        order_map=histogram,
     )
 
 
@@ -716,7 +1017,7 @@ def label_stats(labels: np.ndarray, batches: np.ndarray, draws: int = 256, withi
     else:
         codes = np.unique(labels, return_inverse=True)[1].reshape(-1).astype(np.int64)
     k = int(codes.max()) + 1
-    class_counts = np.bincount(codes, minlength=k).astype(np.float64)
+    class_counts = bincount(n, lambda piece: codes[piece], minlength=k).astype(np.float64)
     differ = codes[1:] != codes[:-1]
     pairs = n - 1
     if within_batches:
@@ -726,13 +1027,15 @@ def label_stats(labels: np.ndarray, batches: np.ndarray, draws: int = 256, withi
     changes = int(np.count_nonzero(differ))
     expected_rate = 1.0 - float(np.sum(class_counts * (class_counts - 1.0))) / (n * (n - 1.0))
 
-    per_batch = np.bincount(batches)
+    per_batch = bincount(n, lambda piece: batches[piece], minlength=int(batches.max()) + 1)
     size = int(np.bincount(per_batch[per_batch > 0]).argmax())
     full = np.flatnonzero(per_batch == size)
     entropy = expected = sd = floor = nan
     if size >= 2 and full.size:
         key_type = np.int32 if per_batch.size * k < 2**31 else np.int64
-        table = np.bincount(batches.astype(key_type) * k + codes, minlength=per_batch.size * k)
+        table = bincount(
+            n, lambda piece: batches[piece].astype(key_type) * k + codes[piece], minlength=per_batch.size * k
+        )
         table = table.reshape(per_batch.size, k)[full]
         entropy = float(_entropy_bits(table).mean())
         # The entropy of a batch drawn without replacement from these labels: multivariate hypergeometric counts.

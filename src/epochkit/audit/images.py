@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from epochkit.audit.functional import _compact, _order_map, _positions, _ranks, order_map_bins
+from epochkit.audit.functional import _code_space, _displacement, _positions, _shared_samples, order_map_bins
 
 #: Longest side of an image, in pixels.
 SIZE = 256
@@ -64,17 +64,16 @@ def order_map(prev_ids: np.ndarray, cur_ids: np.ndarray, bins: int | None = None
         >>> m.shape, float(m.trace()), float(m.sum())
         ((8, 8), 64.0, 64.0)
     """
-    (prev_c, cur_c), size = _compact(np.asarray(prev_ids), np.asarray(cur_ids))
-    pos_prev, pos_cur = _positions(prev_c, size), _positions(cur_c, size)
-    shared = np.flatnonzero((pos_prev >= 0) & (pos_cur >= 0))
-    n = int(shared.size)
+    (prev_c, cur_c), size = _code_space([np.asarray(prev_ids), np.asarray(cur_ids)])
+    prev_at = _positions(prev_c, size)[cur_c] if size else np.empty(0, np.int64)
+    shared = _shared_samples(prev_at=prev_at, cur_codes=cur_c, prev_count=prev_c.size)
+    n = shared.size
     bins = order_bins(n) if bins is None else int(bins)
     if n == 0:
         return np.zeros((bins, bins))
-
-    rank_prev = _ranks(pos_prev[shared], prev_c.size)  # rank among the shared samples, in O(bound)
-    rank_cur = _ranks(pos_cur[shared], cur_c.size)
-    return _order_map(rank_prev, rank_cur, bins)
+    counts = _displacement(shared.rank_prev, bins=bins).histogram
+    assert counts is not None
+    return counts * (bins * bins / n)
 
 
 def render_order_map(ratios: np.ndarray) -> np.ndarray:

@@ -465,7 +465,7 @@ def merge_records(payloads: Sequence[EpochPayload]) -> Record:
         p = payloads[0]
         return Record(p.ids, p.batches, p.successors)
     ids = np.concatenate([p.ids for p in payloads])
-    glob = np.concatenate([p.positions * world + r for r, p in enumerate(payloads)])
+    glob = np.concatenate([p.positions.astype(np.int64) * world + r for r, p in enumerate(payloads)])
     order = np.argsort(glob, kind="stable")
     return Record(
         ids[order],
@@ -514,13 +514,15 @@ def epoch_payload(
         stride = -(-ids.size // max_samples)
     picked = np.arange(0, sizes.size, stride)
     picked_sizes = sizes[picked]
-    positions = np.repeat(offsets[picked] - np.cumsum(np.concatenate([[0], picked_sizes[:-1]])), picked_sizes)
-    positions += np.arange(positions.size)
+    positions: np.ndarray | slice = slice(None)  # every position: no index array
+    if stride > 1:
+        positions = np.repeat(offsets[picked] - np.cumsum(np.concatenate([[0], picked_sizes[:-1]])), picked_sizes)
+        positions += np.arange(positions.size)
     labels: np.ndarray | None = None
     if labels_by_position is not None and labels_by_position.size == ids.size:
         labels = labels_by_position[positions]
     elif labels_by_id is not None and ids.size and int(ids.min()) >= 0 and int(ids.max()) < labels_by_id.shape[0]:
-        labels = labels_by_id[ids[positions]]
+        labels = F.take(labels_by_id, ids[positions])
     label = None
     table = None
     if labels is not None and labels.dtype.kind in "iub":  # float labels (regression targets): no runs
@@ -529,25 +531,34 @@ def epoch_payload(
         table = _label_table(labels, picked_batches, sizes.size)
     del labels, positions
     fraction = 1.0
+    index = np.int32 if ids.size < 2**31 else np.int64
+    next_id = ids.dtype if ids.dtype.kind == "i" else np.dtype(np.int64)  # holds the ids and -1 (no successor)
     if max_samples is not None and ids.size * world_size > max_samples:
         fraction = max_samples / (ids.size * world_size)
-        kept = np.flatnonzero(F.keep_mask(ids, fraction))
-    else:
-        kept = np.arange(ids.size)
-    # Each kept sample keeps its true successor in the full stream, so successor counts stay exact.
-    successors = np.full(kept.size, -1, np.int64)
-    has_next = kept + 1 < ids.size
-    successors[has_next] = ids[kept[has_next] + 1]
+        kept = np.flatnonzero(F.keep_mask(ids, fraction)).astype(index)
+        # Each kept sample keeps its true successor in the full stream, so successor counts stay exact.
+        successors = np.full(kept.size, -1, next_id)
+        has_next = kept + 1 < ids.size
+        successors[has_next] = ids[kept[has_next] + 1]
+        kept_ids = ids[kept]
+        batches = (np.searchsorted(offsets, kept, side="right") - 1).astype(np.int32)
+    else:  # every sample: the stream itself, its next ids and its batches, without index arrays
+        kept = np.arange(ids.size, dtype=index)
+        successors = np.empty(ids.size, next_id)
+        successors[:-1] = ids[1:]
+        successors[-1:] = -1
+        kept_ids = ids
+        batches = np.repeat(np.arange(sizes.size, dtype=np.int32), sizes)
     return EpochPayload(
         source=source,
         presented=cov.presented,
         distinct=cov.distinct,
         label=label,
         fraction=fraction,
-        ids=ids[kept],
+        ids=kept_ids,
         successors=successors,
         positions=kept,
-        batches=(np.searchsorted(offsets, kept, side="right") - 1).astype(np.int32),
+        batches=batches,
         digest=order_digest(ids, sizes),
         label_table=table,
     )
@@ -560,8 +571,9 @@ def _label_table(labels: np.ndarray, batches: np.ndarray, n_batches: int) -> np.
         return None
     classes = int(labels.max()) + 1
     columns = min(LABEL_COLUMNS, max(1, n_batches))
-    col = batches.astype(np.int64) * columns // max(1, n_batches)
-    counts = np.bincount(col * classes + labels.astype(np.int64), minlength=columns * classes)
+    # The column of each batch (a small table), read per sample: no product or division over the epoch.
+    column_key = np.arange(max(1, n_batches), dtype=np.int64) * columns // max(1, n_batches) * classes
+    counts = F.bincount(labels.size, lambda piece: column_key[batches[piece]] + labels[piece], columns * classes)
     return counts.reshape(columns, classes).astype(np.int32)
 
 

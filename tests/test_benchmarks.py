@@ -21,7 +21,11 @@ def test_scripts_are_found() -> None:
     assert {"cv.py", "early_stopping.py", "shuffle_audit.py", "warmup_overhead.py"} <= set(SCRIPTS)
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize(
+    "script",
+    # cv_ray.py starts a local Ray: its processes make it a `processes` test (`make stress` loops it).
+    [pytest.param(s, marks=pytest.mark.processes) if s == "cv_ray.py" else s for s in SCRIPTS],
+)
 def test_benchmark_runs_to_the_end_quick(script: str, tmp_path: Path) -> None:
     # Temporary files of the script (checkpoints, loggers, Ray's session) go under tmp_path; CUDA is hidden so the
     # CPU path runs everywhere.

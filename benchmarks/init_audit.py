@@ -62,8 +62,8 @@ class TimedInitAudit(InitAudit):
         if trainer.current_epoch == 0:
             self.epoch_seconds = time.perf_counter() - self._epoch_start
 
-    def _make_hook(self, trainer: pl.Trainer, act: Any) -> Any:
-        hook = super()._make_hook(trainer, act)
+    def _make_hook(self, trainer: pl.Trainer, *args: Any) -> Any:
+        hook = super()._make_hook(trainer, *args)
         return lambda *args: self._timed(hook, *args)
 
 

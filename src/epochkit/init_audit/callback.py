@@ -117,6 +117,7 @@ class InitAudit(Callback):
     _judge_at_: int | None
     _positive_: dict[str, PositiveSums]
     _positive_buffer_: torch.Tensor | None
+    _all_positive_: tuple[torch.Tensor, Any] | None
     _restored_alive_: dict[str, torch.Tensor]
     _calls_: dict[str, int]
     _ambiguous_: set[str]
@@ -179,6 +180,10 @@ class InitAudit(Callback):
         # broadcast in _judge_symmetry at the same batch. Once judged (or never started), one comparison per batch.
         if self._judge_at_ is not None and trainer.global_step >= self._judge_at_:
             self._judge_symmetry(trainer, pl_module)
+            if self._hooks_:
+                self._ask_all_positive()
+        if self._all_positive_ is not None:
+            self._stop_hooks_if_all_positive()
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -247,6 +252,7 @@ class InitAudit(Callback):
         self._judge_at_ = None
         self._positive_ = {}
         self._positive_buffer_ = None
+        self._all_positive_ = None
         self._restored_alive_ = {}
         self._calls_ = {}
         self._ambiguous_ = set()
@@ -354,6 +360,35 @@ class InitAudit(Callback):
                 ambiguous.add(layer)
 
         return hook
+
+    def _ask_all_positive(self) -> None:
+        """Whether every hooked unit has been positive already, asked of the device without waiting for it (read by
+        :meth:`_stop_hooks_if_all_positive` once the answer is on the host). Positivity only grows, so a layer
+        whose units were all positive has no dead unit, whatever the rest of the epoch brings: its hooks can go."""
+        buffer = self._positive_buffer_
+        if buffer is None or self._ambiguous_:
+            return
+        for sums in self._positive_.values():
+            sums.flush()
+        answer = (buffer > 0).all()
+        if buffer.device.type == "cpu":
+            self._all_positive_ = (answer, None)
+        elif buffer.device.type == "cuda":  # copied into pinned memory behind the queued work; an event says when
+            host = torch.empty((), dtype=torch.bool, pin_memory=True)
+            host.copy_(answer, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            self._all_positive_ = (host, event)
+        # other devices: the hooks stay to the end of the epoch
+
+    def _stop_hooks_if_all_positive(self) -> None:
+        assert self._all_positive_ is not None
+        answer, event = self._all_positive_
+        if event is not None and not event.query():
+            return  # not there yet: asked again after the next batch
+        self._all_positive_ = None
+        if bool(answer) and not self._ambiguous_:  # a host tensor: no device synchronisation
+            self._remove_hooks()
 
     def _remove_hooks(self) -> None:
         for handle in self._hooks_:

@@ -407,19 +407,22 @@ class InitAudit(Callback):
             sums.flush()
         buffer = self._positive_buffer_  # every layer's totals, in the order of paths
         assert buffer is not None
-        counts = (buffer > 0).to(torch.float32)
-        extra = torch.tensor(
-            [float(self._calls_[p]) for p in paths] + [float(p in self._ambiguous_) for p in paths],
-            device=buffer.device,
-        )
-        reduced = trainer.strategy.reduce(torch.cat([counts, extra]), reduce_op="sum")  # collective, every rank
-        assert isinstance(reduced, torch.Tensor)
-        values = reduced.cpu().numpy()  # the one host transfer of the dead-unit check
-        alive_counts, calls, ambiguous = (
-            values[: counts.numel()],
-            values[counts.numel() :][: len(paths)],
-            values[-len(paths) :],
-        )
+        if trainer.world_size == 1:  # nothing to reduce: the totals' one host transfer, the rest from Python
+            alive_counts = (buffer > 0).cpu().numpy()
+            calls = [self._calls_[p] for p in paths]
+            ambiguous = [p in self._ambiguous_ for p in paths]
+        else:
+            counts = (buffer > 0).to(torch.float32)
+            extra = torch.tensor(
+                [float(self._calls_[p]) for p in paths] + [float(p in self._ambiguous_) for p in paths],
+                device=buffer.device,
+            )
+            reduced = trainer.strategy.reduce(torch.cat([counts, extra]), reduce_op="sum")  # collective, every rank
+            assert isinstance(reduced, torch.Tensor)
+            values = reduced.cpu().numpy()  # the one host transfer of the dead-unit check
+            alive_counts = values[: counts.numel()]
+            calls = list(values[counts.numel() :][: len(paths)])
+            ambiguous = list(values[-len(paths) :])
         findings, metrics, start = [], {}, 0
         for path, n_calls, unclear in zip(paths, calls, ambiguous, strict=True):
             units = self._positive_[path].total.numel()

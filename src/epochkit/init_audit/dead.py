@@ -164,7 +164,7 @@ class PositiveSums:
         self._next += 1
         if self._next == len(self._rows):
             self._next = 0
-            self.total.add_(ring.sum(dim=0).to(self.total.device))
+            self.flush()
         return True
 
     def _add_first_or_other(self, output: torch.Tensor) -> bool:
@@ -180,7 +180,7 @@ class PositiveSums:
 
     def flush(self) -> torch.Tensor:
         """The totals, with the ring folded in."""
-        if self._ring is not None:
-            self.total.add_(self._ring.sum(dim=0).to(self.total.device))
-            self._ring.zero_()
+        if self._ring is not None:  # its rows stay: added again by a later flush, they change no unit's positivity
+            summed = self._ring.sum(dim=0)
+            self.total.add_(summed if summed.device == self.total.device else summed.to(self.total.device))
         return self.total

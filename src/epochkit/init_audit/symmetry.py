@@ -123,7 +123,8 @@ def sampled_blocks(length: int) -> list[tuple[int, int]]:
 def sample_units(layer: nn.Module, out: torch.Tensor | None = None) -> torch.Tensor:
     """Each unit's sampled incoming weights (:func:`sampled_blocks`, in the first columns) and bias (last column),
     one float64 row of :data:`_WIDTH` values per unit, written into ``out`` (zero-filled, ``(units, _WIDTH)``,
-    float64, on the weight's device; None: a new tensor). One copy of a strided view of the weight, one of the bias;
+    float64, on the weight's device; None: a new tensor; every value is written). One copy of a strided view of the
+    weight, one of the bias;
     both read detached tensors, so no graph is recorded (and no ``no_grad`` context is needed).
 
     Example:
@@ -141,8 +142,10 @@ def sample_units(layer: nn.Module, out: torch.Tensor | None = None) -> torch.Ten
     table = weight.detach() if embedding else weight.detach().reshape(weight.shape[0], -1)
     units, inputs = (table.shape[1], table.shape[0]) if embedding else (table.shape[0], table.shape[1])
     if out is None:
-        out = torch.zeros(units, _WIDTH, dtype=torch.float64, device=weight.device)
+        out = torch.empty(units, _WIDTH, dtype=torch.float64, device=weight.device)
     blocks = sampled_blocks(inputs)
+    if inputs < SAMPLED_INPUTS:
+        out[:, inputs:SAMPLED_INPUTS].zero_()
     if len(blocks) == 1:
         out[:, :inputs].copy_(table.t() if embedding else table)
     else:  # the blocks as one (units, blocks, width) strided view, copied (and converted) in one operation
@@ -153,6 +156,8 @@ def sample_units(layer: nn.Module, out: torch.Tensor | None = None) -> torch.Ten
     bias = None if embedding else getattr(layer, "bias", None)
     if isinstance(bias, torch.Tensor):
         out[:, -1].copy_(bias.detach())
+    else:
+        out[:, -1].zero_()
     return out
 
 
@@ -171,7 +176,7 @@ def project_units(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """
     sample = sample_units(layer)
     probe, weight = _probe(sample.device)
-    return sample @ probe, sample.abs().amax(dim=1) * weight
+    return sample @ probe, torch.linalg.vector_norm(sample, ord=float("inf"), dim=1) * weight
 
 
 @torch.no_grad()
@@ -309,7 +314,7 @@ def find_identical_units(module: nn.Module) -> list[LayerGroups]:
     units = [unit_count(layer) for _, layer in layers]
     starts = [0, *itertools.accumulate(units)]
     # Every layer's sampled units, one row each, in one table: projected and bounded in one operation each.
-    table = torch.zeros(starts[-1], _WIDTH, dtype=torch.float64, device=device)
+    table = torch.empty(starts[-1], _WIDTH, dtype=torch.float64, device=device)  # every value written below
     for (_, layer), a, b in zip(layers, starts, starts[1:], strict=False):
         if layer_weight(layer).device == device:
             sample_units(layer, table[a:b])
@@ -318,7 +323,7 @@ def find_identical_units(module: nn.Module) -> list[LayerGroups]:
     probe, weight = _probe(device)
     results = torch.empty(2, starts[-1], dtype=torch.float64, device=device)
     torch.mv(table, probe, out=results[0])
-    torch.amax(table.abs(), dim=1, out=results[1])
+    torch.linalg.vector_norm(table, ord=float("inf"), dim=1, out=results[1])  # no temporary the table's size
     projection, largest = results.cpu().numpy()  # the one host transfer
     # Units of different layers (or of different groups of a grouped convolution) never pair up.
     keys = np.repeat(np.arange(len(layers), dtype=np.int64) << 32, units)

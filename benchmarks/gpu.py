@@ -1581,6 +1581,15 @@ def first_epoch_ms(env: Env, audit: InitAudit | None) -> float:
     return (end - start) * 1e3
 
 
+def raised(kind: type[Exception], run: Callable[[], None]) -> str:
+    """The message of the ``kind`` exception ``run`` raised; empty if it raised none."""
+    try:
+        run()
+    except kind as err:
+        return str(err)
+    return ""
+
+
 def init_audit_syncs(env: Env, res: Results) -> None:
     s = env.sizes
     steps = max(1, s.small_images // s.small_batch // 2)  # judged mid-epoch, in on_train_batch_end
@@ -1666,11 +1675,7 @@ def init_audit_findings(env: Env, res: Results) -> None:
             p.zero_()
     pl.seed_everything(env.seed, verbose=False)
     trainer = make_trainer(env, "init-audit-zero", [InitAudit(on_issue="raise", steps=steps)], max_epochs=1)
-    message = ""
-    try:
-        trainer.fit(broken, datamodule=small_data(env, stream=False))
-    except InitAuditError as err:
-        message = str(err)
+    message = raised(InitAuditError, lambda: trainer.fit(broken, datamodule=small_data(env, stream=False)))
     res.check(
         "init_audit",
         "findings: an all-zero conv net caught (InitAuditError, symmetric_units in 'net.0')",
@@ -1684,11 +1689,8 @@ def init_audit_refused(env: Env, res: Results) -> None:
     with process_group_port():
         pl.seed_everything(env.seed, verbose=False)
         trainer = make_trainer(env, "init-audit-mp", [InitAudit()], max_epochs=1, strategy=ModelParallelStrategy())
-        message = ""
-        try:
-            trainer.fit(small_net(env, optimizer="float", shard=True), datamodule=small_data(env, False))
-        except MisconfigurationException as err:
-            message = str(err)
+        net = small_net(env, optimizer="float", shard=True)
+        message = raised(MisconfigurationException, lambda: trainer.fit(net, datamodule=small_data(env, False)))
     res.check(
         "init_audit",
         "sharded: InitAudit refused at setup under ModelParallelStrategy",

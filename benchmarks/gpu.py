@@ -19,6 +19,11 @@ Sections (``--sections`` picks some, by name or number; the JSON is rewritten af
    ``FSDPStrategy(use_orig_params=False)`` is refused at setup; ``ModelParallelStrategy`` with ``fully_shard``
    (DTensors) refuses ``restore_best_weights=True`` at setup and restores with ``"checkpoint"``; LRWarmup scales
    every param group, ShuffleAudit stays quiet, WeightReset round-trips (FSDP) or refuses DTensors clearly.
+7. ``init_audit``: ``InitAudit`` on the device: host syncs it causes in per-batch hooks during the first epoch
+   (required: 0; its per-epoch transfers listed), counted as in section 1; the first epoch's time (from
+   ``on_train_start``, so the step-0 check counts) with it / without, GPU-bound steps, interleaved repeats (target
+   <= 1.01); quiet on the default-initialised conv net, an all-zero one caught (``symmetric_units`` in ``net.0``);
+   refused at setup under ``ModelParallelStrategy``.
 
 Run on a GPU machine (about 3 minutes on one H200; must stay under 6):
 ``PYTHONPATH=src python3 benchmarks/gpu.py --out gpu_results.json``. It exits 1 if a check fails. Without CUDA it
@@ -55,7 +60,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-SECTIONS = ("syncs", "overhead", "copies", "fingerprints", "correctness", "sharded")
+SECTIONS = ("syncs", "overhead", "copies", "fingerprints", "correctness", "sharded", "init_audit")
 NO_CUDA = (
     "benchmarks/gpu.py: CUDA is not available on this machine, so nothing was measured and nothing written "
     "(the arguments are valid). Run it where a GPU is, or with --smoke for the tiny CPU dry run."
@@ -71,7 +76,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("gpu_results.json"), help="JSON results file")
     parser.add_argument("--smoke", action="store_true", help="every section in a tiny form, on the CPU too")
     parser.add_argument(
-        "--sections", default="all", help=f"comma-separated names or numbers (1-6) of {', '.join(SECTIONS)}; or all"
+        "--sections",
+        default="all",
+        help=f"comma-separated names or numbers (1-{len(SECTIONS)}) of {', '.join(SECTIONS)}; or all",
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -88,7 +95,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         elif item in SECTIONS:
             chosen.append(item)
         else:
-            parser.error(f"--sections: {item!r} is not one of {', '.join(SECTIONS)}, 1-6 or all")
+            parser.error(f"--sections: {item!r} is not one of {', '.join(SECTIONS)}, 1-{len(SECTIONS)} or all")
     args.sections = [name for name in SECTIONS if name in chosen]
     return args
 
@@ -118,7 +125,7 @@ from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, IterableDataset, RandomSampler
 
 import epochkit
-from epochkit import EarlyStopping, LRWarmup, ShuffleAudit
+from epochkit import EarlyStopping, InitAudit, InitAuditError, LRWarmup, ShuffleAudit
 from epochkit._io import write_json_atomic
 from epochkit.audit.callback import ShuffleAuditWarning
 from epochkit.audit.recording import RecordingSampler, fingerprint
@@ -129,6 +136,7 @@ from epochkit.stopping import HostWeights
 SYNC_TEXT = "called a synchronizing CUDA operation"  # torch's warning text in set_sync_debug_mode("warn")
 SCRIPTED_VAL = (5.0, 4.0, 1.0, 3.0, 2.0)  # section 6's val_loss per epoch: best at epoch 2, training goes on to 4
 OVERHEAD_TARGET = 1.02
+INIT_AUDIT_TARGET = 1.01  # issue 24: the whole check under 1% of the first epoch
 CAPTURE_TARGET = 1.1
 RESTORE_TARGET = 1.1  # issue 15's bar for WeightReset.restore; reported, not a check of this issue
 WALL_TARGET_S = 360.0
@@ -1529,6 +1537,176 @@ def section_sharded(env: Env, res: Results) -> None:
     part(res, "sharded", "ModelParallelStrategy checkpoint", lambda: model_parallel_checkpoint_restore(env, res))
 
 
+# ------------------------------------------------------------------------------------------- 7. init_audit
+class EpochClock(Callback):
+    """Marks ``on_train_start`` (``role="start"``: put it before InitAudit, so the step-0 check counts) or the end of
+    the first epoch (``role="end"``: after InitAudit, so its end-of-epoch verdict counts), on the device's clock
+    (CUDA events on the stream) or the host's."""
+
+    def __init__(self, cuda: bool, role: str, marks: list[Any]) -> None:
+        self.cuda, self.role, self.marks = cuda, role, marks
+
+    def _mark(self) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.role == "start":
+            self._mark()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.role == "end" and trainer.current_epoch == 0:
+            self._mark()
+
+
+def first_epoch_ms(env: Env, audit: InitAudit | None) -> float:
+    """One first epoch of the big conv net (GPU-bound steps), with ``audit`` or without, in milliseconds."""
+    s = env.sizes
+    marks: list[Any] = []
+    callbacks: list[Callback] = [EpochClock(env.cuda, "start", marks)]
+    callbacks += [audit] if audit is not None else []
+    callbacks.append(EpochClock(env.cuda, "end", marks))
+    pl.seed_everything(env.seed, verbose=False)
+    trainer = make_trainer(env, "init-audit-cost", callbacks, max_epochs=1, limit_val_batches=0)
+    net = ConvNet(s.big_channels, s.big_depth, optimizer="fused")
+    trainer.fit(net, datamodule=Images(s.big_images, s.big_side, s.big_batch, env.device, env.seed, False))
+    start, end = marks
+    if env.cuda:
+        torch.cuda.synchronize()
+        return float(start.elapsed_time(end))
+    return (end - start) * 1e3
+
+
+def raised(kind: type[Exception], run: Callable[[], None]) -> str:
+    """The message of the ``kind`` exception ``run`` raised; empty if it raised none."""
+    try:
+        run()
+    except kind as err:
+        return str(err)
+    return ""
+
+
+def init_audit_syncs(env: Env, res: Results) -> None:
+    s = env.sizes
+    steps = max(1, s.small_images // s.small_batch // 2)  # judged mid-epoch, in on_train_batch_end
+    runs = {}
+    for arm in ("none", "audit"):
+        pl.seed_everything(env.seed, verbose=False)
+        callbacks: list[Callback] = [InitAudit(steps=steps)] if arm == "audit" else []
+        if not env.cuda:
+            callbacks.append(SyncProbe(cuda=False))
+        with SyncCounter(env.cuda) as counter:
+            trainer = make_trainer(env, f"init-audit-sync-{arm}", callbacks, max_epochs=1)
+            trainer.fit(small_net(env), datamodule=small_data(env, stream=False))
+        runs[arm] = sync_summary(counter.events)
+    res.figure("init_audit", "syncs: details", runs)
+    if not env.cuda:
+        seen = [runs[arm]["per_batch"] for arm in ("none", "audit")]
+        res.check("init_audit", "syncs: the counter saw the CPU probe in both runs", seen == [1, 1], seen, "[1, 1]")
+    res.figure(
+        "init_audit",
+        f"syncs: InitAudit's per-epoch syncs in the first epoch (steps={steps}; hook, site: count)",
+        [f"{e['context']}, {e['site']}: {e['count']}" for e in runs["audit"]["epochkit_per_epoch"]],
+    )
+    res.check(
+        "init_audit",
+        "syncs: host syncs InitAudit caused in per-batch hooks during the first epoch",
+        runs["audit"]["per_batch_epochkit"] == 0,
+        runs["audit"]["per_batch_epochkit"],
+        "0",
+        applies=env.cuda,
+    )
+    res.check(
+        "init_audit",
+        "syncs: per-batch syncs with InitAudit - without (whoever's code)",
+        runs["audit"]["per_batch"] == runs["none"]["per_batch"],
+        runs["audit"]["per_batch"] - runs["none"]["per_batch"],
+        "0",
+        applies=env.cuda,
+    )
+
+
+def init_audit_cost(env: Env, res: Results) -> None:
+    s = env.sizes
+    times: dict[str, list[float]] = {"none": [], "audit": []}
+    rounds = s.bench_repeats + (1 if s.bench_warmup_round else 0)
+    for index in range(rounds):  # interleaved; the first round warms up (cuDNN, the allocator) and is dropped
+        for arm in times:
+            ms = first_epoch_ms(env, InitAudit() if arm == "audit" else None)
+            if index or not s.bench_warmup_round:
+                times[arm].append(ms)
+    none, audit = statistics.median(times["none"]), statistics.median(times["audit"])
+    res.figure(
+        "init_audit", "cost: first epoch (from on_train_start), median without / with InitAudit", [none, audit], "ms"
+    )
+    res.check(
+        "init_audit",
+        "cost: first epoch with InitAudit / without (the whole check)",
+        audit / none <= INIT_AUDIT_TARGET,
+        round(audit / none, 4),
+        f"<= {INIT_AUDIT_TARGET}",
+        applies=env.cuda,
+        note=f"{s.big_images // s.big_batch} batches, medians of {s.bench_repeats}",
+    )
+
+
+def init_audit_findings(env: Env, res: Results) -> None:
+    s = env.sizes
+    steps = max(1, s.small_images // s.small_batch // 2)
+    pl.seed_everything(env.seed, verbose=False)
+    healthy = InitAudit(on_issue="raise", steps=steps)
+    make_trainer(env, "init-audit-healthy", [healthy], max_epochs=1).fit(
+        small_net(env), datamodule=small_data(env, stream=False)
+    )
+    res.check(
+        "init_audit",
+        "findings: quiet on the default-initialised conv net (no issue)",
+        healthy.issues == [] and healthy.symmetry_done_ and healthy.dead_done_,
+        [f.message() for f in healthy.findings_] or "no finding",
+        "no issue",
+    )
+    broken = small_net(env)
+    with torch.no_grad():
+        for p in broken.parameters():
+            p.zero_()
+    pl.seed_everything(env.seed, verbose=False)
+    trainer = make_trainer(env, "init-audit-zero", [InitAudit(on_issue="raise", steps=steps)], max_epochs=1)
+    message = raised(InitAuditError, lambda: trainer.fit(broken, datamodule=small_data(env, stream=False)))
+    res.check(
+        "init_audit",
+        "findings: an all-zero conv net caught (InitAuditError, symmetric_units in 'net.0')",
+        "symmetric_units in 'net.0'" in message,
+        message[:300] or "no error",
+        "InitAuditError naming net.0",
+    )
+
+
+def init_audit_refused(env: Env, res: Results) -> None:
+    with process_group_port():
+        pl.seed_everything(env.seed, verbose=False)
+        trainer = make_trainer(env, "init-audit-mp", [InitAudit()], max_epochs=1, strategy=ModelParallelStrategy())
+        net = small_net(env, optimizer="float", shard=True)
+        message = raised(MisconfigurationException, lambda: trainer.fit(net, datamodule=small_data(env, False)))
+    res.check(
+        "init_audit",
+        "sharded: InitAudit refused at setup under ModelParallelStrategy",
+        "InitAudit cannot check a fit under ModelParallelStrategy" in message and trainer.global_step == 0,
+        message[:300] or "no error",
+        "MisconfigurationException naming the strategy",
+    )
+
+
+def section_init_audit(env: Env, res: Results) -> None:
+    part(res, "init_audit", "syncs", lambda: init_audit_syncs(env, res))
+    part(res, "init_audit", "cost", lambda: init_audit_cost(env, res))
+    part(res, "init_audit", "findings", lambda: init_audit_findings(env, res))
+    part(res, "init_audit", "sharded", lambda: init_audit_refused(env, res))
+
+
 # ------------------------------------------------------------------------------------------------- driver
 RUNNERS: dict[str, Callable[[Env, Results], None]] = {
     "syncs": section_syncs,
@@ -1537,6 +1715,7 @@ RUNNERS: dict[str, Callable[[Env, Results], None]] = {
     "fingerprints": section_fingerprints,
     "correctness": section_correctness,
     "sharded": section_sharded,
+    "init_audit": section_init_audit,
 }
 
 

@@ -15,7 +15,7 @@ from types import ModuleType
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.py"
-SECTIONS = ["syncs", "overhead", "copies", "fingerprints", "correctness", "sharded"]
+SECTIONS = ["syncs", "overhead", "copies", "fingerprints", "correctness", "sharded", "init_audit"]
 
 # The checks that must run and pass on the CPU: each one is what would break if epochkit's API or behaviour moved.
 CPU_CHECKS = [
@@ -45,6 +45,10 @@ CPU_CHECKS = [
     ),
     ("sharded", "ModelParallelStrategy + fully_shard, restore='checkpoint': ShuffleAudit ran quiet"),
     ("sharded", "ModelParallelStrategy: WeightReset refuses DTensor parameters with a clear error"),
+    ("init_audit", "syncs: the counter saw the CPU probe in both runs"),
+    ("init_audit", "findings: quiet on the default-initialised conv net (no issue)"),
+    ("init_audit", "findings: an all-zero conv net caught (InitAuditError, symmetric_units in 'net.0')"),
+    ("init_audit", "sharded: InitAudit refused at setup under ModelParallelStrategy"),
 ]
 
 
@@ -121,6 +125,11 @@ def test_smoke_runs_every_section_on_the_cpu_and_its_checks_pass(tmp_path: Path)
     assert checks[("syncs", "fused/indices: syncs epochkit caused in per-batch hooks")]["status"] == "n/a"
     assert checks[("overhead", "indices: median step time all callbacks / none")]["status"] == "n/a"
     assert checks[("copies", "best-weight capture / plain copy into pinned memory")]["status"] == "n/a"
+    assert (
+        checks[("init_audit", "syncs: host syncs InitAudit caused in per-batch hooks during the first epoch")]["status"]
+        == "n/a"
+    )
+    assert checks[("init_audit", "cost: first epoch with InitAudit / without (the whole check)")]["status"] == "n/a"
     figures = results["sections"]["overhead"]["figures"]
     assert figures["indices: ShuffleAudit.on_train_batch_start host time"]["unit"] == "us/batch"
     assert "ALL CHECKS PASSED" in proc.stdout

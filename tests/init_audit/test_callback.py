@@ -80,6 +80,37 @@ def test_some_dead_units_are_a_notice_with_their_fraction_and_the_hooks_last_one
     assert audit.dead_fraction_["net.0"] == 0.25
 
 
+class HookTrace(Callback):
+    """How many forward hooks the module holds after each training batch of the first epoch."""
+
+    def __init__(self) -> None:
+        self.after_batch: list[int] = []
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if trainer.current_epoch == 0:
+            self.after_batch.append(_hooks(pl_module))
+
+
+def test_hooks_go_at_step_steps_once_every_unit_was_positive_and_stay_while_one_was_not(tmp_path: Path) -> None:
+    # Positivity only grows: once every hooked unit was positive, no unit can be dead, whatever the epoch brings.
+    runs = {}
+    for name in ("alive", "dead"):
+        torch.manual_seed(0)
+        net = mlp(nn.ReLU)
+        with torch.no_grad():
+            net[0].bias.add_(5.0)
+            net[2].weight.abs_()  # positive inputs, positive weights: every unit positive from the first batch on
+            if name == "dead":
+                net[0].bias[:8] = -100.0  # a quarter of net.0 never positive
+        audit, trace = InitAudit(steps=2), HookTrace()  # trace runs after the audit: it sees what the audit left
+        quiet_trainer(tmp_path / name, [audit, trace], max_epochs=1).fit(Classify(net), loader())
+        runs[name] = (trace.after_batch, audit.dead_fraction_)
+    batches = len(runs["alive"][0])
+    assert batches > 3
+    assert runs["alive"] == ([2, 0] + [0] * (batches - 2), {"net.0": 0.0, "net.2": 0.0})
+    assert runs["dead"] == ([2] * batches, {"net.0": 0.25, "net.2": 0.0})  # hooks to the end of the epoch
+
+
 def test_warn_and_log_report_each_issue_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with pytest.warns(InitAuditWarning, match=r"symmetric_units in 'net.0'") as warned:
         quiet_trainer(tmp_path / "w", [InitAudit()], max_epochs=2).fit(Classify(zero_mlp_tanh()), loader())

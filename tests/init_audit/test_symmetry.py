@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from epochkit.init_audit.dead import fold_alive, relu_after_layers
+from epochkit.init_audit.dead import RING_ROWS, PositiveSums, fold_positive, relu_after_layers
 from epochkit.init_audit.symmetry import LayerGroups, find_identical_units, still_identical
 
 
@@ -84,11 +84,33 @@ def test_rounding_apart_is_still_identical_and_a_real_split_is_not() -> None:
     assert still_identical(layer, before) == []
 
 
-def test_relu_activations_are_paired_with_their_layer_and_fold_alive_counts_units() -> None:
+def test_relu_activations_are_paired_with_their_layer_and_fold_positive_finds_positive_units() -> None:
     block = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.ReLU(), nn.Linear(3, 2))
     assert [(a.layer, a.activation, a.channels_first) for a in relu_after_layers(block)] == [("0", "2", True)]
+    total = torch.zeros(3, dtype=torch.float64)
     out = torch.zeros(2, 3, 4, 4)
     out[1, 2, 3, 3] = 1.0
-    alive = fold_alive(None, out, channels_first=True)
-    assert alive is not None and alive.tolist() == [False, False, True]
-    assert fold_alive(alive, torch.zeros(2, 5), channels_first=False) is None  # another width: not judged
+    out[0, 1] = float("nan")  # NaN is not positive, and hides no positive value beside it
+    out[1, 1, 0, 0] = 1e-30
+    assert fold_positive(total, out, channels_first=True)
+    assert (total > 0).tolist() == [False, True, True]
+    assert fold_positive(total, torch.tensor([[1e-45, 0.0, 0.0]], dtype=torch.float32), channels_first=False)
+    assert (total > 0).tolist() == [True, True, True]  # float32's smallest subnormal counts
+    total = torch.zeros(3, dtype=torch.float64)
+    assert fold_positive(total, torch.tensor([0.0, 0.0, 5e-324], dtype=torch.float64), channels_first=False)
+    assert (total > 0).tolist() == [False, False, True]  # so does float64's, of one sample (a 1-d output)
+    assert not fold_positive(total, torch.zeros(2, 5), channels_first=False)  # another width: not judged
+
+
+def test_positive_sums_keep_every_batch_through_ring_wraps_dtypes_and_widths() -> None:
+    sums = PositiveSums(torch.zeros(4, dtype=torch.float64), channels_first=True)
+    for batch in range(2 * RING_ROWS + 3):  # wraps the ring twice, then a flush folds the rest
+        out = torch.zeros(2, 4, 3)
+        if batch == 0:
+            out[1, 0, 2] = 1.0  # the first batch: folded at the first wrap
+        if batch == 2 * RING_ROWS + 1:
+            out[0, 3, 0] = float("inf")  # one of the last: folded by the flush
+        assert sums.add(out)
+    assert sums.add(torch.tensor([[[0.0], [5e-324], [0.0], [0.0]]], dtype=torch.float64))  # another dtype
+    assert not sums.add(torch.ones(2, 5, 3))  # another width: not judged, nothing added
+    assert (sums.flush() > 0).tolist() == [True, True, False, True]

@@ -20,9 +20,16 @@ from epochkit import _distributed, _logging
 from epochkit._callback import cached_state_key
 from epochkit._validation import check_bool, check_choice, check_int
 from epochkit.audit.callback import _user_stacklevel
-from epochkit.init_audit.dead import Activation, fold_alive, relu_after_layers
+from epochkit.init_audit.dead import Activation, PositiveSums, relu_after_layers
 from epochkit.init_audit.findings import Finding, markdown_report, summary
-from epochkit.init_audit.symmetry import LayerGroups, checked_layers, find_identical_units, still_identical, unit_count
+from epochkit.init_audit.symmetry import (
+    LayerGroups,
+    checked_layers,
+    find_identical_units,
+    layer_weight,
+    still_identical,
+    unit_count,
+)
 
 log = logging.getLogger("epochkit.init_audit")
 
@@ -107,7 +114,10 @@ class InitAudit(Callback):
     dead_fraction_: dict[str, float]
     summarised_: bool
     _activations_: list[Activation]
-    _alive_: dict[str, torch.Tensor]
+    _judge_at_: int | None
+    _positive_: dict[str, PositiveSums]
+    _positive_buffer_: torch.Tensor | None
+    _all_positive_: tuple[torch.Tensor, Any] | None
     _restored_alive_: dict[str, torch.Tensor]
     _calls_: dict[str, int]
     _ambiguous_: set[str]
@@ -167,10 +177,13 @@ class InitAudit(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         # global_step is a Python int, the same on every rank: no host synchronisation, and every rank enters the
-        # broadcast in _judge_symmetry at the same batch.
-        started = self.baseline_step_ is not None and not self.symmetry_done_
-        if started and trainer.global_step - (self.baseline_step_ or 0) >= self.steps:
+        # broadcast in _judge_symmetry at the same batch. Once judged (or never started), one comparison per batch.
+        if self._judge_at_ is not None and trainer.global_step >= self._judge_at_:
             self._judge_symmetry(trainer, pl_module)
+            if self._hooks_:
+                self._ask_all_positive()
+        if self._all_positive_ is not None:
+            self._stop_hooks_if_all_positive()
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -202,7 +215,7 @@ class InitAudit(Callback):
             "dead_done": self.dead_done_,
             "dead_fraction": dict(self.dead_fraction_),
             # Saved with a checkpoint only (not per step); a fit resumed inside the first epoch keeps counting.
-            "alive": {path: mask.detach().cpu() for path, mask in self._alive_.items()},
+            "alive": {path: (sums.flush() > 0).cpu() for path, sums in self._positive_.items()},
             "calls": dict(self._calls_),
         }
 
@@ -217,6 +230,8 @@ class InitAudit(Callback):
         self.dead_done_ = bool(state_dict.get("dead_done", False))
         self.dead_fraction_ = {str(k): float(v) for k, v in state_dict.get("dead_fraction", {}).items()}
         self._restored_alive_ = dict(state_dict.get("alive", {}))
+        started = self.baseline_step_ is not None and not self.symmetry_done_
+        self._judge_at_ = (self.baseline_step_ or 0) + self.steps if started else None
         self._calls_ = {str(k): int(v) for k, v in state_dict.get("calls", {}).items()}
 
     # ----------------------------------------------------------------------------------------- internals
@@ -234,7 +249,10 @@ class InitAudit(Callback):
         self.dead_fraction_ = {}
         self.summarised_ = False
         self._activations_ = []
-        self._alive_ = {}
+        self._judge_at_ = None
+        self._positive_ = {}
+        self._positive_buffer_ = None
+        self._all_positive_ = None
         self._restored_alive_ = {}
         self._calls_ = {}
         self._ambiguous_ = set()
@@ -253,6 +271,7 @@ class InitAudit(Callback):
         """The identical-unit groups before the first optimizer step (computed on rank 0: the weights are the same
         on every rank)."""
         self.baseline_step_ = trainer.global_step
+        self._judge_at_ = trainer.global_step + self.steps
         if not trainer.is_global_zero:
             return
         self.baseline_ = find_identical_units(pl_module)
@@ -280,6 +299,7 @@ class InitAudit(Callback):
         data = _distributed.broadcast(trainer, data)  # collective: every rank is here at the same step
         assert data is not None
         self.symmetry_done_ = True
+        self._judge_at_ = None
         self.symmetry_step_ = step if step > start else None
         self.baseline_ = []  # judged: nothing left to compare
         self.notes_.extend(data["notes"])
@@ -306,33 +326,69 @@ class InitAudit(Callback):
 
     def _add_hooks(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._activations_ = relu_after_layers(pl_module)
-        for act in self._activations_:
-            layer = pl_module.get_submodule(act.layer)
-            weight = layer.weight
-            assert isinstance(weight, torch.Tensor)
+        if not self._activations_:
+            return
+        layers = [pl_module.get_submodule(act.layer) for act in self._activations_]
+        units = [unit_count(layer) for layer in layers]
+        device = layer_weight(layers[0]).device
+        # One buffer for every hooked layer's per-unit sums (float64 holds every value of a lower precision; MPS has
+        # no float64, and no float64 outputs either), filled in place by the hooks: nothing allocated per batch.
+        dtype = torch.float32 if device.type == "mps" else torch.float64
+        buffer = self._positive_buffer_ = torch.zeros(sum(units), dtype=dtype, device=device)
+        start = 0
+        for act, n in zip(self._activations_, units, strict=True):
+            total = buffer[start : start + n]
+            start += n
             restored = self._restored_alive_.get(act.layer)
-            self._alive_[act.layer] = (
-                restored.to(weight.device).bool()
-                if restored is not None and restored.numel() == unit_count(layer)
-                else torch.zeros(unit_count(layer), dtype=torch.bool, device=weight.device)
-            )
+            if restored is not None and restored.numel() == n:
+                total.copy_(restored.reshape(n))  # a unit seen positive before the checkpoint counts as positive
             self._calls_.setdefault(act.layer, 0)
             module = pl_module.get_submodule(act.activation)
-            self._hooks_.append(module.register_forward_hook(self._make_hook(trainer, act)))
+            sums = self._positive_[act.layer] = PositiveSums(total, act.channels_first)
+            self._hooks_.append(module.register_forward_hook(self._make_hook(trainer, act.layer, sums)))
 
-    def _make_hook(self, trainer: pl.Trainer, act: Activation) -> Any:
+    def _make_hook(self, trainer: pl.Trainer, layer: str, sums: PositiveSums) -> Any:
+        ambiguous, calls = self._ambiguous_, self._calls_
+
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
             # Training batches only (not validation or the sanity check); device tensors only: no host sync.
-            if not trainer.training or not isinstance(output, torch.Tensor) or act.layer in self._ambiguous_:
+            if not trainer.training or layer in ambiguous or not isinstance(output, torch.Tensor):
                 return
-            folded = fold_alive(self._alive_[act.layer], output, act.channels_first)
-            if folded is None:
-                self._ambiguous_.add(act.layer)
+            if sums.add(output):
+                calls[layer] += 1
             else:
-                self._alive_[act.layer] = folded
-                self._calls_[act.layer] += 1
+                ambiguous.add(layer)
 
         return hook
+
+    def _ask_all_positive(self) -> None:
+        """Whether every hooked unit has been positive already, asked of the device without waiting for it (read by
+        :meth:`_stop_hooks_if_all_positive` once the answer is on the host). Positivity only grows, so a layer
+        whose units were all positive has no dead unit, whatever the rest of the epoch brings: its hooks can go."""
+        buffer = self._positive_buffer_
+        if buffer is None or self._ambiguous_:
+            return
+        for sums in self._positive_.values():
+            sums.flush()
+        answer = (buffer > 0).all()
+        if buffer.device.type == "cpu":
+            self._all_positive_ = (answer, None)
+        elif buffer.device.type == "cuda":  # copied into pinned memory behind the queued work; an event says when
+            host = torch.empty((), dtype=torch.bool, pin_memory=True)
+            host.copy_(answer, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            self._all_positive_ = (host, event)
+        # other devices: the hooks stay to the end of the epoch
+
+    def _stop_hooks_if_all_positive(self) -> None:
+        assert self._all_positive_ is not None
+        answer, event = self._all_positive_
+        if event is not None and not event.query():
+            return  # not there yet: asked again after the next batch
+        self._all_positive_ = None
+        if bool(answer) and not self._ambiguous_:  # a host tensor: no device synchronisation
+            self._remove_hooks()
 
     def _remove_hooks(self) -> None:
         for handle in self._hooks_:
@@ -347,22 +403,29 @@ class InitAudit(Callback):
         if not paths:
             self._report(trainer, [])
             return
-        device = self._alive_[paths[0]].device
-        counts = torch.cat([self._alive_[p].to(device=device, dtype=torch.float32) for p in paths])
-        extra = torch.tensor(
-            [float(self._calls_[p]) for p in paths] + [float(p in self._ambiguous_) for p in paths], device=device
-        )
-        reduced = trainer.strategy.reduce(torch.cat([counts, extra]), reduce_op="sum")  # collective, every rank
-        assert isinstance(reduced, torch.Tensor)
-        values = reduced.cpu().numpy()  # the one host transfer of the dead-unit check
-        alive_counts, calls, ambiguous = (
-            values[: counts.numel()],
-            values[counts.numel() :][: len(paths)],
-            values[-len(paths) :],
-        )
+        for sums in self._positive_.values():
+            sums.flush()
+        buffer = self._positive_buffer_  # every layer's totals, in the order of paths
+        assert buffer is not None
+        if trainer.world_size == 1:  # nothing to reduce: the totals' one host transfer, the rest from Python
+            alive_counts = (buffer > 0).cpu().numpy()
+            calls = [self._calls_[p] for p in paths]
+            ambiguous = [p in self._ambiguous_ for p in paths]
+        else:
+            counts = (buffer > 0).to(torch.float32)
+            extra = torch.tensor(
+                [float(self._calls_[p]) for p in paths] + [float(p in self._ambiguous_) for p in paths],
+                device=buffer.device,
+            )
+            reduced = trainer.strategy.reduce(torch.cat([counts, extra]), reduce_op="sum")  # collective, every rank
+            assert isinstance(reduced, torch.Tensor)
+            values = reduced.cpu().numpy()  # the one host transfer of the dead-unit check
+            alive_counts = values[: counts.numel()]
+            calls = list(values[counts.numel() :][: len(paths)])
+            ambiguous = list(values[-len(paths) :])
         findings, metrics, start = [], {}, 0
         for path, n_calls, unclear in zip(paths, calls, ambiguous, strict=True):
-            units = self._alive_[path].numel()
+            units = self._positive_[path].total.numel()
             alive = alive_counts[start : start + units] > 0
             start += units
             if unclear:
@@ -381,7 +444,7 @@ class InitAudit(Callback):
             elif dead:
                 findings.append(Finding("dead_units", path, evidence, step))
         _logging.log_scalars(trainer, metrics)
-        self._alive_ = {}
+        self._positive_, self._positive_buffer_ = {}, None
         self._report(trainer, findings)
 
     def _report(self, trainer: pl.Trainer, found: list[Finding]) -> None:

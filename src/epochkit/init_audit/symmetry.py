@@ -6,13 +6,17 @@ the columns of an ``Embedding`` weight (output feature ``j`` is column ``j`` for
 identical receive identical gradients as long as everything downstream treats them alike, and then stay identical
 for ever: the layer works as one unit.
 
-Finding them costs one small matrix-vector product per layer (each unit's bias and a sample of its inputs projected
-on a fixed vector, no random draw), one host transfer of the projections for the whole model, and an exact comparison
-of the few units whose projections agree. Nothing here draws from any random generator.
+Finding them costs a handful of operations for the whole model, whatever its depth: each unit's bias and a sample
+of its inputs copied into one float64 table (two copies per layer), that table projected on a fixed vector (one
+matrix-vector product) with each row's largest magnitude (the rounding bound), one host transfer of both, the
+sorting of the projections on the host, and an exact comparison of the few units whose projections agree. Nothing
+here draws from any random generator.
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -30,6 +34,12 @@ _CANDIDATE_RTOL = 1e-11
 #: A projection reads at most this many inputs of each unit, in a few contiguous blocks (see :func:`sampled_blocks`).
 SAMPLED_INPUTS = 64
 _BLOCKS = 4
+#: Columns of a unit's row in the sampled table: its sampled inputs (zero-padded) and its bias, last.
+_WIDTH = SAMPLED_INPUTS + 1
+#: Consecutive layers share one pass of the table up to this many units (a wider layer gets a pass of its own), and
+#: the passes reuse one buffer: small models pay a few operations in all, large ones touch a few MB, not the model's
+#: whole table.
+_CHUNK_UNITS = 4096
 #: After ``steps`` optimizer steps, units count as still identical when they differ by at most this many units in
 #: the last place of their largest value (identical updates, summed in different orders, round apart slightly).
 ULP_TOLERANCE = 16
@@ -56,6 +66,13 @@ def checked_layers(module: nn.Module) -> Iterator[tuple[str, nn.Module]]:
             yield path, layer
 
 
+def layer_weight(layer: nn.Module) -> torch.Tensor:
+    """A checked layer's weight (a tensor: :func:`checked_layers` lists no other)."""
+    weight = layer.weight
+    assert isinstance(weight, torch.Tensor)
+    return weight
+
+
 def unit_count(layer: nn.Module) -> int:
     """How many output units ``layer`` has."""
     weight = layer.weight
@@ -71,16 +88,25 @@ def unit_partition(layer: nn.Module) -> np.ndarray | None:
     return np.arange(unit_count(layer)) // (unit_count(layer) // groups)
 
 
-def _probe(length: int, like: torch.Tensor) -> torch.Tensor:
-    """A fixed float64 vector of ``length`` values spread over [-1, 1) (the golden-ratio sequence: no random draw)."""
-    k = torch.arange(1, length + 1, dtype=torch.float64, device=like.device)
-    return (k * 0.6180339887498949) % 1.0 * 2.0 - 1.0
+#: The probe on each device it was used on, with the sum of its absolute values: made once, reused by every check.
+_PROBES: dict[str, tuple[torch.Tensor, float]] = {}
+
+
+def _probe(device: torch.device) -> tuple[torch.Tensor, float]:
+    """A fixed float64 vector of :data:`_WIDTH` values spread over [-1, 1) (the golden-ratio sequence: no random
+    draw) on ``device``, and the sum of its absolute values (made on the host: no device synchronisation)."""
+    cached = _PROBES.get(str(device))
+    if cached is None:
+        k = torch.arange(1, _WIDTH + 1, dtype=torch.float64)
+        probe = (k * 0.6180339887498949) % 1.0 * 2.0 - 1.0
+        cached = _PROBES[str(device)] = (probe.to(device), float(probe.abs().sum()))
+    return cached
 
 
 def sampled_blocks(length: int) -> list[tuple[int, int]]:
     """The input positions a projection reads, as ``(start, width)`` blocks: all of them up to
-    :data:`SAMPLED_INPUTS`, else that many in :data:`_BLOCKS` contiguous blocks spread over the row (a few cache
-    lines per unit instead of the whole weight).
+    :data:`SAMPLED_INPUTS`, else that many in :data:`_BLOCKS` contiguous blocks evenly spaced over the row (a few
+    cache lines per unit instead of the whole weight, read as one strided view).
 
     Identical units agree on any subset of their inputs, so sampling can only add candidates, which the exact
     comparison then drops; it never misses a group.
@@ -94,47 +120,67 @@ def sampled_blocks(length: int) -> list[tuple[int, int]]:
     if length <= SAMPLED_INPUTS:
         return [(0, length)]
     width = SAMPLED_INPUTS // _BLOCKS
-    return [(round(i * (length - width) / (_BLOCKS - 1)), width) for i in range(_BLOCKS)]
+    step = (length - width) // (_BLOCKS - 1)
+    return [(i * step, width) for i in range(_BLOCKS)]
+
+
+def sample_units(layer: nn.Module, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Each unit's sampled incoming weights (:func:`sampled_blocks`, in the first columns) and bias (last column),
+    one float64 row of :data:`_WIDTH` values per unit, written into ``out`` (zero-filled, ``(units, _WIDTH)``,
+    float64, on the weight's device; None: a new tensor; every value is written). One copy of a strided view of the
+    weight, one of the bias;
+    both read detached tensors, so no graph is recorded (and no ``no_grad`` context is needed).
+
+    Example:
+        >>> layer = nn.Linear(100, 3)
+        >>> sample = sample_units(layer)
+        >>> sample.shape, bool((sample[:, 16:32] == layer.weight[:, 28:44]).all())
+        (torch.Size([3, 65]), True)
+        >>> bool((sample[:, -1] == layer.bias).all())
+        True
+    """
+    weight = layer.weight
+    assert isinstance(weight, torch.Tensor)
+    embedding = isinstance(layer, nn.Embedding)
+    # An Embedding's units are its columns: its rows (tokens) are sampled, each block contiguous.
+    table = weight.detach() if embedding else weight.detach().reshape(weight.shape[0], -1)
+    units, inputs = (table.shape[1], table.shape[0]) if embedding else (table.shape[0], table.shape[1])
+    if out is None:
+        out = torch.empty(units, _WIDTH, dtype=torch.float64, device=weight.device)
+    blocks = sampled_blocks(inputs)
+    if inputs < SAMPLED_INPUTS:
+        out[:, inputs:SAMPLED_INPUTS].zero_()
+    if len(blocks) == 1:
+        out[:, :inputs].copy_(table.t() if embedding else table)
+    else:  # the blocks as one (units, blocks, width) strided view, copied (and converted) in one operation
+        width = SAMPLED_INPUTS // _BLOCKS
+        windows = table.unfold(0 if embedding else 1, width, blocks[1][0])
+        windows = windows[:_BLOCKS].permute(1, 0, 2) if embedding else windows[:, :_BLOCKS]
+        out[:, :SAMPLED_INPUTS].view(units, _BLOCKS, width).copy_(windows)
+    bias = None if embedding else getattr(layer, "bias", None)
+    if isinstance(bias, torch.Tensor):
+        out[:, -1].copy_(bias.detach())
+    else:
+        out[:, -1].zero_()
+    return out
 
 
 @torch.no_grad()
 def project_units(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each unit's bias and sampled incoming weights (see :func:`sampled_blocks`) projected on a fixed vector, in
-    float64 on the weight's device, and the scale of the projections' rounding (a bound on any term's size).
+    """Each unit's bias and sampled incoming weights (:func:`sample_units`) projected on a fixed vector, in float64
+    on the weight's device, and the scale of each projection's rounding (a bound on any of its terms' size).
     Identical units get projections equal to within float64 rounding of that scale.
 
     Example:
         >>> layer = nn.Linear(3, 4)
         >>> _ = nn.init.zeros_(layer.weight), nn.init.zeros_(layer.bias)
         >>> projection, scale = project_units(layer)
-        >>> projection.tolist(), scale.item()
-        ([0.0, 0.0, 0.0, 0.0], 0.0)
+        >>> projection.tolist(), scale.tolist()
+        ([0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0])
     """
-    weight = layer.weight
-    assert isinstance(weight, torch.Tensor)
-    if isinstance(layer, nn.Embedding):  # units are columns: sample rows (tokens), each block contiguous
-        table = weight.detach()
-        sample = torch.cat([table.narrow(0, start, width) for start, width in sampled_blocks(table.shape[0])], 0)
-        sample = sample.t()
-        bias = None
-    else:
-        rows = weight.detach().reshape(weight.shape[0], -1)
-        blocks = sampled_blocks(rows.shape[1])
-        if len(blocks) == 1:
-            sample = rows
-        else:  # copied block by block into one buffer: torch.cat of column slices takes a slow path
-            sample = torch.empty(rows.shape[0], SAMPLED_INPUTS, dtype=rows.dtype, device=rows.device)
-            for i, (start, width) in enumerate(blocks):
-                sample[:, i * width : (i + 1) * width].copy_(rows.narrow(1, start, width))
-        bias = getattr(layer, "bias", None)
-    probe = _probe(sample.shape[1] + 1, weight)
-    projection = sample.to(torch.float64) @ probe[:-1]
-    low, high = torch.aminmax(sample)
-    largest = torch.maximum(low.abs(), high.abs()).to(torch.float64)
-    if isinstance(bias, torch.Tensor):
-        projection = projection + bias.detach().to(torch.float64) * probe[-1]
-        largest = torch.maximum(largest, bias.detach().abs().amax().to(torch.float64))
-    return projection, largest * probe.abs().sum()
+    sample = sample_units(layer)
+    probe, weight = _probe(sample.device)
+    return sample @ probe, sample.abs().amax(dim=1) * weight
 
 
 @torch.no_grad()
@@ -158,14 +204,18 @@ def unit_rows(layer: nn.Module, units: torch.Tensor | None = None) -> torch.Tens
 
 def _members(layer: nn.Module, group: list[int] | np.ndarray) -> torch.Tensor | None:
     """Indices for :func:`unit_rows`: None when ``group`` is every unit in order (no gather needed)."""
-    if len(group) == unit_count(layer) and all(int(u) == i for i, u in enumerate(group)):
-        return None
-    return torch.as_tensor(np.asarray(group), dtype=torch.long)
+    members = np.asarray(group)
+    if members.size == unit_count(layer) and members[0] == 0 and members[-1] == members.size - 1:
+        return None  # sorted, distinct and spanning every index: every unit in order
+    return torch.as_tensor(members, dtype=torch.long)
 
 
-def candidate_groups(projection: np.ndarray, scale: float, partition: np.ndarray | None = None) -> list[np.ndarray]:
-    """Runs of units whose projections (:func:`project_units`) agree within rounding of ``scale`` (and share a
-    partition), as index arrays of two or more units: the only units that can be identical.
+def candidate_groups(
+    projection: np.ndarray, scale: float | np.ndarray, partition: np.ndarray | None = None
+) -> list[np.ndarray]:
+    """Runs of units whose projections (:func:`project_units`) agree within rounding of ``scale`` (one bound, or one
+    per unit: a pair is bounded by the larger of its two) and share a partition, as index arrays of two or more
+    units: the only units that can be identical. Vectorised: no Python work per unit.
 
     Example:
         >>> values = np.array([0.5, 0.0, 0.5, 0.2, 0.0])
@@ -176,21 +226,19 @@ def candidate_groups(projection: np.ndarray, scale: float, partition: np.ndarray
     """
     if projection.size < 2:
         return []
-    if not np.isfinite(scale):  # a layer holding NaN or inf: bound the rounding by its finite projections instead
-        finite = np.abs(projection[np.isfinite(projection)])
-        scale = 1e3 * float(finite.max()) if finite.size else 0.0
     keys = np.zeros(projection.size, np.int64) if partition is None else partition.astype(np.int64)
     order = np.lexsort((projection, keys))
     values, parts = projection[order], keys[order]
-    close = (parts[1:] == parts[:-1]) & (np.abs(values[1:] - values[:-1]) <= _CANDIDATE_RTOL * scale)
-    groups = []
-    start = 0
-    for i in range(1, projection.size + 1):
-        if i == projection.size or not close[i - 1]:
-            if i - start > 1:
-                groups.append(np.sort(order[start:i]))
-            start = i
-    return groups
+    tolerance = _CANDIDATE_RTOL * (scale[order] if isinstance(scale, np.ndarray) else np.full(order.size, scale))
+    with np.errstate(invalid="ignore"):  # inf - inf: NaN, never close (as a NaN projection)
+        close = (parts[1:] == parts[:-1]) & (
+            np.abs(values[1:] - values[:-1]) <= np.maximum(tolerance[1:], tolerance[:-1])
+        )
+    if not close.any():
+        return []
+    ends = np.flatnonzero(~close) + 1  # where a run ends: runs are order[start:stop]
+    starts, stops = np.concatenate(([0], ends)), np.concatenate((ends, [projection.size]))
+    return [np.sort(order[a:b]) for a, b in zip(starts, stops, strict=True) if b - a > 1]
 
 
 @torch.no_grad()
@@ -210,7 +258,7 @@ def exact_groups(layer: nn.Module, candidates: list[np.ndarray]) -> list[list[in
             same = (rows == rows[0]).all(dim=1).cpu().numpy()  # a unit holding NaN differs even from itself
             group = remaining[same]
             if group.size > 1:
-                found.append(sorted(int(u) for u in group))
+                found.append(group.tolist())  # sorted, as the candidates are
             remaining = remaining[~same][1:] if not same[0] else remaining[~same]
     return sorted(found, key=lambda g: (-len(g), g[0]))
 
@@ -248,7 +296,8 @@ class LayerGroups:
         """Inverse of :meth:`to_dict`."""
         groups = data.get("groups") or []
         assert isinstance(groups, list)
-        return cls(str(data["layer"]), int(data["units"]), [[int(u) for u in g] for g in groups])  # type: ignore[call-overload]
+        units = int(data["units"])  # type: ignore[call-overload]
+        return cls(str(data["layer"]), units, [np.asarray(g, dtype=np.int64).tolist() for g in groups])
 
 
 def find_identical_units(module: nn.Module) -> list[LayerGroups]:
@@ -265,21 +314,47 @@ def find_identical_units(module: nn.Module) -> list[LayerGroups]:
     layers = list(checked_layers(module))
     if not layers:
         return []
-    projections = [project_units(layer) for _, layer in layers]
-    device = projections[0][0].device
-    parts = [p.to(device) for p, _ in projections] + [torch.stack([scale.to(device) for _, scale in projections])]
-    joined = torch.cat(parts).cpu().numpy()  # the one host transfer
-    scales = joined[-len(layers) :]
+    device = layer_weight(layers[0][1]).device
+    units = [unit_count(layer) for _, layer in layers]
+    starts = [0, *itertools.accumulate(units)]
+    # Every layer's sampled units, one row each, in a table: projected and bounded in one operation a pass.
+    passes, first = [], 0
+    for i in range(1, len(layers)):
+        if starts[i] - starts[first] + units[i] > _CHUNK_UNITS:
+            passes.append((first, i))
+            first = i
+    passes.append((first, len(layers)))
+    rows = max(starts[b] - starts[a] for a, b in passes)
+    table = torch.empty(rows, _WIDTH, dtype=torch.float64, device=device)  # every value written below
+    probe, weight = _probe(device)
+    results = torch.empty(2, starts[-1], dtype=torch.float64, device=device)
+    for a, b in passes:
+        for i in range(a, b):
+            layer, out = layers[i][1], table[starts[i] - starts[a] : starts[i + 1] - starts[a]]
+            if layer_weight(layer).device == device:
+                sample_units(layer, out)
+            else:  # a layer on another device (a model split across devices)
+                out.copy_(sample_units(layer))
+        used = table[: starts[b] - starts[a]]
+        torch.mv(used, probe, out=results[0, starts[a] : starts[b]])
+        torch.amax(used.abs(), dim=1, out=results[1, starts[a] : starts[b]])  # (vector_norm(inf) is 10x slower)
+    projection, largest = results.cpu().numpy()  # the one host transfer
+    # Units of different layers (or of different groups of a grouped convolution) never pair up.
+    keys = np.repeat(np.arange(len(layers), dtype=np.int64) << 32, units)
+    for (_, layer), a, b in zip(layers, starts, starts[1:], strict=False):
+        partition = unit_partition(layer)
+        if partition is not None:
+            keys[a:b] += partition
+    by_layer: dict[int, list[np.ndarray]] = {}
+    for group in candidate_groups(projection, largest * weight, keys):
+        index = bisect.bisect_right(starts, int(group[0])) - 1
+        by_layer.setdefault(index, []).append(group - starts[index])
     found = []
-    start = 0
-    for (path, layer), (projection, _), scale in zip(layers, projections, scales, strict=True):
-        values = joined[start : start + projection.numel()]
-        start += projection.numel()
-        candidates = candidate_groups(values, float(scale), unit_partition(layer))
-        if candidates:
-            groups = exact_groups(layer, candidates)
-            if groups:
-                found.append(LayerGroups(path, unit_count(layer), groups))
+    for index, candidates in sorted(by_layer.items()):
+        path, layer = layers[index]
+        groups = exact_groups(layer, candidates)
+        if groups:
+            found.append(LayerGroups(path, units[index], groups))
     return found
 
 

@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from epochkit import SetEpoch, ShuffleAudit
+from epochkit.audit.digests import order_digest
 from tests.audit._resume import ResumeData
 from tests.helpers import RankReport, RegressionModule, fit_ddp, quiet_trainer
 
@@ -55,6 +57,15 @@ def _fit(root: Path, callbacks: Sequence[Callback], ckpt: Path | None = None, cu
 
 def _seen(reports: list[RankReport]) -> list[list[tuple[int, list[float]]]]:
     return [r.callback_states["Consumed"]["seen"] for r in reports]
+
+
+def _digest(seen: list[tuple[int, list[float]]], epoch: int) -> str:
+    """The order digest the audit gives a rank's epoch, from what the rank trained on (sample ids by feature)."""
+    data = ResumeData("ddp_distributed")
+    data.setup("fit")
+    index = {x: i for i, x in enumerate(data.train_set.tensors[0][:, 0].tolist())}
+    batches = [[index[x] for x in batch] for e, batch in seen if e == epoch]
+    return order_digest(np.array([i for b in batches for i in b]), np.array([len(b) for b in batches]))
 
 
 def _audit() -> ShuffleAudit:
@@ -101,6 +112,8 @@ def test_a_ddp_resume_with_set_epoch_is_judged_whole_and_equals_the_uninterrupte
     # no finding in any epoch
     judged = _verdicts(resumed)
     assert sorted(judged) == list(range(EPOCHS))
+    # each rank's order digest of the cut epoch is that of the uninterrupted rank's whole epoch 1
+    assert judged[1]["digests"]["train_dataloader"]["ranks"] == [_digest(seen, epoch=1) for seen in _seen(straight)]
     assert judged[1]["metrics"]["coverage"] == 1.0 and judged[1]["metrics"]["duplicates"] == 0.0
     assert judged[1]["metrics"]["rank_overlap"] == 0.0
     assert [f for v in judged.values() for f in v["findings"]] == []

@@ -318,7 +318,7 @@ def _unwrap(obj: Any) -> Any:
 def _inner_sampler(loader: DataLoader) -> Any:
     """The sampler that orders samples: the batch sampler's own ``sampler`` when it has one. A loader built with a
     batch sampler keeps a ``SequentialSampler`` it never uses as its ``sampler``: so does a ``StatefulDataLoader``
-    that Lightning rebuilds under DDP around its ``DistributedSampler`` (put in the loader's torchdata
+    that Lightning rebuilds under DDP (its ``DistributedSamplerWrapper`` goes into the loader's torchdata
     ``BatchSampler``)."""
     batch_sampler = _unwrap(loader.batch_sampler)
     if batch_sampler is not None:

@@ -15,8 +15,17 @@ from torchdata.stateful_dataloader.sampler import RandomSampler as StatefulRando
 from epochkit.demo import DigitsDataModule
 
 #: Loader kinds: a StatefulDataLoader over torchdata's RandomSampler, torch's RandomSampler with a generator, a
-#: DistributedSampler, a batch sampler; a plain DataLoader over a DistributedSampler or shuffling.
-KINDS = ("torchdata_random", "torch_random_generator", "distributed", "batch_sampler", "plain_distributed", "plain")
+#: DistributedSampler (of one replica, or of the DDP process group's ranks), a batch sampler; a plain DataLoader over a
+#: DistributedSampler or shuffling.
+KINDS = (
+    "torchdata_random",
+    "torch_random_generator",
+    "distributed",
+    "batch_sampler",
+    "plain_distributed",
+    "plain",
+    "ddp_distributed",
+)
 
 
 def train_loader(kind: str, data: TensorDataset, batch_size: int, workers: int = 0) -> Any:
@@ -40,6 +49,9 @@ def train_loader(kind: str, data: TensorDataset, batch_size: int, workers: int =
         return StatefulDataLoader(data, batch_sampler=batches, **stateful)
     if kind == "plain":
         return DataLoader(data, batch_size=batch_size, shuffle=True, num_workers=workers)
+    if kind == "ddp_distributed":  # built in each DDP process: its replicas and rank are the process group's
+        sampler = DistributedSampler(data, shuffle=True, seed=1)
+        return StatefulDataLoader(data, batch_size=batch_size, sampler=sampler, **stateful)
     raise ValueError(kind)
 
 

@@ -13,7 +13,7 @@ from torch.utils.data import BatchSampler, DistributedSampler, RandomSampler, Te
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import RandomSampler as StatefulRandomSampler
 
-from epochkit.audit.recording import attach, detach
+from epochkit.audit.recording import attach, describe_loader, detach
 
 N, BATCH, CUT = 48, 4, 5
 
@@ -97,3 +97,24 @@ def test_state_and_restore_unchanged_by_the_recorder(kind: str, workers: int) ->
     assert audited[1] == plain[1]
     assert audited[2] == plain[2]  # what it continues with after the restore
     assert len(plain[1]) + len(plain[2]) == 2 * N
+
+
+def test_a_stateful_loader_lightning_rebuilds_for_ddp_is_described_by_the_sampler_that_orders_it() -> None:
+    # Under DDP (use_distributed_sampler=True) Lightning rebuilds a StatefulDataLoader(shuffle=True) with its
+    # DistributedSamplerWrapper around torchdata's RandomSampler inside the loader's torchdata BatchSampler; the
+    # loader's `sampler` is a SequentialSampler it never draws from. The audit reads the sampler that orders the
+    # batches (it read the SequentialSampler: a false shuffle_off at fit start).
+    from lightning.fabric.utilities.data import _replace_dunder_methods
+    from lightning.pytorch.trainer.connectors.data_connector import _get_distributed_sampler
+    from lightning.pytorch.utilities.data import _update_dataloader
+    from torch.utils.data import DataLoader
+
+    data = TensorDataset(torch.arange(N))
+    with _replace_dunder_methods(DataLoader, "dataset"):  # what Lightning does around train_dataloader()
+        loader = StatefulDataLoader(data, batch_size=BATCH, shuffle=True)
+    sampler = _get_distributed_sampler(loader, shuffle=True, overfit_batches=0, num_replicas=2, rank=0)
+    rebuilt = _update_dataloader(loader, sampler)  # as Lightning's data connector does on every DDP rank
+    assert type(rebuilt.sampler).__name__ == "SequentialSampler" and rebuilt.batch_sampler.sampler is sampler
+    config = describe_loader(rebuilt)
+    assert config["sampler"] == "DistributedSamplerWrapper(RandomSampler)"
+    assert config["shuffle"] is not False and config["sampler_set_epoch"]

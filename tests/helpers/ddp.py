@@ -76,6 +76,7 @@ def fit_ddp(
     root: Path,
     callbacks: Sequence[Callback] = (),
     probe: Probe | None = None,
+    ckpt_path: Path | None = None,
     **trainer_kwargs: Any,
 ) -> list[RankReport]:
     """Fit ``model`` on 2 CPU processes with ``strategy="ddp_spawn"`` and return one report per rank, by rank.
@@ -86,6 +87,7 @@ def fit_ddp(
         root: A fresh directory (``tmp_path``) for reports and logs.
         callbacks: Callbacks under test; their ``state_dict()`` at fit end lands in ``callback_states``.
         probe: A picklable (module-level) function called on each rank at fit end; its dict lands in ``extra``.
+        ckpt_path: A checkpoint to resume from (``Trainer.fit(ckpt_path=...)``).
         trainer_kwargs: Overrides of the Trainer defaults below (``max_epochs=1``, no logger, no checkpointing).
 
     Raises:
@@ -98,7 +100,7 @@ def fit_ddp(
     kwargs: dict[str, Any] = {"strategy": "ddp_spawn", "devices": 2, "max_epochs": 1, **trainer_kwargs}
     cleanup = DestroyProcessGroupAtExit()  # else gloo can abort a finished worker at exit (see its docstring)
     trainer = quiet_trainer(root, [*callbacks, _RankReporter(str(out_dir), probe), cleanup], **kwargs)
-    trainer.fit(model, datamodule=datamodule)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     reports = []
     for rank in range(kwargs["devices"]):
         path = out_dir / f"rank{rank}.pt"

@@ -51,6 +51,7 @@ from epochkit.audit.recording import (
     train_loaders,
 )
 from epochkit.audit.resume import (
+    cut_part,
     earlier_digests,
     judge_cut_epoch,
     judge_replayed_epoch,
@@ -67,7 +68,7 @@ DIGEST_FILE = "shuffle_audit_digests.txt"
 #: Findings ``overfit_batches`` produces on purpose (it replays the same sequential batches).
 _INTENDED_BY_OVERFIT = frozenset({"shuffle_off", *ORDER_CODES})
 #: Findings a replay after a resume explains: reported as notes under ``resume_replayed``, which names the cause.
-_EXPLAINED_BY_RESUME = frozenset({*ORDER_CODES, "duplicate_samples", "incomplete_coverage"})
+_EXPLAINED_BY_RESUME = frozenset({*ORDER_CODES, "duplicate_samples", "incomplete_coverage", "rank_overlap"})
 #: Packages whose frames a warning skips, so that it points at the user's line (``trainer.fit(...)``).
 _INTERNAL: tuple[str, ...] = tuple(
     os.path.dirname(os.path.abspath(str(module.__file__))) + os.sep
@@ -219,11 +220,14 @@ class ShuffleAudit(Callback):
     _overfit_codes_: frozenset[str]
     _fingerprint_tables_: dict[tuple[int, str], torch.Tensor]  # fingerprint multipliers on device, for one fit
     _partial_: dict[str, tuple[int, np.ndarray, np.ndarray]]  # the cut epoch's part before the checkpoint, by loader
+    _partial_ranks_: dict[int, dict[str, tuple[int, np.ndarray, np.ndarray]]]  # as loaded: every rank's, by rank
+    _partial_world_: int | None  # the ranks whose parts the loaded checkpoint holds (None: it holds none)
+    _before_all_: dict[str, np.ndarray]  # every rank's part before the checkpoint, by loader (what counts as seen)
+    _unjudged_: str | None  # why the cut epoch cannot be judged whole (None: it can, or no epoch was cut)
     _epoch_open_: bool  # an epoch is under way (a checkpoint now cuts it)
     _resumed_at_: int | None  # the epoch this fit resumed at (None: not resumed)
     _cut_epoch_: int | None  # the epoch this fit resumed in the middle of
     _world_: int
-    _resume_findings_: dict[str, Finding]
     _epoch_now_: int
 
     def __init__(
@@ -327,11 +331,7 @@ class ShuffleAudit(Callback):
         mid_epoch = bool(getattr(trainer.fit_loop, "restarted_mid_epoch", False))
         self._cut_epoch_ = trainer.current_epoch if mid_epoch else None
         self._epoch_open_ = mid_epoch
-        # The partial record is one process's (saved with world size 1): it completes the epoch only of a fit on one.
-        single = trainer.world_size == 1
-        self._partial_ = {
-            k: v for k, v in self._partial_.items() if single and mid_epoch and v[0] == trainer.current_epoch
-        }
+        self._take_partial(trainer, mid_epoch)
         if trainer.is_global_zero:
             self._report_dir_ = self._choose_report_dir(trainer)
         self._loaders_ = self._follow_loaders(trainer, [])
@@ -454,7 +454,14 @@ class ShuffleAudit(Callback):
                     order_map=self.images and _logging.has_tensorboard(trainer),
                 )
                 part.notes.extend(slot.problems)
-                self._judge_resume(epoch, slot, part)
+                unjudged = self._unjudged_ is not None and epoch == self._cut_epoch_
+                if unjudged:  # only the part after the resume is here: what it lacks is no finding
+                    part.notes.append(f"epoch {epoch} not judged: {self._unjudged_}")
+                    part.notes.extend(f"{f.code} (not judged): {f.evidence}" for f in part.findings)
+                    part.findings.clear()
+                    record = None  # nor is the next epoch compared with a part of this one
+                else:
+                    self._judge_resume(epoch, slot, part, per_rank)
                 parts[slot.key] = part
                 self._images(trainer, slot, per_rank, part)
                 if record is not None:  # what the next epoch is compared with
@@ -468,8 +475,7 @@ class ShuffleAudit(Callback):
         verdict = EpochVerdict.from_dict(_distributed.broadcast(trainer, verdict_data))  # collective
         self.verdicts_.append(verdict)
         self._epoch_open_ = False
-        self._partial_ = {}
-        self._resume_findings_ = {}
+        self._partial_, self._before_all_, self._unjudged_ = {}, {}, None
         self._report(trainer, verdict)
 
     @override
@@ -492,16 +498,44 @@ class ShuffleAudit(Callback):
         }
 
     def _partial_state(self) -> dict[str, Any]:
-        """The epoch under way, as far as the loop consumed it, per loader (see :mod:`epochkit.audit.resume`); empty
-        between epochs and under DDP (Lightning writes rank 0's callback state only, and every rank would read it)."""
-        if not self._epoch_open_ or self._world_ != 1 or not self._loaders_:
+        """The epoch under way on this process, packed (see :mod:`epochkit.audit.resume`); empty between epochs and
+        under DDP, where :meth:`on_save_checkpoint` adds every rank's part instead (``state_dict`` takes no part in a
+        collective: anyone may call it on one rank)."""
+        if self._world_ != 1:
+            return {}
+        return {key: pack_partial(*part) for key, part in self._partial_local().items()}
+
+    def _partial_local(self) -> dict[str, tuple[int, np.ndarray, np.ndarray]]:
+        """This rank's part of the epoch under way, per loader: ``(epoch, ids, batch sizes)`` the loop consumed so
+        far, the part before an earlier cut included; empty between epochs and in a cut epoch that cannot be judged
+        whole (a later resume must not take the part after the cut for the whole)."""
+        if not self._epoch_open_ or not self._loaders_ or self._unjudged_ is not None:
             return {}
         out = {}
         for slot in self._loaders_:
             ids, sizes = self._consumed(slot, peek=True)
+            earlier = self._partial_.get(slot.key)
+            if earlier is not None and earlier[0] == self._epoch_now_:  # checkpointed again in the cut epoch
+                ids, sizes = np.concatenate([earlier[1], ids]), np.concatenate([earlier[2], sizes])
             if sizes.size:
-                out[slot.key] = pack_partial(self._epoch_now_, ids, sizes)
+                out[slot.key] = (self._epoch_now_, ids, sizes)
         return out
+
+    @override
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Under DDP, every rank's part of the epoch under way, in the checkpoint by rank: Lightning writes rank 0's
+        callback state only. Every rank builds the checkpoint (``Trainer.save_checkpoint`` runs on all of them, as
+        ``ModelCheckpoint`` calls it), so every rank enters the one collective; the condition is the same on all."""
+        state = checkpoint.get("callbacks", {}).get(self.state_key)
+        if trainer.world_size <= 1 or state is None or not self._epoch_open_ or not self._loaders_:
+            return
+        gathered = _distributed.gather_objects(trainer, self._partial_local())  # collective, once per checkpoint
+        state["partial_ranks"] = {
+            rank: {key: pack_partial(*part) for key, part in parts.items()} for rank, parts in enumerate(gathered)
+        }
+        state["partial_world"] = trainer.world_size
 
     @override
     def on_load_checkpoint(
@@ -522,7 +556,44 @@ class ShuffleAudit(Callback):
         self.previous_epoch_ = {key: int(value) for key, value in (previous_epoch or {}).items()}
         fit_start = state_dict.get("fit_start")
         self.fit_start_ = EpochVerdict.from_dict(fit_start) if fit_start else None
-        self._partial_ = {key: unpack_partial(value) for key, value in (state_dict.get("partial") or {}).items()}
+        ranks = state_dict.get("partial_ranks") or {}
+        if not ranks and state_dict.get("partial"):  # saved by one process
+            ranks = {0: state_dict["partial"]}
+        self._partial_ranks_ = {
+            int(rank): {key: unpack_partial(value) for key, value in parts.items()} for rank, parts in ranks.items()
+        }
+        self._partial_world_ = int(state_dict.get("partial_world", 1)) if self._partial_ranks_ else None
+
+    def _take_partial(self, trainer: pl.Trainer, mid_epoch: bool) -> None:
+        """At a (re)start: this rank's part of the cut epoch before the checkpoint, and every rank's, when the
+        checkpoint holds them for this number of ranks; else why the cut epoch cannot be judged whole (a notice).
+        The checkpoint is the same file on every rank, so every rank decides alike."""
+        ranks, saved, epoch = self._partial_ranks_, self._partial_world_, trainer.current_epoch
+        self._partial_ranks_, self._partial_world_ = {}, None
+        self._partial_, self._before_all_, self._unjudged_ = {}, {}, None
+        if not mid_epoch:
+            return
+        if saved is None:
+            self._unjudged_ = (
+                "the checkpoint holds no record of the part before the cut (saved without it, e.g. by an older "
+                "epochkit)"
+            )
+        elif saved != trainer.world_size:
+            self._unjudged_ = (
+                f"the checkpoint holds the part before the cut of {saved} process(es), and this fit runs "
+                f"{trainer.world_size}: the parts cannot be joined"
+            )
+        else:
+            self._partial_ = {k: v for k, v in ranks.get(trainer.global_rank, {}).items() if v[0] == epoch}
+            keys = {k for parts in ranks.values() for k, v in parts.items() if v[0] == epoch}
+            self._before_all_ = {
+                k: np.concatenate([ranks[r][k][1] for r in sorted(ranks) if k in ranks[r]]) for k in sorted(keys)
+            }
+        if self._unjudged_ is not None and trainer.is_global_zero:
+            rank_zero_info(
+                f"ShuffleAudit: this fit resumed in the middle of epoch {epoch}, and {self._unjudged_}. Epoch {epoch} "
+                "is not judged (its coverage, duplicates and order); the epochs after it are."
+            )
 
     # ----------------------------------------------------------------------------------------- internals
 
@@ -545,11 +616,14 @@ class ShuffleAudit(Callback):
         self._overfit_codes_ = frozenset()
         self._fingerprint_tables_ = {}
         self._partial_ = {}
+        self._partial_ranks_ = {}
+        self._partial_world_ = None
+        self._before_all_ = {}
+        self._unjudged_ = None
         self._epoch_open_ = False
         self._resumed_at_ = None
         self._cut_epoch_ = None
         self._world_ = 1
-        self._resume_findings_ = {}
         self._epoch_now_ = 0
 
     def _follow_loaders(self, trainer: pl.Trainer, old: list[_Loader]) -> list[_Loader]:
@@ -695,19 +769,13 @@ class ShuffleAudit(Callback):
         ids, sizes = self._consumed(slot)
         source = "sampler indices" if slot.recorder is not None else slot.source if sizes.size else "none"
         partial = self._partial_.get(slot.key)
+        cut = None
         if partial is not None and partial[0] == trainer.current_epoch and source != "none":
             # the cut epoch, whole: the part before the checkpoint, then the part after the resume
             _, before, before_sizes = partial
-            finding = judge_cut_epoch(
-                trainer.current_epoch,
-                before,
-                ids,
-                config,
-                slot.name,
-                *self._previous_order(slot.key, config),
-            )
-            if finding is not None:
-                self._resume_findings_[slot.key] = finding
+            # the previous epoch's record is this rank's own order on one process only
+            previous = self._previous_order(slot.key, config) if trainer.world_size == 1 else (None, None)
+            cut = cut_part(before, ids, config, self._before_all_.get(slot.key), *previous)
             ids, sizes = np.concatenate([before, ids]), np.concatenate([before_sizes, sizes])
         labels_by_position = None
         slot.label_problem = None
@@ -721,7 +789,7 @@ class ShuffleAudit(Callback):
                     f"{ids.size} samples {loader} presented in epoch {trainer.current_epoch}: it must give one label "
                     "per sample of the batch (a 1-D tensor, or one-hot rows)."
                 )
-        return epoch_payload(
+        payload = epoch_payload(
             ids,
             sizes,
             source=source,
@@ -731,6 +799,8 @@ class ShuffleAudit(Callback):
             labels_by_id=slot.labels_array,
             labels_by_position=labels_by_position,
         )
+        payload.cut = cut
+        return payload
 
     def _consumed(self, slot: _Loader, peek: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """The ids and batch sizes one loader presented to the loop since the epoch (or the resume) began; ``peek``
@@ -756,13 +826,19 @@ class ShuffleAudit(Callback):
             return None, None
         return record.ids, epoch
 
-    def _judge_resume(self, epoch: int, slot: _Loader, part: EpochVerdict) -> None:
+    def _judge_resume(self, epoch: int, slot: _Loader, part: EpochVerdict, per_rank: list[EpochPayload]) -> None:
         """Add ``resume_replayed`` to an epoch's verdict (rank 0) when the resume replayed data; the findings it
         explains (the order and coverage findings of the replay) become notes, so the fix named is the resume's."""
         if "resume_replayed" in self._skip():
             return
-        finding = self._resume_findings_.pop(slot.key, None)
         config = (self.configs_.get(slot.key) or [LoaderConfig()])[0]
+        finding = None
+        cuts = [p.cut for p in per_rank]
+        if any(cut is not None for cut in cuts):  # the cut epoch, joined on every rank
+            distinct = None
+            if len(per_rank) > 1 and all(p.fraction == 1.0 for p in per_rank):  # every id kept: exact over ranks
+                distinct = int(np.unique(np.concatenate([p.ids for p in per_rank])).size)
+            finding = judge_cut_epoch(epoch, cuts, config, slot.name, distinct)
         if (
             finding is None
             and self._resumed_at_ is not None

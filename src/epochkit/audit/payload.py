@@ -100,6 +100,8 @@ class EpochPayload:
         digest: A 64-bit digest (hex) of the rank's whole order (ids and batch sizes).
         label_table: Class counts of the batches, binned into at most 128 columns (``columns x classes``), for the
             label map; None without labels.
+        cut: In the epoch a mid-epoch checkpoint cut, how this rank's part after the resume continued its part before
+            the cut (:func:`epochkit.audit.resume.cut_part`); None in every other epoch.
     """
 
     source: str
@@ -113,6 +115,26 @@ class EpochPayload:
     batches: np.ndarray
     digest: str = ""
     label_table: np.ndarray | None = None
+    cut: CutPart | None = None
+
+
+@dataclass(frozen=True)
+class CutPart:
+    """One rank's epoch cut by a mid-epoch checkpoint, as counts (gathered to rank 0 with its payload).
+
+    Attributes:
+        before: Samples the rank presented before the cut.
+        after: Samples it presented after the resume.
+        twice: Of those after the resume, the ones presented before the cut already (by any rank).
+        distinct: Distinct samples of the rank's whole epoch (both parts).
+        follows: Which older order the part after the resume follows (``"epoch 0's order from the cut on"``), or "".
+    """
+
+    before: int
+    after: int
+    twice: int
+    distinct: int
+    follows: str = ""
 
 
 @dataclass

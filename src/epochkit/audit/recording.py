@@ -316,10 +316,17 @@ def _unwrap(obj: Any) -> Any:
 
 
 def _inner_sampler(loader: DataLoader) -> Any:
-    """The sampler that orders samples: the batch sampler's own ``sampler`` when it has one."""
+    """The sampler that orders samples: the batch sampler's own ``sampler`` when it has one. A loader built with a
+    batch sampler keeps a ``SequentialSampler`` it never uses as its ``sampler``: so does a ``StatefulDataLoader``
+    that Lightning rebuilds under DDP (its ``DistributedSamplerWrapper`` goes into the loader's torchdata
+    ``BatchSampler``)."""
     batch_sampler = _unwrap(loader.batch_sampler)
-    if batch_sampler is not None and not _plain_batches(batch_sampler):
-        return getattr(batch_sampler, "sampler", batch_sampler)
+    if batch_sampler is not None:
+        inner = getattr(batch_sampler, "sampler", None)
+        if inner is not None:
+            return _unwrap(inner)
+        if not _plain_batches(batch_sampler):
+            return batch_sampler
     return _unwrap(loader.sampler)
 
 

@@ -9,6 +9,12 @@ before the cut and the part after it are judged together as one epoch (coverage,
 :func:`judge_cut_epoch` says whether the part after the cut continued the epoch: a sampler without replacement never
 presents a sample twice in one epoch, so every sample of the part after the cut that the part before it already
 presented was replayed.
+
+Under DDP every rank has its own part before the cut, and Lightning writes rank 0's callback state only: the audit
+gathers every rank's part into the checkpoint when it is saved (every rank builds the checkpoint, so the collective is
+safe), keyed by rank, and each rank takes its own back on a resume with the same number of ranks. Each rank counts
+what it presented after the resume that any rank presented before the cut (:func:`cut_part`), and rank 0 adds the
+counts up. Resumed on another number of ranks, the cut epoch cannot be joined: it is not judged, and a notice says so.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import numpy as np
 import torch
 
 from epochkit.audit.findings import Finding
-from epochkit.audit.payload import LoaderConfig
+from epochkit.audit.payload import CutPart, LoaderConfig
 
 CODE = "resume_replayed"
 _SET_EPOCH = "add epochkit.SetEpoch() to the Trainer's callbacks (it sets the sampler's epoch before the loader is "
@@ -63,51 +69,86 @@ def resume_remedy(config: Mapping[str, Any], boundary: bool = False) -> str:
     )
 
 
-def judge_cut_epoch(
-    epoch: int,
+def cut_part(
     before: np.ndarray,
     after: np.ndarray,
     config: LoaderConfig,
-    loader: str | None = None,
+    earlier: np.ndarray | None = None,
     previous: np.ndarray | None = None,
     previous_epoch: int | None = None,
-) -> Finding | None:
-    """Whether the part of a cut epoch presented after the resume (``after``) continued the part before the cut
-    (``before``), for a sampler that draws each sample once an epoch; None when it did (or cannot be told).
+) -> CutPart | None:
+    """One rank's cut epoch as counts: its part before the cut (``before``), its part after the resume (``after``)
+    and how many of those it presented had been presented before the cut, by this rank or another (``earlier``: every
+    rank's part before the cut, default ``before``); None when there is nothing to judge (a sampler that draws with
+    replacement or that is not a permutation, or an empty part).
 
-    ``previous`` (the previous epoch's whole order, when kept in full) names an older order the part after the resume
-    follows: from the cut on (a sampler that fast-forwarded through an old permutation), or from its start (a loader
-    that restarted the epoch from the same seed, e.g. a plain ``DataLoader`` after ``seed_everything``).
+    ``previous`` (the previous epoch's whole order on this rank, when kept in full) names an older order the part after
+    the resume follows: from the cut on (a sampler that fast-forwarded through an old permutation), or from its start (a
+    loader that restarted the epoch from the same seed, e.g. a plain ``DataLoader`` after ``seed_everything``).
+
+    Example:
+        >>> cfg = {"design": "sample", "dataset_size": 8}
+        >>> cut_part(np.array([5, 2, 7, 0]), np.array([3, 2, 1, 0]), cfg, previous=np.arange(8)[::-1], previous_epoch=0)
+        CutPart(before=4, after=4, twice=2, distinct=6, follows="epoch 0's order from the cut on")
+    """
+    if config.get("design") != "sample" or config.get("replacement") or before.size == 0 or after.size == 0:
+        return None
+    twice = int(np.isin(after, before if earlier is None else earlier).sum())
+    distinct = int(np.unique(np.concatenate([before, after])).size)
+    follows = ""
+    if twice and previous is not None and previous_epoch is not None:
+        tail = previous[before.size : before.size + after.size]
+        if tail.size == after.size and np.array_equal(tail, after):
+            follows = f"epoch {previous_epoch}'s order from the cut on"
+        elif np.array_equal(previous[: after.size], after):  # a fresh pass, from the same seed as that epoch
+            follows = f"epoch {previous_epoch}'s order from its start"
+    return CutPart(int(before.size), int(after.size), twice, distinct, follows)
+
+
+def judge_cut_epoch(
+    epoch: int,
+    parts: Sequence[CutPart | None],
+    config: LoaderConfig,
+    loader: str | None = None,
+    distinct: int | None = None,
+) -> Finding | None:
+    """Whether the part of a cut epoch presented after the resume continued the part before the cut, over every
+    rank's :func:`cut_part` (in rank order), for a sampler that draws each sample once an epoch; None when it did (or
+    cannot be told). ``distinct``: the distinct samples of the whole epoch over all ranks, when known exactly (one
+    rank's count serves on one process).
 
     Example:
         >>> cfg = {"design": "sample", "dataset_size": 8, "stateful_loader": True, "sampler": "DistributedSampler",
         ...        "sampler_set_epoch": True}
-        >>> judge_cut_epoch(1, np.array([5, 2, 7, 0]), np.array([1, 3, 4, 6]), cfg) is None
+        >>> judge_cut_epoch(1, [cut_part(np.array([5, 2, 7, 0]), np.array([1, 3, 4, 6]), cfg)], cfg) is None
         True
-        >>> f = judge_cut_epoch(1, np.array([5, 2, 7, 0]), np.array([3, 2, 1, 0]), cfg, None, np.arange(8)[::-1], 0)
+        >>> part = cut_part(np.array([5, 2, 7, 0]), np.array([3, 2, 1, 0]), cfg, None, np.arange(8)[::-1], 0)
+        >>> f = judge_cut_epoch(1, [part], cfg)
         >>> f.code, f.evidence.split("; ")  # doctest: +NORMALIZE_WHITESPACE
         ('resume_replayed', ['after the mid-epoch resume (4 of 8 samples presented before the cut), 2 of the 4 samples
         presented after it had already been seen before the cut (seen twice)', "2 of the data set's 8 samples were
         never seen this epoch", "the part after the resume is epoch 0's order from the cut on"])
     """
-    if config.get("design") != "sample" or config.get("replacement") or before.size == 0 or after.size == 0:
-        return None
-    twice = int(np.isin(after, before).sum())
+    found = [p for p in parts if p is not None]
+    twice = sum(p.twice for p in found)
     if twice == 0:
         return None
+    before, after = sum(p.before for p in found), sum(p.after for p in found)
+    if distinct is None and len(parts) == 1:
+        distinct = found[0].distinct
     size = config.get("dataset_size")
-    distinct = int(np.unique(np.concatenate([before, after])).size)
-    never = f"; {size - distinct} of the data set's {size} samples were never seen this epoch" if size else ""
+    never = ""
+    if size and distinct is not None:
+        never = f"; {size - distinct} of the data set's {size} samples were never seen this epoch"
+    where = f" on {len(parts)} ranks" if len(parts) > 1 else ""
     follows = ""
-    if previous is not None and previous_epoch is not None:
-        tail = previous[before.size : before.size + after.size]
-        if tail.size == after.size and np.array_equal(tail, after):
-            follows = f"; the part after the resume is epoch {previous_epoch}'s order from the cut on"
-        elif np.array_equal(previous[: after.size], after):  # a fresh pass, from the same seed as that epoch
-            follows = f"; the part after the resume is epoch {previous_epoch}'s order from its start"
+    for rank, p in enumerate(parts):
+        if p is not None and p.follows:
+            whose = f"rank {rank}'s part" if len(parts) > 1 else "the part"
+            follows += f"; {whose} after the resume is {p.follows}"
     evidence = (
-        f"after the mid-epoch resume ({before.size} of {before.size + after.size} samples presented before the cut), "
-        f"{twice} of the {after.size} samples presented after it had already been seen before the cut (seen twice)"
+        f"after the mid-epoch resume{where} ({before} of {before + after} samples presented before the cut), "
+        f"{twice} of the {after} samples presented after it had already been seen before the cut (seen twice)"
         f"{never}{follows}"
     )
     return Finding(CODE, epoch, evidence, "issue", loader, resume_remedy(config))

@@ -6,11 +6,12 @@ benchmark uses breaks this test rather than the next ``make bench``. Scripts are
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.helpers.processes import run_script
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 OWN_TEST = {"gpu.py"}  # tests/test_gpu_benchmark.py
@@ -30,14 +31,7 @@ def test_benchmark_runs_to_the_end_quick(script: str, tmp_path: Path) -> None:
     # Temporary files of the script (checkpoints, loggers, Ray's session) go under tmp_path; CUDA is hidden so the
     # CPU path runs everywhere.
     env = {**os.environ, "TMPDIR": str(tmp_path), "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1"}
-    done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / script), "--quick"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_script([sys.executable, str(BENCHMARKS / script), "--quick"], cwd=tmp_path, env=env, timeout=300)
     assert done.returncode == 0, (
         f"{script} --quick exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
     )

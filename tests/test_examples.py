@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import pytest
+
+from tests.helpers.processes import run_script
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.py"))
 
@@ -23,13 +24,8 @@ def _run(script: Path, *args: str, cwd: Path, with_stderr: bool = False) -> str:
     env["RAY_TMPDIR"] = ray_tmp
     env.pop("RAY_ADDRESS", None)
     try:
-        proc = subprocess.run(
-            [sys.executable, str(script), "--root", str(cwd / "runs"), *args],
-            cwd=cwd,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=240,
+        proc = run_script(
+            [sys.executable, str(script), "--root", str(cwd / "runs"), *args], cwd=cwd, env=env, timeout=240
         )
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import torch
 from epochkit import CrossValidator
 from epochkit.cv import weights_checksum
 from tests.helpers import RegressionDataModule, RegressionModule, read_tensorboard
+from tests.helpers.processes import run_script
 
 pytestmark = pytest.mark.ddp  # every test here starts DDP processes
 
@@ -82,9 +82,7 @@ def test_cv_script_under_ddp(tmp_path: Path) -> None:
     # The repository for `tests.helpers`, before whatever this test process imports epochkit from.
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH")) if p)}
     env.pop("LOCAL_RANK", None)
-    proc = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "cv")], env=env, capture_output=True, text=True, timeout=240
-    )
+    proc = run_script([sys.executable, str(script), str(tmp_path / "cv")], env=env, timeout=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # Rank 0 merged complete, ordered out-of-fold predictions; rank 1 ran the same folds and returned too.
     lines = sorted(line for line in proc.stdout.splitlines() if line.startswith("RESULT"))
